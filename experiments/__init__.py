@@ -1,0 +1,1 @@
+"""Runnable scenarios: ``python -m experiments.NAME --help``."""

@@ -1,0 +1,133 @@
+"""Structural dependence: which inputs an output depends on, read off the traced jaxpr.
+
+PyTorch decides ``allow_unused`` by whether an input is in the autograd graph at all. The JAX
+equivalent is a question about the traced computation, not about numeric zeros: a gradient
+that happens to be 0.0 (a dead ReLU) is still *connected*. Two analyses answer it:
+
+- :func:`data_dependence` — does the output read the input at all (``stop_gradient`` counts as
+  a read)? Forward reachability over the primal jaxpr.
+- :func:`grad_dependence` — does the gradient of the output w.r.t. the input depend on the
+  output cotangent? Reachability over the *backward* jaxpr (the traced VJP), where
+  ``stop_gradient`` and custom VJPs have already been applied by JAX's own AD. A leaf whose
+  gradient does not depend on the cotangent receives a structural zero: PyTorch's ``None``.
+
+Both recurse into ``jit`` (pjit), ``cond``, ``scan``, ``while``, ``remat`` and custom
+JVP/VJP calls; unknown higher-order primitives are treated conservatively (every output
+depends on every input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.extend.core as jcore
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["data_dependence", "grad_dependence", "jaxpr_reach"]
+
+
+def _as_jaxpr(j: Any) -> jcore.Jaxpr:
+    return j.jaxpr if isinstance(j, jcore.ClosedJaxpr) else j
+
+
+def _fixpoint(body: jcore.Jaxpr, consts: list[bool], carry: list[bool], rest: list[bool]):
+    """Iterate a loop body's reachability until the carried mask stops growing."""
+    while True:
+        out = jaxpr_reach(body, consts + carry + rest)
+        new = [c or o for c, o in zip(carry, out[: len(carry)])]
+        if new == carry:
+            return carry, out[len(carry) :]
+        carry = new
+
+
+def _eqn_reach(eqn: jcore.JaxprEqn, ins: list[bool]) -> list[bool]:
+    name = eqn.primitive.name
+    p = eqn.params
+    n_out = len(eqn.outvars)
+    if name == "cond":
+        # invars = [index, *operands]; a live index makes every output depend on it.
+        if ins[0]:
+            return [True] * n_out
+        outs = [False] * n_out
+        for br in p["branches"]:
+            outs = [a or b for a, b in zip(outs, jaxpr_reach(_as_jaxpr(br), ins[1:]))]
+        return outs
+    if name == "scan":
+        nc, ncarry = p["num_consts"], p["num_carry"]
+        carry, ys = _fixpoint(
+            _as_jaxpr(p["jaxpr"]), ins[:nc], ins[nc : nc + ncarry], ins[nc + ncarry :]
+        )
+        return carry + ys
+    if name == "while":
+        cn, bn = p["cond_nconsts"], p["body_nconsts"]
+        cond_c, body_c, init = ins[:cn], ins[cn : cn + bn], ins[cn + bn :]
+        carry, _ = _fixpoint(_as_jaxpr(p["body_jaxpr"]), body_c, init, [])
+        # The trip count depends on whatever the predicate reads: then everything does.
+        if any(jaxpr_reach(_as_jaxpr(p["cond_jaxpr"]), cond_c + carry)):
+            return [True] * n_out
+        return carry
+    for k in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+        sub = p.get(k)
+        if sub is not None and len(_as_jaxpr(sub).invars) == len(ins):
+            return jaxpr_reach(_as_jaxpr(sub), ins)
+    return [True] * n_out
+
+
+def jaxpr_reach(jaxpr: jcore.Jaxpr, in_mask: Sequence[bool], cut: Callable | None = None):
+    """Forward reachability: for each output of ``jaxpr``, is it reachable from a marked input?
+
+    ``cut(eqn)`` returning True stops propagation through that equation (used to treat
+    ``stop_gradient`` as a wall).
+    """
+    live = {v for v, m in zip(jaxpr.invars, in_mask) if m}
+    for eqn in jaxpr.eqns:
+        ins = [isinstance(v, jcore.Var) and v in live for v in eqn.invars]
+        if not any(ins) or (cut is not None and cut(eqn)):
+            continue
+        for v, m in zip(eqn.outvars, _eqn_reach(eqn, ins)):
+            if m:
+                live.add(v)
+    return [isinstance(v, jcore.Var) and v in live for v in jaxpr.outvars]
+
+
+def data_dependence(fun: Callable, *args) -> list[Any]:
+    """For each positional argument, a pytree of bools: does any output of ``fun`` read that leaf?
+
+    ``stop_gradient`` counts as a read (the value flows, only the gradient is cut).
+    Returns a list with one pytree per argument, shaped like the argument.
+    """
+    closed = jax.make_jaxpr(fun)(*args)
+    flat, trees = [], []
+    for a in args:
+        leaves, tree = jax.tree_util.tree_flatten(a)
+        flat.append(len(leaves))
+        trees.append(tree)
+    n = sum(flat)
+    reach = _per_input(closed.jaxpr, n)
+    out, i = [], 0
+    for k, tree in zip(flat, trees):
+        out.append(jax.tree_util.tree_unflatten(tree, reach[i : i + k]))
+        i += k
+    return out
+
+
+def _per_input(jaxpr: jcore.Jaxpr, n: int) -> list[bool]:
+    # One pass per input leaf keeps the rule simple; jaxprs here are small enough.
+    return [any(jaxpr_reach(jaxpr, [j == i for j in range(n)])) for i in range(n)]
+
+
+def grad_dependence(vjp_fun: Callable, cotangent: Any) -> Any:
+    """Given a pullback and a cotangent, which gradient leaves depend on the cotangent.
+
+    Traces the backward pass (``vjp_fun``) with the cotangent as its only input: a gradient leaf
+    that does not depend on it is a structural zero (stop_gradient, integer path, unused).
+    Returns a pytree of bools shaped like ``vjp_fun``'s output.
+    """
+    ct = jax.tree_util.tree_map(lambda c: jnp.zeros(np.shape(c), jnp.result_type(c)), cotangent)
+    closed, out_shape = jax.make_jaxpr(vjp_fun, return_shape=True)(ct)
+    n_in = len(closed.jaxpr.invars)
+    reach = jaxpr_reach(closed.jaxpr, [True] * n_in)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), reach)

@@ -1,0 +1,64 @@
+"""Freezing parameters: ``requires_grad=False`` + "only these params in the optimizer".
+
+PyTorch freezes by flipping ``requires_grad`` and passing a subset of parameters to the
+optimizer. In JAX the gradient of every leaf is computed (or skipped by XLA when unused) and
+the *optimizer* decides what moves: ``optax.partition`` sends trainable leaves to the real
+optimizer and frozen ones to ``optax.set_to_zero()``. Frozen leaves then get exactly zero
+update, carry no optimizer state (no Adam moments), and are untouched by weight decay, which
+runs inside the trainable branch only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import optax
+
+__all__ = ["frozen_mask", "optimizer_with_frozen", "path_str"]
+
+
+def path_str(path: tuple) -> str:
+    """``('encoder', 'layers', 0, 'kernel')``-style key path → ``'encoder/layers/0/kernel'``."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def frozen_mask(params: Any, frozen: Sequence[str] | Callable[[str], bool]) -> Any:
+    """Pytree of bools, True where the leaf is frozen.
+
+    ``frozen`` is a list of path prefixes (``["encoder", "head/bias"]``) or a predicate on the
+    ``'a/b/c'`` path string.
+    """
+    if callable(frozen):
+        pred = frozen
+    else:
+        prefixes = tuple(frozen)
+
+        def pred(p: str) -> bool:
+            return any(p == x or p.startswith(x.rstrip("/") + "/") for x in prefixes)
+
+    return jax.tree_util.tree_map_with_path(lambda path, _: bool(pred(path_str(path))), params)
+
+
+def optimizer_with_frozen(
+    optimizer: optax.GradientTransformation, mask: Any
+) -> optax.GradientTransformation:
+    """Wrap ``optimizer`` so leaves where ``mask`` is True get zero update and no state.
+
+    ``mask`` is a bool pytree (see :func:`frozen_mask`), or a callable ``params -> mask``.
+    """
+
+    def labels(params):
+        m = mask(params) if callable(mask) else mask
+        return jax.tree_util.tree_map(lambda f: "frozen" if f else "trainable", m)
+
+    return optax.partition({"trainable": optimizer, "frozen": optax.set_to_zero()}, labels)

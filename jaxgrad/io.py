@@ -1,0 +1,65 @@
+"""Writing run outputs without ever leaving a half-written file behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["JsonlLogger", "atomic_write_bytes", "atomic_write_json", "to_jsonable"]
+
+
+def to_jsonable(x: Any) -> Any:
+    """Arrays and numpy scalars → Python numbers/lists, recursively."""
+    if isinstance(x, dict):
+        return {str(k): to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [to_jsonable(v) for v in x]
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        a = np.asarray(x)
+        return a.item() if a.ndim == 0 else a.tolist()
+    return x
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same folder + ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """JSON-dump ``obj`` (arrays converted) atomically."""
+    return atomic_write_bytes(path, json.dumps(to_jsonable(obj), indent=2).encode())
+
+
+class JsonlLogger:
+    """Append one JSON object per line (metrics per step/epoch); each line is flushed whole."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, **record: Any) -> None:
+        line = json.dumps(to_jsonable(record)) + "\n"
+        with open(self.path, "a") as f:
+            f.write(line)
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(s) for s in self.path.read_text().splitlines() if s.strip()]
