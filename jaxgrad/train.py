@@ -40,6 +40,7 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     *,
     post_update: Callable[[Any], Any] | None = None,
+    extra_metrics: Callable[[Any, Any, Any], dict] | None = None,
     jit: bool = True,
     donate: bool = True,
 ) -> Callable[[TrainState, Any, jax.Array], tuple[TrainState, dict]]:
@@ -50,6 +51,8 @@ def make_train_step(
       optimizer: any optax transformation (chains, clipping, masks, MultiSteps...).
       post_update: optional projection applied to the new params after the update, outside
         the gradient (e.g. clamping CLIP's ``logit_scale`` to [0, ln 100]).
+      extra_metrics: optional ``(grads, updates, new_params) -> dict`` computed inside the
+        jitted step (e.g. per-module gradient norms); merged into the metrics.
       jit: compile the step (turn off to debug with prints).
       donate: donate the incoming state's buffers (the caller must not reuse ``state``).
     The step key is ``fold_in(key, state.step)``: pass the same base key every step.
@@ -72,6 +75,8 @@ def make_train_step(
             "update_norm": optax.global_norm(updates),
             "param_norm": optax.global_norm(params),
         }
+        if extra_metrics is not None:
+            metrics.update(extra_metrics(grads, updates, params))
         return TrainState(params, opt_state, state.step + 1), metrics
 
     if not jit:
@@ -94,6 +99,7 @@ def make_multi_step(
     optimizer: optax.GradientTransformation,
     *,
     post_update: Callable[[Any], Any] | None = None,
+    extra_metrics: Callable[[Any, Any, Any], dict] | None = None,
     jit: bool = True,
     donate: bool = True,
 ) -> Callable[[TrainState, Any, jax.Array], tuple[TrainState, dict]]:
@@ -103,7 +109,9 @@ def make_multi_step(
     Bit-for-bit the same sequence of updates as K calls of the single step with the same base
     key (each step still folds ``state.step`` into the key). Metrics come back stacked ``[K]``.
     """
-    single = make_train_step(loss_fn, optimizer, post_update=post_update, jit=False)
+    single = make_train_step(
+        loss_fn, optimizer, post_update=post_update, extra_metrics=extra_metrics, jit=False
+    )
 
     def steps(state: TrainState, batches: Any, key: jax.Array):
         return jax.lax.scan(lambda s, b: single(s, b, key), state, batches)
