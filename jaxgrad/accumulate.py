@@ -42,7 +42,9 @@ def accumulate(acc: Any, grads: Any) -> Any:
 
 def grad_refs(*primals: Any) -> tuple:
     """One tree of zero-initialised ``jax.new_ref`` cells per primal: mutable ``.grad`` slots."""
-    return tuple(jax.tree_util.tree_map(lambda x: jax.new_ref(jnp.zeros_like(x)), p) for p in primals)
+    return tuple(
+        jax.tree_util.tree_map(lambda x: jax.new_ref(jnp.zeros_like(x)), p) for p in primals
+    )
 
 
 def read_refs(refs: Any) -> Any:
