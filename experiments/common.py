@@ -24,7 +24,8 @@ def fmt(x) -> str:
     a = np.asarray(x)
     if a.ndim == 0:
         return f"{a.item():.6g}"
-    return np.array2string(np.round(a, 6), separator=", ")
+    # One line, so a 2-D gradient fits in a cell of the tour table.
+    return np.array2string(np.round(a, 6), separator=", ").replace("\n", "")
 
 
 def allclose(a, b, *, rtol: float = 1e-5, atol: float = 1e-6) -> bool:

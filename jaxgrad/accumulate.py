@@ -34,10 +34,20 @@ def zero_grad(params: Any) -> Any:
 
 
 def accumulate(acc: Any, grads: Any) -> Any:
-    """``acc + grads`` leaf by leaf (one more ``backward()`` into ``.grad``). Returns a new tree."""
+    """``acc + grads`` leaf by leaf (one more ``backward()`` into ``.grad``). Returns a new tree.
+
+    A ``None`` gradient leaf (an unused input from ``jaxgrad.grad(allow_unused=True)``) leaves
+    that accumulator leaf as it is, as PyTorch leaves ``.grad`` of an unused input untouched.
+    """
     if acc is None:  # PyTorch's first backward after zero_grad(set_to_none=True)
         return grads
-    return jax.tree_util.tree_map(jnp.add, acc, grads)
+
+    def add(a, g):
+        if g is None or a is None:  # an unused input: .grad stays None / untouched
+            return a if g is None else g
+        return a + g
+
+    return jax.tree_util.tree_map(add, acc, grads, is_leaf=lambda a: a is None)
 
 
 def grad_refs(*primals: Any) -> tuple:

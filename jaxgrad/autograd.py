@@ -138,8 +138,21 @@ class Pullback:
 
         Returns gradients with a leading ``K`` axis on every leaf.
         """
+        out_leaves = jax.tree_util.tree_leaves(self.out)
+        ct_leaves = jax.tree_util.tree_leaves(cotangents)
+        ks = {_shape(c)[0] if np.ndim(c) else None for c in ct_leaves}
+        if len(ct_leaves) == len(out_leaves) and (
+            None in ks
+            or len(ks) != 1
+            or any(np.ndim(c) != np.ndim(o) + 1 for c, o in zip(ct_leaves, out_leaves))
+        ):
+            raise ValueError(
+                f"batched cotangents must have shape [K, *out.shape] with one K for every leaf: "
+                f"got {[_shape(c) for c in ct_leaves]} for outputs "
+                f"{[_shape(o) for o in out_leaves]}. Stack them with jnp.stack([ct1, ct2, ...])."
+            )
         first = jax.tree_util.tree_map(lambda c: c[0], cotangents)
-        check_cotangent(self.out, first)
+        check_cotangent(self.out, first)  # tree, trailing shape and dtype
         return jax.vmap(self.vjp_fun)(cotangents)
 
     def accumulate_into(self, refs: Sequence[Any], cotangent: Any = None) -> None:
@@ -185,7 +198,7 @@ def grad(
     fun: Callable,
     argnums: int | Sequence[int] = 0,
     *,
-    allow_unused: bool = False,
+    allow_unused: bool | None = None,
     materialize_grads: bool = False,
     has_aux: bool = False,
 ) -> Callable:
@@ -196,7 +209,17 @@ def grad(
     raises ValueError naming the input; with ``allow_unused=True`` its gradient is ``None``
     (or zeros when ``materialize_grads=True``). A dead ReLU gives a real 0.0, not ``None``.
     Works on arrays; for pytree arguments, each unused leaf is reported the same way.
+
+    As in PyTorch, ``allow_unused`` defaults to ``materialize_grads`` (False unless zeros were
+    asked for), and ``allow_unused=False`` with ``materialize_grads=True`` is a ValueError.
     """
+    if allow_unused is None:
+        allow_unused = materialize_grads
+    elif materialize_grads and not allow_unused:
+        raise ValueError(
+            "materialize_grads=True needs allow_unused=True or unset (PyTorch: 'Expected "
+            "allow_unused to be True or not passed when materialize_grads=True')."
+        )
     single = isinstance(argnums, int)
     nums = (argnums,) if single else tuple(argnums)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import numpy as np
 
 __all__ = ["named_keys"]
 
@@ -15,5 +16,7 @@ def named_keys(seed_or_key: int | jax.Array, *names: str) -> dict[str, jax.Array
     """
     if len(set(names)) != len(names):
         raise ValueError(f"key names must be distinct, got {names}")
-    key = jax.random.key(seed_or_key) if isinstance(seed_or_key, int) else seed_or_key
+    # numpy integers count as seeds too (e.g. a seed read back from a .npz or a config array)
+    is_seed = isinstance(seed_or_key, int | np.integer) and not isinstance(seed_or_key, bool)
+    key = jax.random.key(int(seed_or_key)) if is_seed else seed_or_key
     return dict(zip(names, jax.random.split(key, len(names))))

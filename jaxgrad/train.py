@@ -71,9 +71,9 @@ def make_train_step(
         metrics = {
             "loss": loss,
             **aux,
-            "grad_norm": optax.global_norm(grads),
-            "update_norm": optax.global_norm(updates),
-            "param_norm": optax.global_norm(params),
+            "grad_norm": optax.tree.norm(grads),
+            "update_norm": optax.tree.norm(updates),
+            "param_norm": optax.tree.norm(params),
         }
         if extra_metrics is not None:
             metrics.update(extra_metrics(grads, updates, params))

@@ -1,6 +1,9 @@
 """Strict test settings (equinox-style) and shared fixtures.
 
-- dtype promotion is strict: an accidental float64/int mix fails loudly;
+- dtype promotion stays "standard": "strict" would be the equinox choice, but optax itself
+  mixes int32 step counters with floats (Adam's bias correction, MultiSteps' mean), so strict
+  promotion breaks every training test; tests of pure jaxgrad math opt in with the
+  ``strict_dtypes`` fixture;
 - warnings are errors (pyproject's filterwarnings);
 - `key` gives every test its own PRNG key, derived from the test's name;
 - tests in files named ``test_torch_*.py`` are PyTorch parity tests: marked ``torch`` and
@@ -13,7 +16,6 @@ import importlib.util
 import jax
 import pytest
 
-jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -32,3 +34,10 @@ def key(request):
     """A PRNG key unique to the requesting test (stable across runs)."""
     digest = hashlib.sha256(request.node.nodeid.encode()).digest()
     return jax.random.key(int.from_bytes(digest[:4], "little"))
+
+
+@pytest.fixture
+def strict_dtypes():
+    """Run the test under strict dtype promotion (no silent int/float or width mixing)."""
+    with jax.numpy_dtype_promotion("strict"):
+        yield
