@@ -1,0 +1,402 @@
+"""CLIP-style contrastive training: a ViT image tower and a custom text encoder (seed 000).
+
+Run (seconds, synthetic images):   python -m experiments.clip_contrastive --tiny
+Real images (CIFAR-10 JPEG folder): python -m experiments.clip_contrastive --data folder \\
+                                        --data-dir data/train
+Options: --loss clip|siglip|seed, --freeze-image (the seed's .detach()), --clip-norm 1.0.
+
+The PyTorch it reproduces (seed 000)::
+
+    image_features = clip_model.get_image_features(pixel_values)      # .detach() to freeze
+    text_features = my_text_encoder(input_ids)
+    logits = image_features @ text_features.T
+    loss = torch.nn.CrossEntropyLoss()(logits, torch.arange(len(logits)))
+    loss.backward(); optimizer.step(); optimizer.zero_grad()
+    for group in optimizer.param_groups: print(group['params'])       # is my encoder in it?
+
+Here: one pure ``loss_fn(params, batch, key)`` over the ``nnx.split`` params of both towers,
+``jaxgrad.train.make_train_step`` with the ``logit_scale`` clamp as its post-update projection,
+``jax.lax.stop_gradient`` for ``.detach()`` plus ``jaxgrad.freeze.optimizer_with_frozen`` so a
+frozen tower carries no optimizer state, and ``jaxgrad.coverage`` to print what the optimizer
+updates. Captions are drawn on the device from templates each step; evaluation is zero-shot
+classification of held-out images (one prompt per class, and the mean of all prompts) and
+image↔text retrieval recall@1/5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from experiments.common import Row, fmt
+from jaxgrad.cli import option, parse, positive, to_dict
+from jaxgrad.contrastive import (
+    MAX_LOGIT_SCALE,
+    clip_loss,
+    retrieval_metrics,
+    seed_contrastive_loss,
+    siglip_loss,
+)
+from jaxgrad.data.captions import TEMPLATES, caption_table
+from jaxgrad.data.dataset import ImageDataset, train_val_split
+from jaxgrad.data.imagefolder import load_image_folder
+from jaxgrad.data.pipeline import augment, epoch_indices, eval_indices, normalize, take
+from jaxgrad.data.synthetic import make_synthetic
+from jaxgrad.freeze import frozen_mask, optimizer_with_frozen, path_str
+from jaxgrad.io import JsonlLogger, atomic_write_json
+from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, ClipConfig, ClipModel, clamp_logit_scale
+from jaxgrad.models.text import TextConfig
+from jaxgrad.models.vit import ViTConfig
+from jaxgrad.plots import plot_curves
+from jaxgrad.rng import named_keys
+from jaxgrad.train import init_train_state, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data: str = option("synthetic", "image source", choices=("synthetic", "folder"))
+    data_dir: str = option("data/train", "root/<class>/<image> folder for --data folder")
+    n_images: int = option(6000, "images used (synthetic: generated; folder: random subset, 0=all)")
+    n_val: int = option(1000, "held-out images for zero-shot accuracy and retrieval")
+    loss: str = option(
+        "clip",
+        "clip: symmetric CE; siglip: sigmoid, bias init -10; seed: the seed's one-way CE "
+        "(times the learned exp(logit_scale): our features are unit-norm)",
+        choices=("clip", "siglip", "seed"),
+    )
+    freeze_image: bool = option(False, "the seed's .detach(): stop_gradient + image params frozen")
+    clip_norm: float | None = option(1.0, "clip the global gradient norm to this (none: off)")
+    steps: int = option(600, "optimizer steps")
+    batch_size: int = option(128, "pairs per step (the B×B similarity matrix)")
+    lr: float = option(1e-3, "AdamW peak learning rate (cosine decay after warmup)")
+    warmup_steps: int = option(50, "linear warmup steps")
+    weight_decay: float = option(0.1, "AdamW decay on ≥2-D weights only (open_clip's rule)")
+    embed_dim: int = option(128, "shared embedding width")
+    image_dim: int = option(128, "ViT width")
+    image_depth: int = option(4, "ViT blocks")
+    patch_size: int = option(4, "ViT patch size (32/4 = 64 patches)")
+    text_dim: int = option(128, "text encoder width")
+    text_depth: int = option(2, "text encoder blocks")
+    heads: int = option(4, "attention heads in both towers")
+    max_len: int = option(16, "caption length in tokens (the templates need at most 12)")
+    augment: bool = option(True, "random crop + flip on training images")
+    eval_every: int = option(100, "steps between zero-shot evaluations")
+    log_every: int = option(10, "steps between JSONL training records")
+    seed: int = option(0, "one seed for init, data order, captions, augmentation")
+    out_dir: str = option("runs/clip_contrastive", "JSONL metrics, PNG curves, final JSON")
+    progress: bool = option(True, "tqdm progress bar")
+    fast_compile: bool = option(False, "XLA backend opt level 0: ~2x faster compiles, slower steps")
+
+    def __post_init__(self):
+        positive(self, "n_val", "steps", "batch_size", "lr", "embed_dim", "eval_every")
+        positive(self, "image_dim", "image_depth", "text_dim", "text_depth", "heads", "log_every")
+        positive(self, "clip_norm", "patch_size", "max_len")
+        if self.n_images < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ValueError("--n-images, --warmup-steps, --weight-decay must be >= 0")
+        if self.text_dim % self.heads or self.image_dim % self.heads:
+            raise ValueError(
+                f"--text-dim and --image-dim must be divisible by --heads={self.heads}"
+            )
+        if self.batch_size < 2:
+            raise ValueError("--batch-size must be >= 2: a contrastive batch needs negatives")
+
+    @classmethod
+    def tiny(cls) -> Config:
+        return cls(
+            n_images=400, n_val=100, steps=150, batch_size=32, lr=3e-3, warmup_steps=10,
+            embed_dim=32, image_dim=32, image_depth=1, patch_size=8, text_dim=32, text_depth=1,
+            heads=2, eval_every=75, log_every=10, progress=False, fast_compile=True, augment=False,
+        )  # fmt: skip
+
+
+def _jit(fn, fast: bool, **kw):
+    """``jax.jit``, at XLA backend opt level 0 if ``fast`` (tiny runs: compiling dominates)."""
+    opts = {"xla_backend_optimization_level": 0} if fast else None
+    return jax.jit(fn, compiler_options=opts, **kw)
+
+
+def load_data(cfg: Config) -> tuple[ImageDataset, ImageDataset]:
+    """``(train, val)`` image sets; folder subsets are drawn by ``cfg.seed``."""
+    if cfg.data == "synthetic":
+        ds = make_synthetic(cfg.n_images + cfg.n_val, seed=cfg.seed)
+    else:
+        if not Path(cfg.data_dir).is_dir():
+            raise FileNotFoundError(
+                f"--data-dir {cfg.data_dir} is not a folder; extract the images first, e.g. "
+                "mkdir -p data && tar -xzf ../shared/data/cifar10-train-jpeg.tar.gz -C data"
+            )
+        ds = load_image_folder(cfg.data_dir)
+        if cfg.n_images and cfg.n_images + cfg.n_val < len(ds):
+            pick = np.random.default_rng(cfg.seed).permutation(len(ds))[: cfg.n_images + cfg.n_val]
+            ds = ds.subset(np.sort(pick))
+    return train_val_split(ds, cfg.n_val, seed=cfg.seed)
+
+
+def model_config(cfg: Config, vocab_size: int, image_size: int) -> ClipConfig:
+    image = ViTConfig(
+        image_size=image_size, patch_size=cfg.patch_size, dim=cfg.image_dim,
+        depth=cfg.image_depth, heads=cfg.heads, dim_head=cfg.image_dim // cfg.heads,
+        mlp_dim=2 * cfg.image_dim, dropout=0.0, emb_dropout=0.0,
+    )  # fmt: skip
+    text = TextConfig(
+        vocab_size=vocab_size, max_len=cfg.max_len, dim=cfg.text_dim, depth=cfg.text_depth,
+        heads=cfg.heads, mlp_dim=2 * cfg.text_dim,
+    )  # fmt: skip
+    bias = -10.0 if cfg.loss == "siglip" else None  # SigLIP's initial bias
+    return ClipConfig(image=image, text=text, embed_dim=cfg.embed_dim, logit_bias_init=bias)
+
+
+def make_loss_fn(graphdef, rest, captions, *, loss: str, freeze_image: bool, do_augment: bool):
+    """``loss_fn(params, batch, key) -> (loss, aux)`` for ``batch = {"images", "labels"}``.
+
+    ``captions = (ids [T, C, L], mask [T, C, L])``: each image gets a template drawn from
+    ``key``, filled with its label. ``freeze_image`` is the seed's ``.detach()``: the image
+    features enter the loss as constants, so no gradient reaches the image tower.
+    """
+    ids, cmask = captions
+
+    def loss_fn(params, batch, key):
+        model = nnx.merge(graphdef, params, rest)
+        tkey, akey = jax.random.split(key)
+        labels = batch["labels"]
+        t = jax.random.randint(tkey, labels.shape, 0, ids.shape[0])
+        images = augment(akey, batch["images"]) if do_augment else batch["images"]
+        img, txt = model(normalize(images), ids[t, labels], cmask[t, labels])
+        if freeze_image:
+            img = jax.lax.stop_gradient(img)
+        kw = dict(image_features=img, text_features=txt, logit_scale=model.logit_scale[...])
+        if loss == "clip":
+            return clip_loss(**kw)
+        if loss == "siglip":
+            return siglip_loss(**kw, logit_bias=model.logit_bias[...])
+        return seed_contrastive_loss(**kw)
+
+    return loss_fn
+
+
+def make_optimizer(cfg: Config, params) -> optax.GradientTransformation:
+    """Clip → AdamW (warmup + cosine), decay on ≥2-D weights; image tower frozen if asked."""
+    total = max(cfg.steps, cfg.warmup_steps + 1)  # optax needs decay steps > warmup
+    sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, total)
+    decay = lambda p: jax.tree_util.tree_map(lambda x: x.ndim >= 2, p)
+    opt = optax.adamw(sched, weight_decay=cfg.weight_decay, mask=decay)
+    if cfg.clip_norm is not None:
+        opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
+    if cfg.freeze_image:
+        opt = optimizer_with_frozen(opt, frozen_leaves(cfg, params))
+    return opt
+
+
+def frozen_leaves(cfg: Config, params):
+    """Bool mask, True on the image tower's leaves when ``--freeze-image`` (else all False)."""
+    return frozen_mask(params, [IMAGE_TOWER] if cfg.freeze_image else [])
+
+
+def tower_grad_norms(grads, updates, params) -> dict:
+    """Per-tower gradient norms inside the step: does the gradient reach each encoder?"""
+    return {
+        "grad_norm_image": optax.tree.norm(grads[IMAGE_TOWER]),
+        "grad_norm_text": optax.tree.norm(grads[TEXT_TOWER]),
+        "logit_scale": params["logit_scale"][...],
+    }
+
+
+def param_groups(optimizer, params, frozen) -> list[dict]:
+    """The seed's ``param_groups`` check, per top-level module, without running a step.
+
+    ``frozen`` is the bool mask handed to the optimizer; the optimizer-state size per module
+    comes from ``jax.eval_shape(optimizer.init, params)`` (traced, nothing allocated): Adam
+    holds 2 floats per trainable scalar and none for a frozen one.
+    """
+    state = jax.tree_util.tree_leaves_with_path(jax.eval_shape(optimizer.init, params))
+    rows: dict[str, dict] = {}
+    for (path, x), f in zip(
+        jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(frozen)
+    ):
+        top = path_str(path).split("/")[0]
+        row = rows.setdefault(top, {"module": top, "leaves": 0, "params": 0, "frozen": 0})
+        row["leaves"] += 1
+        row["params"] += int(np.size(x))
+        row["frozen"] += int(np.size(x)) if f else 0
+    for row in rows.values():
+        tag = f"['{row['module']}']"
+        row["state_floats"] = sum(
+            int(np.prod(x.shape)) for p, x in state if tag in jax.tree_util.keystr(p)
+        )
+    return sorted(rows.values(), key=lambda r: r["module"])
+
+
+def print_param_groups(groups: list[dict]) -> None:
+    print("what the optimizer updates (module: leaves, params, optimizer-state floats):")
+    for g in groups:
+        status = "FROZEN (not in optimizer)" if g["frozen"] == g["params"] else "trainable"
+        print(
+            f"  {g['module']:14s} {g['leaves']:3d} leaves {g['params']:10,d} params  "
+            f"state {g['state_floats']:10,d}  {status}"
+        )
+
+
+def make_evaluator(
+    graphdef, rest, val: ImageDataset, captions, *, seed: int, fast: bool = False, chunk: int = 500
+):
+    """``evaluate(params) -> metrics``: zero-shot top-1 (1 prompt, ensemble), recall@1/5.
+
+    One jitted program: held-out images are encoded ``chunk`` at a time (``lax.map``), every
+    prompt of every class and one fixed caption per image (for retrieval) in one text batch.
+    """
+    ids, cmask = captions
+    t_all, c, length = ids.shape
+    n = len(val)
+    idx, _ = eval_indices(n, min(chunk, n))  # [nb, chunk]; the first n flat entries are 0..n-1
+    n_ret = min(n, 1000)  # retrieval over at most 1000 pairs
+    t = np.random.default_rng(seed).integers(0, t_all, n_ret)  # the same captions every time
+    all_ids = jnp.concatenate([ids.reshape(-1, length), ids[t, val.labels[:n_ret]]])
+    all_mask = jnp.concatenate([cmask.reshape(-1, length), cmask[t, val.labels[:n_ret]]])
+
+    def metrics(params, images, labels, idx, all_ids, all_mask):
+        model = lambda: nnx.merge(graphdef, params, rest)
+        img = jax.lax.map(lambda i: model().encode_image(normalize(images[i])), idx)
+        img = img.reshape(-1, img.shape[-1])[:n]
+        txt_all = model().encode_text(all_ids, all_mask)
+        cls, txt = txt_all[: t_all * c].reshape(t_all, c, -1), txt_all[t_all * c :]
+        ens = cls.mean(axis=0)  # prompt ensemble: mean of unit vectors, renormalised
+        ens = ens / jnp.linalg.norm(ens, axis=-1, keepdims=True)
+        lab = labels[:n_ret]
+        return {
+            "zeroshot_acc": jnp.mean(jnp.argmax(img @ cls[0].T, axis=1) == labels),
+            "zeroshot_ens_acc": jnp.mean(jnp.argmax(img @ ens.T, axis=1) == labels),
+            **retrieval_metrics(
+                image_features=img[:n_ret], text_features=txt, image_labels=lab, text_labels=lab
+            ),
+        }
+
+    run = _jit(metrics, fast)
+    args = (jnp.asarray(val.images), jnp.asarray(val.labels), jnp.asarray(idx), all_ids, all_mask)
+    return lambda params: {k: float(v) for k, v in run(params, *args).items()}
+
+
+def setup(cfg: Config, train: ImageDataset):
+    """Model, captions, params, optimizer and step for ``cfg`` (shared by main, tour, tests)."""
+    keys = named_keys(cfg.seed, "init", "data", "step")
+    tok, ids, cmask = caption_table(train.class_names, max_len=cfg.max_len)
+    mcfg = model_config(cfg, len(tok), train.images.shape[1])
+    # initialise under jit: one compiled program instead of one dispatch per initializer
+    create = lambda key: nnx.split(ClipModel(mcfg, rngs=nnx.Rngs(params=key)), nnx.Param, ...)
+    graphdef = nnx.split(nnx.eval_shape(lambda: ClipModel(mcfg, rngs=nnx.Rngs(0))))[0]
+    params, rest = _jit(lambda key: create(key)[1:], cfg.fast_compile)(keys["init"])
+    captions = (jnp.asarray(ids), jnp.asarray(cmask))
+    loss_fn = make_loss_fn(
+        graphdef, rest, captions, loss=cfg.loss, freeze_image=cfg.freeze_image,
+        do_augment=cfg.augment,
+    )  # fmt: skip
+    optimizer = make_optimizer(cfg, params)
+    step = make_train_step(
+        loss_fn, optimizer, post_update=clamp_logit_scale, extra_metrics=tower_grad_norms, jit=False
+    )
+    step = _jit(step, cfg.fast_compile, donate_argnums=(0,))  # make_train_step's jit + options
+    return dict(
+        keys=keys, tokenizer=tok, captions=captions, graphdef=graphdef, params=params, rest=rest,
+        loss_fn=loss_fn, optimizer=optimizer, step=step,
+    )  # fmt: skip
+
+
+def main(cfg: Config) -> dict:
+    out = Path(cfg.out_dir)
+    train, val = load_data(cfg)
+    print(
+        f"data: {train.source} | train {len(train)} | val {len(val)} | {train.num_classes} classes"
+    )
+    s = setup(cfg, train)
+    print(f"loss={cfg.loss} freeze_image={cfg.freeze_image} clip_norm={cfg.clip_norm}")
+    print(f"vocabulary: {len(s['tokenizer'])} words; {len(TEMPLATES)} caption templates")
+    groups = param_groups(s["optimizer"], s["params"], frozen_leaves(cfg, s["params"]))
+    print_param_groups(groups)
+    evaluate = make_evaluator(
+        s["graphdef"], s["rest"], val, s["captions"], seed=cfg.seed, fast=cfg.fast_compile
+    )
+    state = _jit(lambda p: init_train_state(p, s["optimizer"]), cfg.fast_compile)(s["params"])
+    images, labels = jnp.asarray(train.images), jnp.asarray(train.labels)
+    # shuffling and gathering compiled once (the data are arguments, not baked-in constants)
+    shuffle = _jit(epoch_indices, cfg.fast_compile, static_argnums=(1, 2))
+    gather = _jit(lambda im, lb, order, i: take(im, lb, order[i]), cfg.fast_compile)
+    out.mkdir(parents=True, exist_ok=True)
+    log = JsonlLogger(out / "metrics.jsonl")
+    log.path.write_text("")  # one run per file
+    ev = evaluate(state.params)  # step 0: the untrained towers, near chance
+    log.log(step=0, **{f"val/{k}": v for k, v in ev.items()})
+    hist = {"step": [], "loss": [], "eval_step": [0], "zs": [ev["zeroshot_acc"]],
+            "zs_ens": [ev["zeroshot_ens_acc"]]}  # fmt: skip
+    per_epoch = len(train) // cfg.batch_size  # epoch_indices drops the last partial batch
+    t0 = time.perf_counter()
+    bar = tqdm(range(cfg.steps), disable=not cfg.progress, desc="clip")
+    for i in bar:
+        if i % per_epoch == 0:  # a fresh permutation each epoch, from fold_in(data, epoch)
+            epoch_key = jax.random.fold_in(s["keys"]["data"], i // per_epoch)
+            order = shuffle(epoch_key, len(train), cfg.batch_size)
+        batch = gather(images, labels, order, i % per_epoch)
+        state, m = s["step"](state, batch, s["keys"]["step"])
+        if (i + 1) % cfg.log_every == 0 or i == 0:
+            rec = {k: float(v) for k, v in m.items()}
+            log.log(step=i + 1, **rec)
+            hist["step"].append(i + 1)
+            hist["loss"].append(rec["loss"])
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", logit_scale=f"{rec['logit_scale']:.2f}")
+        if (i + 1) % cfg.eval_every == 0 or i + 1 == cfg.steps:
+            ev = evaluate(state.params)
+            log.log(step=i + 1, **{f"val/{k}": v for k, v in ev.items()})
+            hist["eval_step"].append(i + 1)
+            hist["zs"].append(ev["zeroshot_acc"])
+            hist["zs_ens"].append(ev["zeroshot_ens_acc"])
+            tqdm.write(f"step {i + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
+    seconds = time.perf_counter() - t0
+    final = {
+        "config": to_dict(cfg), "source": train.source, "train_seconds": seconds,
+        "last_train": {k: float(v) for k, v in m.items()}, "val": ev,
+        "param_groups": groups, "chance": 1.0 / train.num_classes,
+    }  # fmt: skip
+    atomic_write_json(out / "final.json", final)
+    plot_curves(
+        out / "curves.png",
+        {
+            "train loss": {cfg.loss: (hist["step"], hist["loss"])},
+            "zero-shot val accuracy": {
+                "1 prompt": (hist["eval_step"], hist["zs"]),
+                f"{len(TEMPLATES)}-prompt ensemble": (hist["eval_step"], hist["zs_ens"]),
+            },
+        },
+        title=f"CLIP-style training on {train.source}",
+    )
+    print(f"done in {seconds:.1f} s; zero-shot val acc {ev['zeroshot_acc']:.3f} "
+          f"(ensemble {ev['zeroshot_ens_acc']:.3f}, chance {1 / train.num_classes:.3f}); "
+          f"outputs in {out}/")  # fmt: skip
+    return final
+
+
+def tour() -> list[Row]:
+    """A tiny run on synthetic images (labelled so): the seed's questions, answered by its logs."""
+    final = main(dataclasses.replace(Config.tiny(), out_dir="runs/tour/clip_contrastive"))
+    last, acc, chance = final["last_train"], final["val"]["zeroshot_ens_acc"], final["chance"]
+    text = next(g for g in final["param_groups"] if g["module"] == TEXT_TOWER)
+    return [
+        Row("CLIP: grad reaches custom text encoder", "text grads non-zero",
+            f"|g_text| {fmt(last['grad_norm_text'])}", last["grad_norm_text"] > 0),
+        Row("CLIP: text encoder in the optimizer", "in param_groups",
+            f"Adam state {text['state_floats']:,} = 2 x {text['params']:,}",
+            text["state_floats"] == 2 * text["params"]),
+        Row("CLIP: logit_scale clamp [0, ln 100]", "clamp_(0, 4.6052)",
+            fmt(last["logit_scale"]), 0.0 <= last["logit_scale"] <= MAX_LOGIT_SCALE),
+        Row("CLIP zero-shot (synthetic, not CIFAR)", f"> 2x chance {chance:.2f}", f"{acc:.2f}",
+            acc > 2 * chance),
+    ]  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(parse(Config))

@@ -1,0 +1,129 @@
+"""A CLIP-style two-tower model: the ViT image tower and the custom text encoder of seed 000.
+
+Both towers end in a linear projection into one shared ``embed_dim``-wide space: the text tower
+in its own ``proj``; the image tower in the ViT's head, built with
+``num_classes = embed_dim`` so the classifier layer *is* the projection (every ViT parameter is
+used, none sits idle with a zero gradient). Features are L2-normalised, so
+``image @ textᵀ`` is a matrix of cosine similarities; a learnable ``logit_scale`` (the log of
+the inverse temperature, init ``ln(1/0.07)``) sharpens them. ``logit_bias`` exists only for
+the SigLIP loss (init −10).
+
+The model computes features, never a loss (see :mod:`jaxgrad.contrastive`). After each
+optimizer step :func:`clamp_logit_scale` projects ``logit_scale`` back into ``[0, ln 100]``, as
+open_clip does; pass it as ``make_train_step(..., post_update=clamp_logit_scale)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxgrad.cli import positive
+from jaxgrad.contrastive import MAX_LOGIT_SCALE
+from jaxgrad.freeze import path_str
+from jaxgrad.models.text import TextConfig, TextEncoder
+from jaxgrad.models.vit import ViT, ViTConfig
+
+__all__ = [
+    "IMAGE_TOWER",
+    "TEXT_TOWER",
+    "ClipConfig",
+    "ClipModel",
+    "clamp_logit_scale",
+    "l2_normalize",
+]
+
+#: top-level parameter names of the two towers (prefixes for jaxgrad.freeze.frozen_mask)
+IMAGE_TOWER, TEXT_TOWER = "image_encoder", "text_encoder"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipConfig:
+    """Two towers and the shared space. ``image.num_classes`` is overridden by ``embed_dim``."""
+
+    image: ViTConfig = ViTConfig(
+        dim=256, depth=4, heads=4, dim_head=64, mlp_dim=512, dropout=0.0, emb_dropout=0.0
+    )
+    text: TextConfig = TextConfig()
+    embed_dim: int = 256  # shared embedding width (both projections land here)
+    logit_scale_init: float = math.log(1 / 0.07)  # CLIP's temperature 0.07
+    logit_bias_init: float | None = None  # SigLIP's bias (−10); None: no bias parameter
+
+    def __post_init__(self):
+        positive(self, "embed_dim")
+        if not 0.0 <= self.logit_scale_init <= MAX_LOGIT_SCALE:
+            raise ValueError(
+                f"logit_scale_init must lie in the clamp range [0, ln 100], got {self.logit_scale_init}"
+            )
+        if self.image.channels != 3:
+            raise ValueError("the caption data are RGB images: image.channels must be 3")
+
+    @classmethod
+    def tiny(cls, *, vocab_size: int = 64, **overrides) -> ClipConfig:
+        """Both towers one or two narrow blocks wide; a train step in well under a second."""
+        base = dict(
+            image=dataclasses.replace(ViTConfig.tiny(), dropout=0.0, emb_dropout=0.0),
+            text=TextConfig.tiny(vocab_size=vocab_size),
+            embed_dim=32,
+        )
+        return cls(**{**base, **overrides})
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Rows of ``x [B, D]`` scaled to unit length; ``eps`` keeps a zero row finite."""
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+class ClipModel(nnx.Module):
+    """``ClipModel(cfg, rngs=...)``; ``model(images, tokens, mask) -> (img [B, E], txt [B, E])``.
+
+    Images ``[B, H, W, 3]`` float normalised; tokens ``[B, L]`` int ids; mask ``[B, L]`` bool.
+    """
+
+    def __init__(self, cfg: ClipConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        image_cfg = dataclasses.replace(cfg.image, num_classes=cfg.embed_dim)
+        text_cfg = dataclasses.replace(cfg.text, out_dim=cfg.embed_dim)
+        self.image_encoder = ViT(image_cfg, rngs=rngs)
+        self.text_encoder = TextEncoder(text_cfg, rngs=rngs)
+        self.logit_scale = nnx.Param(jnp.asarray(cfg.logit_scale_init, jnp.float32))
+        if cfg.logit_bias_init is not None:
+            self.logit_bias = nnx.Param(jnp.asarray(cfg.logit_bias_init, jnp.float32))
+        else:
+            self.logit_bias = None
+
+    def encode_image(self, images, *, deterministic: bool = True, rngs=None) -> jax.Array:
+        """``[B, H, W, 3]`` → unit-norm ``[B, E]`` float32 (the ViT head is the projection)."""
+        out = self.image_encoder(images, deterministic=deterministic, rngs=rngs)
+        return l2_normalize(out.astype(jnp.float32))
+
+    def encode_text(self, tokens, mask, *, deterministic: bool = True, rngs=None) -> jax.Array:
+        """``[B, L]`` ids + mask → unit-norm ``[B, E]`` float32."""
+        out = self.text_encoder(tokens, mask, deterministic=deterministic, rngs=rngs)
+        return l2_normalize(out.astype(jnp.float32))
+
+    def __call__(self, images, tokens, mask, *, deterministic: bool = True, rngs=None):
+        img = self.encode_image(images, deterministic=deterministic, rngs=rngs)
+        txt = self.encode_text(tokens, mask, deterministic=deterministic, rngs=rngs)
+        return img, txt
+
+
+def clamp_logit_scale(params: Any, *, max_value: float = MAX_LOGIT_SCALE) -> Any:
+    """Project ``logit_scale`` into ``[0, max_value]``; every other leaf is returned as is.
+
+    Works on any params pytree whose top-level ``logit_scale`` entry holds the scalar (the
+    ``nnx.split`` state of :class:`ClipModel` or a plain dict). Applied after the optimizer
+    step, outside the gradient: open_clip's ``logit_scale.clamp_(0, math.log(100))``.
+    """
+
+    def clamp(path, leaf):
+        if path_str(path).split("/")[0] == "logit_scale":
+            return jnp.clip(leaf, 0.0, max_value)
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(clamp, params)
