@@ -1,0 +1,207 @@
+"""Checkpoints with orbax: ``torch.save({"model": ..., "optimizer": ..., "epoch": ...})``.
+
+:class:`Checkpointer` wraps ``orbax.checkpoint.CheckpointManager``: each ``save(step, tree,
+meta)`` writes into ``<dir>/<step>.orbax-checkpoint-tmp`` and renames it to ``<dir>/<step>``
+only once every file is written (orbax's ``AtomicRenameTemporaryPath``, its default on local
+file systems), so a process killed during a save leaves the previous checkpoints intact and
+no directory that :meth:`Checkpointer.latest_step` would pick up. The last ``keep`` are kept.
+
+PRNG keys: typed key arrays (``jax.random.key``) cannot be serialized as such; leaves with a
+key dtype are saved as ``jax.random.key_data(k)`` (uint32) and restored with
+``jax.random.wrap_key_data(data, impl=<the impl of the matching leaf in like_tree>)``, so a
+restored tree has the same key leaves, bit for bit, as the saved one.
+
+:func:`save_params` / :func:`load_params` store just the final parameters in one ``.npz`` file
+(the ``torch.save(model.state_dict(), "vit_model.pth")`` equivalent), written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxgrad.io import atomic_write_bytes
+
+__all__ = ["Checkpointer", "load_params", "save_params"]
+
+
+def _is_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _keys_to_data(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _template(x: Any) -> Any:
+    """What orbax restores into: committed/sharded leaves keep their sharding; the rest come
+    back as host arrays first so that ``jnp.asarray`` gives ordinary uncommitted arrays (a
+    committed array changes jit's cache key: the restored state would trigger a recompile)."""
+    if _is_key(x):
+        x = jax.eval_shape(jax.random.key_data, x)
+    sharding = getattr(x, "sharding", None)
+    if sharding is not None and (not isinstance(x, jax.Array) or x.committed):
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+    return np.broadcast_to(np.zeros((), x.dtype), np.shape(x))  # shape + dtype, no memory
+
+
+def _to_device(x: Any) -> Any:
+    return jax.numpy.asarray(x) if isinstance(x, np.ndarray) else x
+
+
+class Checkpointer:
+    """Numbered, atomic checkpoints of any pytree (train state, keys, data order) plus JSON meta.
+
+    >>> ckpt = Checkpointer("runs/vit/ckpt", keep=3)
+    >>> ckpt.save(epoch, {"state": state, "key": key}, meta={"epoch": epoch})
+    >>> tree, meta = ckpt.restore({"state": state, "key": key})   # latest step
+
+    ``async_save=True`` lets the write run in the background (the device→host copy still
+    happens inside ``save``, so donated buffers may be reused right after); call :meth:`wait`
+    or :meth:`close` (or use ``with``) before the process ends.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 3, async_save: bool = False):
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.directory = Path(directory).absolute()
+        self._mngr = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                create=True,
+                enable_async_checkpointing=async_save,
+                # delete what a killed save left behind (never read, but it wastes disk)
+                cleanup_tmp_directories=True,
+            ),
+        )
+
+    def save(self, step: int, tree: Any, meta: dict | None = None) -> None:
+        """Save ``tree`` (arrays, key arrays) and ``meta`` (JSON-able dict) as checkpoint ``step``."""
+        if not isinstance(step, int | np.integer) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        self._mngr.save(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_keys_to_data(tree)),
+                meta=ocp.args.JsonSave(dict(meta or {})),
+            ),
+            force=True,
+        )
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None when there is none."""
+        self._mngr.wait_until_finished()
+        self._mngr.reload()  # see checkpoints written by another process / manager
+        return self._mngr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        self._mngr.wait_until_finished()
+        self._mngr.reload()
+        return sorted(self._mngr.all_steps())
+
+    def restore(self, like_tree: Any, step: int | None = None) -> tuple[Any, dict]:
+        """Return ``(tree, meta)`` of checkpoint ``step`` (default: the latest).
+
+        ``like_tree`` gives structure, shapes and dtypes (concrete arrays or
+        ``jax.ShapeDtypeStruct``; key leaves must be key arrays). Raises FileNotFoundError when
+        there is no such checkpoint and ValueError when the saved tree does not fit.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None or step not in self.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint {'' if step is None else step} in {self.directory} "
+                f"(complete steps: {self.all_steps()}); train first or drop --resume"
+            )
+        try:
+            out = self._mngr.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(jax.tree.map(_template, like_tree)),
+                    meta=ocp.args.JsonRestore(),
+                ),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(
+                f"checkpoint {step} in {self.directory} does not fit the given tree ({e}); was "
+                "it written by a different model or optimizer configuration?"
+            ) from e
+        tree = jax.tree.map(
+            lambda like, x: (
+                jax.random.wrap_key_data(_to_device(x), impl=jax.random.key_impl(like))
+                if _is_key(like)
+                else _to_device(x)
+            ),
+            like_tree,
+            out["state"],
+        )
+        return tree, dict(out["meta"] or {})
+
+    def read_meta(self, step: int | None = None) -> dict:
+        """Only the JSON meta of checkpoint ``step`` (default: the latest), without the arrays."""
+        step = self.latest_step() if step is None else step
+        if step is None or step not in self.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint {'' if step is None else step} in {self.directory}"
+            )
+        out = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"] or {})
+
+    def wait(self) -> None:
+        """Block until a background save has been written and renamed into place."""
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mngr.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
+
+
+def save_params(path: str | os.PathLike, params: Any) -> Path:
+    """Write a params pytree (e.g. ``nnx.state(model, nnx.Param)``) to one ``.npz``, atomically.
+
+    Each array is stored under its pytree path (``"['layers'][0]['attn']['to_qkv']['kernel']"``).
+    """
+    arrays = {k: np.asarray(v) for k, v in _flat(params).items()}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_params(path: str | os.PathLike, like: Any) -> Any:
+    """Read :func:`save_params`' file into the structure of ``like`` (checks names and shapes)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no parameter file {path}")
+    want = _flat(like)
+    with np.load(path) as z:
+        got = {k: z[k] for k in z.files}
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing or extra:
+        raise ValueError(
+            f"{path} does not match the model: missing {missing[:5]}, unexpected {extra[:5]}; "
+            "build the model with the config it was trained with"
+        )
+    for k, like_leaf in want.items():
+        if got[k].shape != np.shape(like_leaf) or got[k].dtype != like_leaf.dtype:
+            raise ValueError(
+                f"{path}: {k} is {got[k].dtype}{list(got[k].shape)}, the model expects "
+                f"{like_leaf.dtype}{list(np.shape(like_leaf))}"
+            )
+    treedef = jax.tree_util.tree_structure(like)
+    return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(got[k]) for k in want])

@@ -1,0 +1,103 @@
+"""torchvision's ``ImageFolder`` as arrays: ``root/<class>/<image>`` decoded once, then cached.
+
+Classes are the sub-folder names sorted (label i = i-th name), images sorted by path inside a
+class, as torchvision does. The first load decodes every JPEG/PNG with Pillow (RGB) into one
+``.npz`` written atomically; later loads read the cache if the folder has not changed (file
+names, sizes and modification times are hashed into the cache's name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from jaxgrad.data.dataset import ImageDataset
+from jaxgrad.io import atomic_write_bytes
+
+__all__ = ["IMAGE_EXTENSIONS", "default_cache_dir", "load_image_folder"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def default_cache_dir() -> Path:
+    """``$JAXGRAD_CACHE`` or ``~/.cache/jaxgrad``."""
+    return Path(os.environ.get("JAXGRAD_CACHE", Path.home() / ".cache" / "jaxgrad"))
+
+
+def _scan(root: Path) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"image folder {root} does not exist: expected root/<class>/<image>.jpg|png"
+        )
+    classes = tuple(
+        sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    )
+    if not classes:
+        raise ValueError(f"{root} has no class sub-folders: expected root/<class>/<image>.jpg|png")
+    files = []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not found:
+            raise ValueError(
+                f"class folder {root / name} holds no {'/'.join(IMAGE_EXTENSIONS)} images; "
+                "remove it or add images"
+            )
+        files += [(p, label) for p in found]
+    return classes, files
+
+
+def _fingerprint(root: Path, files: list[tuple[Path, int]]) -> str:
+    h = hashlib.sha256(str(root.resolve()).encode())
+    for p, label in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(root)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _decode(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot decode image {path}: {e}; remove or replace the file") from e
+
+
+def load_image_folder(
+    root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None
+) -> ImageDataset:
+    """Load ``root/<class>/<image>`` as an :class:`ImageDataset` (all images the same size).
+
+    ``cache_dir`` (default :func:`default_cache_dir`) holds the decoded ``.npz``; delete it to
+    force a re-decode. Raises FileNotFoundError / ValueError naming the folder or file at fault.
+    """
+    root = Path(root)
+    classes, files = _scan(root)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_file = cache / f"imagefolder-{root.name}-{_fingerprint(root, files)}.npz"
+    source = f"imagefolder:{root}"
+    if cache_file.exists():
+        try:
+            with np.load(cache_file) as z:
+                return ImageDataset(z["images"], z["labels"], classes, source)
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache (e.g. disk trouble): decode again and rewrite it
+    with ThreadPoolExecutor(max_workers=4) as pool:  # Pillow releases the GIL while decoding
+        arrays = list(pool.map(_decode, (p for p, _ in files)))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(
+            f"images in {root} have different sizes {sorted(shapes)[:4]}...; resize them to one "
+            "size first (e.g. 32x32 for the CIFAR-10 ViT)"
+        )
+    images = np.stack(arrays)
+    labels = np.asarray([label for _, label in files], dtype=np.int32)
+    buf = io.BytesIO()
+    np.savez(buf, images=images, labels=labels)
+    atomic_write_bytes(cache_file, buf.getvalue())
+    return ImageDataset(images, labels, classes, source)

@@ -1,0 +1,300 @@
+"""vit-pytorch's ``ViT`` as a flax NNX module, layer for layer (same parameters, same numerics).
+
+The seed builds ``ViT(image_size=32, patch_size=4, num_classes=10, dim=512, depth=6, heads=8,
+mlp_dim=1024, dropout=0.1, emb_dropout=0.1)`` from vit-pytorch; :meth:`ViTConfig.seed` is that
+model (12,673,642 parameters). The architecture, exactly as vit-pytorch 1.x:
+
+- patch embedding: cut ``[B, H, W, C]`` into ``p×p`` patches flattened as ``(p1 p2 c)``
+  → LayerNorm(patch_dim) → Linear(patch_dim, dim) → LayerNorm(dim);
+- prepend a cls token, add the position embedding (both ``randn``, std 1), Dropout(emb_dropout);
+- ``depth`` pre-norm blocks: ``x = x + Attn(LN(x))``; ``x = x + MLP(LN(x))``; attention has a
+  bias-free qkv projection, ``dim_head ** -0.5`` scaling, dropout on the attention
+  probabilities and after the output projection; the MLP uses exact (erf) GELU;
+- final LayerNorm, then the cls token → Linear(dim, num_classes).
+
+Port details that matter for parity: LayerNorm eps 1e-5 (flax's default is 1e-6), exact GELU
+(``jax.nn.gelu`` defaults to tanh), and torch's Linear init: weights
+``kaiming_uniform(a=√5)`` = U(±1/√fan_in), biases U(±1/√fan_in) (flax defaults to
+lecun_normal and zero biases).
+
+Mixed precision: ``dtype="bfloat16"`` runs the matmuls (every Linear, attention) in bf16 while
+parameters stay float32 (the master copy the optimizer updates). As with torch autocast, the
+LayerNorms, the softmax, the residual stream and the returned logits stay float32.
+
+Randomness: the module owns no RNG state. Dropout keys come in at call time
+(``rngs=nnx.Rngs(dropout=key)`` or a raw key), so ``nnx.split(model, nnx.Param)`` gives the
+whole state and ``jax.grad`` works on a plain params pytree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+__all__ = ["ViT", "ViTConfig", "count_params", "init_vit", "torch_bias_init", "torch_kernel_init"]
+
+_EPS = 1e-5  # torch.nn.LayerNorm's default eps
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """vit-pytorch ``ViT(...)`` keyword arguments (pool='cls'), plus the compute dtype."""
+
+    image_size: int = 32
+    patch_size: int = 4
+    num_classes: int = 10
+    dim: int = 512
+    depth: int = 6
+    heads: int = 8
+    mlp_dim: int = 1024
+    dim_head: int = 64  # vit-pytorch's default; inner dim = heads * dim_head
+    dropout: float = 0.1
+    emb_dropout: float = 0.1
+    channels: int = 3
+    dtype: str = "float32"  # compute dtype: "float32" or "bfloat16"; params are always float32
+
+    def __post_init__(self):
+        for name in ("image_size", "patch_size", "num_classes", "dim", "depth", "heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ViTConfig.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("mlp_dim", "dim_head", "channels"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ViTConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by patch_size {self.patch_size}"
+            )
+        for name in ("dropout", "emb_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"ViTConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"ViTConfig.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+    @classmethod
+    def seed(cls) -> ViTConfig:
+        """The seed's model: 12,673,642 parameters."""
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> ViTConfig:
+        """A few thousand parameters: one step in milliseconds on CPU (tests, the tour)."""
+        return cls(dim=32, depth=2, heads=2, dim_head=16, mlp_dim=64)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        return self.channels * self.patch_size**2
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+
+def torch_kernel_init(key, shape, dtype=jnp.float32):
+    """``nn.Linear``'s weight init, kaiming_uniform(a=√5) = U(±1/√fan_in); kernel ``[in, out]``."""
+    return nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")(key, shape, dtype)
+
+
+def torch_bias_init(fan_in: int):
+    """``nn.Linear``'s bias init, U(±1/√fan_in): needs the layer's fan-in, hence a factory."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _linear(cfg: ViTConfig, n_in: int, n_out: int, *, rngs: nnx.Rngs, bias: bool = True):
+    return nnx.Linear(
+        n_in,
+        n_out,
+        use_bias=bias,
+        dtype=cfg.compute_dtype,
+        param_dtype=jnp.float32,
+        kernel_init=torch_kernel_init,
+        bias_init=torch_bias_init(n_in),
+        rngs=rngs,
+    )
+
+
+def _norm(cfg: ViTConfig, n: int, *, rngs: nnx.Rngs):
+    # float32 even under bf16 compute: autocast keeps LayerNorm in float32 too (and flax's
+    # LayerNorm statistics do not accept bf16 inputs under strict dtype promotion)
+    del cfg
+    return nnx.LayerNorm(n, epsilon=_EPS, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    """vit-pytorch ``Attention``: LN → qkv (no bias) → softmax(q kᵀ/√d) → dropout → out proj."""
+
+    def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
+        inner = cfg.heads * cfg.dim_head
+        self.heads, self.dim_head = cfg.heads, cfg.dim_head
+        self.norm = _norm(cfg, cfg.dim, rngs=rngs)
+        self.to_qkv = _linear(cfg, cfg.dim, 3 * inner, rngs=rngs, bias=False)
+        self.attn_drop = nnx.Dropout(cfg.dropout)
+        # vit-pytorch drops the output projection only when heads == 1 and dim_head == dim
+        self.project_out = not (cfg.heads == 1 and cfg.dim_head == cfg.dim)
+        self.to_out = _linear(cfg, inner, cfg.dim, rngs=rngs) if self.project_out else None
+        self.out_drop = nnx.Dropout(cfg.dropout)
+
+    def __call__(self, x, *, deterministic: bool, rngs: nnx.Rngs | None):
+        """``x [B, N, dim]`` → ``[B, N, dim]`` (the residual is added by the caller)."""
+        b, n, _ = x.shape
+        qkv = self.to_qkv(self.norm(x)).reshape(b, n, 3, self.heads, self.dim_head)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, heads, dim_head] each
+        scale = self.dim_head**-0.5
+        if deterministic or self.attn_drop.rate == 0.0:
+            # no dropout on the probabilities: the fused op computes the same softmax(q kᵀ s) v
+            # jax's own bf16 path calls promote_types(bf16, f32) internally, which strict
+            # dtype promotion rejects; the op itself is what we want, so allow it here only
+            with jax.numpy_dtype_promotion("standard"):
+                out = jax.nn.dot_product_attention(q, k, v, scale=scale)
+        else:
+            # dropout on attention probabilities is not something the fused op offers
+            dots = jnp.einsum("bqhd,bkhd->bhqk", q, k) * jnp.asarray(scale, q.dtype)
+            attn = jax.nn.softmax(dots.astype(jnp.float32), axis=-1).astype(q.dtype)
+            attn = self.attn_drop(attn, deterministic=False, rngs=rngs)
+            out = jnp.einsum("bhqk,bkhd->bqhd", attn, v)
+        out = out.reshape(b, n, self.heads * self.dim_head)
+        if self.to_out is not None:
+            out = self.out_drop(self.to_out(out), deterministic=deterministic, rngs=rngs)
+        return out.astype(jnp.float32)  # the residual stream stays float32
+
+
+class FeedForward(nnx.Module):
+    """vit-pytorch ``FeedForward``: LN → Linear → GELU(erf) → Dropout → Linear → Dropout."""
+
+    def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
+        self.norm = _norm(cfg, cfg.dim, rngs=rngs)
+        self.fc1 = _linear(cfg, cfg.dim, cfg.mlp_dim, rngs=rngs)
+        self.fc2 = _linear(cfg, cfg.mlp_dim, cfg.dim, rngs=rngs)
+        self.drop1 = nnx.Dropout(cfg.dropout)
+        self.drop2 = nnx.Dropout(cfg.dropout)
+
+    def __call__(self, x, *, deterministic: bool, rngs: nnx.Rngs | None):
+        h = jax.nn.gelu(self.fc1(self.norm(x)), approximate=False)
+        h = self.drop1(h, deterministic=deterministic, rngs=rngs)
+        out = self.drop2(self.fc2(h), deterministic=deterministic, rngs=rngs)
+        return out.astype(jnp.float32)  # the residual stream stays float32
+
+
+class Block(nnx.Module):
+    """One pre-norm transformer layer (vit-pytorch ``transformer.layers[i]``)."""
+
+    def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
+        self.attn = Attention(cfg, rngs=rngs)
+        self.ff = FeedForward(cfg, rngs=rngs)
+
+    def __call__(self, x, *, deterministic: bool, rngs: nnx.Rngs | None):
+        x = x + self.attn(x, deterministic=deterministic, rngs=rngs)
+        return x + self.ff(x, deterministic=deterministic, rngs=rngs)
+
+
+class ViT(nnx.Module):
+    """The vit-pytorch ViT. ``ViT(cfg, rngs=nnx.Rngs(0))(images) -> logits [B, num_classes]``.
+
+    ``images`` are float ``[B, H, W, C]`` (channels last, as JAX convolutions and our data
+    pipeline use), already normalized; the patch order matches vit-pytorch's
+    ``b c (h p1) (w p2) -> b (h w) (p1 p2 c)`` so converted weights work unchanged.
+    """
+
+    def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.patch_norm_in = _norm(cfg, cfg.patch_dim, rngs=rngs)
+        self.patch_proj = _linear(cfg, cfg.patch_dim, cfg.dim, rngs=rngs)
+        self.patch_norm_out = _norm(cfg, cfg.dim, rngs=rngs)
+        # torch.randn: standard normal, std 1 (not the 0.02 of other ViTs)
+        self.cls_token = nnx.Param(jax.random.normal(rngs.params(), (1, 1, cfg.dim)))
+        self.pos_embedding = nnx.Param(
+            jax.random.normal(rngs.params(), (1, cfg.num_patches + 1, cfg.dim))
+        )
+        self.emb_drop = nnx.Dropout(cfg.emb_dropout)
+        self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.depth)])
+        self.norm = _norm(cfg, cfg.dim, rngs=rngs)
+        self.mlp_head = _linear(cfg, cfg.dim, cfg.num_classes, rngs=rngs)
+
+    def _check(self, images) -> None:
+        cfg = self.cfg
+        want = (cfg.image_size, cfg.image_size, cfg.channels)
+        if images.ndim != 4 or tuple(images.shape[1:]) != want:
+            raise ValueError(
+                f"ViT expects images of shape [B, {want[0]}, {want[1]}, {want[2]}] (channels "
+                f"last), got {tuple(images.shape)}; a torch batch [B, C, H, W] needs "
+                "images.transpose(0, 2, 3, 1)"
+            )
+        if not jnp.issubdtype(images.dtype, jnp.floating):
+            raise ValueError(
+                f"ViT expects float images already normalized, got dtype {images.dtype}; "
+                "use jaxgrad.data.normalize(images) on uint8 images first"
+            )
+
+    def embed(self, images, *, deterministic: bool = True, rngs=None):
+        """``[B, H, W, C]`` float → ``[B, dim]``: the cls token after the final LayerNorm."""
+        self._check(images)
+        if not deterministic and rngs is None:
+            raise ValueError(
+                "training mode (deterministic=False) needs dropout randomness: pass "
+                "rngs=nnx.Rngs(dropout=key) or rngs=key"
+            )
+        if isinstance(rngs, jax.Array):
+            rngs = nnx.Rngs(dropout=rngs)
+        cfg = self.cfg
+        b, p = images.shape[0], cfg.patch_size
+        g = cfg.image_size // p
+        # b (h p1) (w p2) c -> b (h w) (p1 p2 c)
+        x = images.astype(jnp.float32).reshape(b, g, p, g, p, cfg.channels)
+        x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, g * g, cfg.patch_dim)
+        x = self.patch_proj(self.patch_norm_in(x)).astype(jnp.float32)
+        x = self.patch_norm_out(x)
+        cls = jnp.broadcast_to(self.cls_token[...], (b, 1, cfg.dim))
+        x = jnp.concatenate([cls, x], axis=1) + self.pos_embedding[...]
+        x = self.emb_drop(x, deterministic=deterministic, rngs=rngs)
+        for block in self.layers:
+            x = block(x, deterministic=deterministic, rngs=rngs)
+        return self.norm(x)[:, 0]
+
+    def __call__(self, images, *, deterministic: bool = True, rngs=None):
+        """``[B, H, W, C]`` float → logits ``[B, num_classes]`` (float32 whatever the dtype)."""
+        x = self.embed(images, deterministic=deterministic, rngs=rngs)
+        return self.mlp_head(x).astype(jnp.float32)
+
+
+def init_vit(cfg: ViTConfig, key: jax.Array) -> ViT:
+    """``ViT(cfg, rngs=nnx.Rngs(params=key))`` built inside one jit, compiled once per config.
+
+    Same parameters as the eager constructor, but one compiled program (cached per config,
+    so a second model of the same config costs no compilation) instead of one compilation per
+    initializer shape: seconds saved on CPU.
+    """
+    graphdef, init = _jitted_init(cfg)
+    return nnx.merge(graphdef, init(key))
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_init(cfg: ViTConfig):
+    graphdef = nnx.split(nnx.eval_shape(lambda: ViT(cfg, rngs=nnx.Rngs(0))), nnx.Param)[0]
+    # the program runs once: skip the expensive backend optimizations (3-4x faster compile on
+    # CPU; same random bits, the float transforms of them may differ in the last ulp)
+    init = jax.jit(
+        lambda k: nnx.split(ViT(cfg, rngs=nnx.Rngs(params=k)), nnx.Param)[1],
+        compiler_options={
+            "xla_backend_optimization_level": 0,
+            "xla_llvm_disable_expensive_passes": True,
+        },
+    )
+    return graphdef, init
+
+
+def count_params(params) -> int:
+    """Number of scalars in a params pytree (or a module's ``nnx.Param`` state)."""
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,165 @@
+"""The flax ViT: vit-pytorch's parameter count, shapes, init, errors, attention, conversion.
+
+One tiny model per module (compiling initializers is the slow part on a loaded CPU).
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxgrad.models import ViT, ViTConfig, count_params, init_vit
+from jaxgrad.models.vit_convert import from_torch_state_dict, key_map, to_torch_state_dict
+
+CFG = ViTConfig.tiny()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return init_vit(CFG, jax.random.key(0))
+
+
+def _params(model):
+    return nnx.state(model, nnx.Param)
+
+
+def _expected_count(c: ViTConfig) -> int:
+    """vit-pytorch's parameter count, by hand from the architecture."""
+    inner = c.heads * c.dim_head
+    patch = 2 * c.patch_dim + c.patch_dim * c.dim + c.dim + 2 * c.dim
+    attn = 2 * c.dim + c.dim * 3 * inner + inner * c.dim + c.dim
+    ff = 2 * c.dim + c.dim * c.mlp_dim + c.mlp_dim + c.mlp_dim * c.dim + c.dim
+    tokens = c.dim + (c.num_patches + 1) * c.dim
+    head = 2 * c.dim + c.dim * c.num_classes + c.num_classes
+    return patch + tokens + c.depth * (attn + ff) + head
+
+
+def test_seed_config_has_vit_pytorch_parameter_count():
+    model = nnx.eval_shape(lambda: ViT(ViTConfig.seed(), rngs=nnx.Rngs(0)))
+    assert count_params(_params(model)) == 12_673_642
+    assert _expected_count(ViTConfig.seed()) == 12_673_642
+
+
+@pytest.mark.parametrize(
+    "cfg", [CFG, ViTConfig(dim=24, depth=1, heads=3, dim_head=8, mlp_dim=40, patch_size=8)]
+)
+def test_other_configs_match_hand_count(cfg):
+    model = nnx.eval_shape(lambda: ViT(cfg, rngs=nnx.Rngs(0)))
+    assert count_params(_params(model)) == _expected_count(cfg)
+
+
+def test_jitted_init_builds_the_constructors_tree(model):
+    a = nnx.eval_shape(lambda: ViT(CFG, rngs=nnx.Rngs(params=jax.random.key(1))))
+    assert jax.tree.structure(_params(a)) == jax.tree.structure(_params(model))
+    assert not nnx.state(model, nnx.Not(nnx.Param))  # no RNG state: params are everything
+
+
+@pytest.fixture(scope="module")
+def x4():
+    return jax.random.normal(jax.random.key(42), (4, 32, 32, 3))
+
+
+@pytest.fixture(scope="module")
+def outputs(model, x4):
+    """One compiled forward: eval logits, embedding, head(embedding)."""
+    return nnx.jit(lambda m, x: (m(x), m.embed(x), m.mlp_head(m.embed(x))))(model, x4)
+
+
+def test_output_shapes_and_head_sees_embedding(outputs):
+    logits, emb, head_of_emb = outputs
+    assert logits.shape == (4, 10) and logits.dtype == jnp.float32
+    assert emb.shape == (4, CFG.dim)
+    np.testing.assert_allclose(logits, head_of_emb, rtol=1e-6, atol=1e-6)
+
+
+def test_bf16_compute_keeps_float32_params_and_logits(model, x4, outputs):
+    m16 = nnx.eval_shape(lambda: ViT(dataclasses.replace(CFG, dtype="bfloat16"), rngs=nnx.Rngs(0)))
+    nnx.update(m16, _params(model))  # same weights, bf16 compute
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(_params(m16)))
+    fwd = nnx.jit(lambda m, x, k: (m(x), m(x, deterministic=False, rngs=k)))
+    out16, train16 = fwd(m16, x4, jax.random.key(0))
+    assert out16.dtype == jnp.float32
+    np.testing.assert_allclose(out16, outputs[0], atol=0.1)  # lower precision: close, not equal
+    assert not np.array_equal(out16, outputs[0])
+    assert np.isfinite(train16).all()  # the dropout / explicit-attention path runs in bf16
+
+
+def test_torch_like_init(model):
+    k, b = model.layers[0].ff.fc1.kernel[...], model.layers[0].ff.fc1.bias[...]
+    bound = 1 / math.sqrt(CFG.dim)
+    assert 0.9 * bound < np.abs(k).max() <= bound  # kaiming_uniform(a=√5) = U(±1/√fan_in)
+    assert np.abs(b).max() <= bound and np.abs(b).std() > 0  # uniform bias, not zeros
+    assert abs(float(model.pos_embedding[...].std()) - 1.0) < 0.1  # torch.randn, std 1
+    assert model.norm.epsilon == 1e-5 and model.patch_norm_in.epsilon == 1e-5
+
+
+def test_bad_inputs_raise_clear_errors(model):
+    with pytest.raises(ValueError, match=r"\[B, 32, 32, 3\]"):
+        model(jnp.zeros((2, 3, 32, 32)))
+    with pytest.raises(ValueError, match="normalize"):
+        model(jnp.zeros((2, 32, 32, 3), jnp.uint8))
+    with pytest.raises(ValueError, match="rngs"):
+        model(jnp.zeros((2, 32, 32, 3)), deterministic=False)
+    with pytest.raises(ValueError, match="divisible"):
+        ViTConfig(image_size=30)
+    with pytest.raises(ValueError, match="dtype"):
+        ViTConfig(dtype="float16")
+
+
+def test_dropout_is_keyed_and_off_in_eval(model, x4, outputs):
+    run = nnx.jit(lambda m, x, k: (m(x, deterministic=False, rngs=k), m(x, rngs=k)))
+    a, eval_with_key = run(model, x4, jax.random.key(1))
+    b, _ = run(model, x4, jax.random.key(1))
+    c, _ = run(model, x4, jax.random.key(2))
+    np.testing.assert_array_equal(a, b)  # same key, same masks
+    assert not np.allclose(a, c)
+    np.testing.assert_allclose(eval_with_key, outputs[0], rtol=1e-6, atol=1e-6)  # no dropout
+
+
+def test_fused_attention_matches_explicit_softmax(model, key):
+    attn = model.layers[0].attn
+    x = jax.random.normal(key, (2, 5, CFG.dim))
+
+    @nnx.jit
+    def both(attn, x):
+        qkv = attn.to_qkv(attn.norm(x)).reshape(2, 5, 3, CFG.heads, CFG.dim_head)
+        q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # [B, h, N, d]
+        p = jax.nn.softmax(q @ k.transpose(0, 1, 3, 2) * CFG.dim_head**-0.5, axis=-1)
+        ref = attn.to_out((p @ v).transpose(0, 2, 1, 3).reshape(2, 5, -1))
+        return attn(x, deterministic=True, rngs=None), ref
+
+    np.testing.assert_allclose(*both(attn, x), atol=1e-5)
+
+
+def test_split_merge_eager_matches_jit(model, x4, outputs):
+    graphdef, params = nnx.split(model, nnx.Param)
+    with jax.disable_jit():
+        eager = nnx.merge(graphdef, params)(x4)
+    np.testing.assert_allclose(eager, outputs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_state_dict_round_trip_and_key_names(model):
+    params = _params(model)
+    sd = to_torch_state_dict(params, CFG)
+    assert sd["to_patch_embedding.2.weight"].shape == (CFG.dim, CFG.patch_dim)  # [out, in]
+    assert sd["transformer.layers.1.0.to_qkv.weight"].shape == (3 * 2 * 16, CFG.dim)
+    assert sd["cls_token"].shape == (1, 1, CFG.dim)
+    for k in ("transformer.layers.0.1.net.4.bias", "transformer.norm.weight", "mlp_head.bias"):
+        assert k in sd
+    back = from_torch_state_dict({"module." + k: v for k, v in sd.items()}, CFG)
+    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(params), back)
+    assert len(key_map(CFG)) == len(jax.tree.leaves(params))
+
+
+def test_state_dict_errors_name_the_problem(model):
+    sd = to_torch_state_dict(_params(model), CFG)
+    bad = dict(sd)
+    del bad["mlp_head.bias"]
+    with pytest.raises(ValueError, match="missing keys.*mlp_head.bias"):
+        from_torch_state_dict(bad, CFG)
+    with pytest.raises(ValueError, match="mlp_dim"):
+        from_torch_state_dict(sd, dataclasses.replace(CFG, mlp_dim=32))
