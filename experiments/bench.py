@@ -1,0 +1,448 @@
+"""Jit-compiled benchmarks of the seed's ViT training, with PyTorch side by side in one run.
+
+Run: ``python -m experiments.bench`` (the seed's ViT; meant for a GPU) or
+``python -m experiments.bench --tiny`` (about a minute on 2 CPU cores; what CI runs). Output: a
+printed table and ``runs/bench/bench.json`` (``--out``). The PyTorch seed being timed::
+
+    model = ViT(image_size=32, patch_size=4, num_classes=10, dim=512, depth=6, heads=8,
+                mlp_dim=1024, dropout=0.1, emb_dropout=0.1).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
+    for images, labels in train_loader:                  # batch 64, shuffle=True
+        loss = criterion(model(images), labels)
+        optimizer.zero_grad(); loss.backward(); optimizer.step()
+
+Scenarios (``--scenarios``): ``step`` one jitted train step per dispatch (donated state) for each
+``--batch`` × ``--precision``; ``scan`` ``--chunk`` steps per dispatch (``lax.scan`` via
+``make_multi_step``); ``epoch`` a full epoch from a device-resident dataset, shuffled on the
+device, scanned in chunks, plus the evaluation pass (the seed's loop body); ``eval`` the
+forward pass over the eval set; ``terms`` the per-term gradient ratio (experiments.bench_terms);
+``clip`` a CLIP train step; ``torch`` the PyTorch twin (experiments.torch_vit) for each batch and
+``--torch`` variant (eager fp32, AMP bf16, torch.compile + AMP bf16).
+
+Precisions: ``highest`` float32 matmuls at full precision (parity with PyTorch fp32 eager);
+``default`` JAX's default (TF32 on NVIDIA GPUs: changes numerics); ``bf16`` bf16 compute with
+float32 master parameters (changes numerics, as torch AMP does). Data are synthetic uint8
+CIFAR-shaped tensors already on the device, as in the PyTorch anchor (anchors.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.util
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from experiments.bench_torch import (
+    H100_TORCH_ANCHOR_MS,
+    TORCH_PRECISION,
+    TORCH_VARIANTS,
+    time_torch,
+)
+from experiments.vit_train import (
+    chunk_plan,
+    make_evaluate,
+    make_loss_fn,
+    make_run_chunk,
+    steps_per_epoch,
+    train_epoch,
+)
+from jaxgrad.bench import (
+    Timing,
+    bench_jit,
+    bench_loop,
+    default_peak_tflops,
+    device_info,
+    op_time_shares,
+    profile_ops,
+    vit_forward_flops,
+)
+from jaxgrad.cli import option, parse, positive, to_dict
+from jaxgrad.data import normalize
+from jaxgrad.io import atomic_write_json
+from jaxgrad.models.vit import ViT, ViTConfig
+from jaxgrad.rng import named_keys
+from jaxgrad.train import init_train_state, make_multi_step, make_train_step
+
+PRECISIONS = ("highest", "default", "bf16")
+SCENARIOS = ("step", "scan", "epoch", "eval", "terms", "clip", "torch")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    size: str = option(
+        "seed", "ViT size: the seed's (12.7M params) or tiny", choices=("seed", "tiny")
+    )
+    batch: tuple[int, ...] = option((64, 512), "batch sizes of the step/scan/torch scenarios")
+    precision: tuple[str, ...] = option(PRECISIONS, "JAX precisions to time", choices=PRECISIONS)
+    scenarios: tuple[str, ...] = option(SCENARIOS, "what to run", choices=SCENARIOS)
+    torch: tuple[str, ...] = option(
+        TORCH_VARIANTS,
+        "PyTorch variants (torch.compile is slow to compile on CPU)",
+        choices=TORCH_VARIANTS,
+    )
+    torch_threads: int = option(
+        0, "torch.set_num_threads on CPU (0: torch's default); 1 stops OpenMP spin-waiting on a "
+        "shared, oversubscribed CPU (10-20x slower steps otherwise)",
+    )  # fmt: skip
+    runs: int = option(30, "timed samples per scenario (median and p10/p90 reported)")
+    warmup: int = option(3, "untimed calls after compilation")
+    calls_per_sample: int = option(
+        1, "back-to-back step calls per timed sample, one sync at its end (>1: dispatch overlaps "
+        "compute, as in a training loop; 1: per-step latency)",
+    )  # fmt: skip
+    scan_runs: int = option(5, "timed samples of the scan scenario (each is --chunk steps)")
+    chunk: int = option(100, "training steps per dispatch in the scan and epoch scenarios")
+    epoch_images: int = option(50_000, "training images per epoch (CIFAR-10's 50,000)")
+    epoch_batch: int = option(64, "batch of the epoch scenario (the seed's DataLoader: 64)")
+    epochs: int = option(3, "timed epochs (after one untimed warm-up epoch)")
+    eval_images: int = option(10_000, "evaluation images (CIFAR-10's test set)")
+    eval_batch: int = option(
+        1000, "evaluation batch (forward only: any size gives the same result)"
+    )
+    prng: str = option(
+        "threefry2x32", "PRNG for dropout masks (rbg is cheaper on GPU; changes the masks)",
+        choices=("threefry2x32", "rbg", "unsafe_rbg"),
+    )  # fmt: skip
+    peak_tflops: float | None = option(
+        None, "MFU reference; default 787 (H100 bf16) on GPU, n/a on CPU"
+    )
+    flat_adam: bool = option(
+        False, "optax.flatten(adam): one fused update over all params instead of one per "
+        "leaf (fewer kernels; same arithmetic)",
+    )  # fmt: skip
+    profile: bool = option(False, "profile each step scenario with jax.profiler: top XLA ops")
+    seed: int = option(0, "seed for parameters, data and dropout")
+    out: str = option("runs/bench/bench.json", "JSON output path")
+
+    def __post_init__(self):
+        positive(self, "runs", "calls_per_sample", "scan_runs", "chunk", "epoch_images",
+                 "epoch_batch", "epochs", "eval_images", "eval_batch")  # fmt: skip
+        if any(b <= 0 for b in self.batch):
+            raise ValueError(f"--batch sizes must be > 0, got {self.batch}")
+        if self.warmup < 0 or self.torch_threads < 0:
+            raise ValueError(
+                f"--warmup and --torch-threads must be >= 0, got {self.warmup}, {self.torch_threads}"
+            )
+        if self.epoch_images < self.epoch_batch:
+            raise ValueError(
+                f"--epoch-images {self.epoch_images} < --epoch-batch {self.epoch_batch}"
+            )
+
+    @classmethod
+    def tiny(cls) -> Config:
+        return cls(
+            size="tiny", batch=(8,), torch=("eager",), runs=3, warmup=1, scan_runs=2, chunk=4,
+            epoch_images=64, epoch_batch=8, epochs=1, eval_images=32, eval_batch=16,
+            out="runs/bench/bench_tiny.json",
+        )  # fmt: skip
+
+
+def vit_config(cfg: Config, precision: str) -> ViTConfig:
+    base = ViTConfig.seed() if cfg.size == "seed" else ViTConfig.tiny()
+    return dataclasses.replace(base, dtype="bfloat16" if precision == "bf16" else "float32")
+
+
+def matmul_precision(precision: str):
+    """Trace-time context: ``highest`` = true float32 matmuls (no TF32 on GPU)."""
+    if precision == "highest":
+        return jax.default_matmul_precision("highest")
+    return contextlib.nullcontext()
+
+
+def forward_flops(vit: ViTConfig) -> float:
+    names = ("image_size", "patch_size", "dim", "depth", "heads", "dim_head", "mlp_dim")
+    kw = {n: getattr(vit, n) for n in names}
+    return vit_forward_flops(**kw, num_classes=vit.num_classes, channels=vit.channels)
+
+
+def optimizer(cfg: Config) -> optax.GradientTransformation:
+    """The seed's ``torch.optim.Adam(lr=1e-3)``; ``--flat-adam`` runs it on one flat vector."""
+    return optax.flatten(optax.adam(1e-3)) if cfg.flat_adam else optax.adam(1e-3)
+
+
+def vit_graphdef(vit: ViTConfig) -> nnx.GraphDef:
+    """The model's structure (no arrays allocated); its dtype decides the compute precision."""
+    return nnx.split(nnx.eval_shape(lambda: ViT(vit, rngs=nnx.Rngs(0))), nnx.Param)[0]
+
+
+def init_params(vit: ViTConfig, key: jax.Array) -> Any:
+    """Float32 params: the same for every compute dtype, so one compiled init serves all."""
+    return _init_params(dataclasses.replace(vit, dtype="float32"), key)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_params(vit: ViTConfig, key: jax.Array) -> Any:
+    # one jit: eager init dispatches and compiles every initializer (seconds even when tiny)
+    return nnx.split(ViT(vit, rngs=nnx.Rngs(key)), nnx.Param)[1]
+
+
+def vit_loss(vit: ViTConfig):
+    """The training experiment's own loss (experiments.vit_train): the seed's
+    ``CrossEntropyLoss`` in training mode (dropout on), no augmentation, no smoothing."""
+    return make_loss_fn(vit_graphdef(vit), label_smoothing=0.0, use_augment=False)
+
+
+@functools.cache
+def vit_evaluate(vit: ViTConfig, batch_size: int):
+    """experiments.vit_train's evaluation pass, one per (config, batch): its jitted program is
+    then compiled once per run, shared by the epoch and eval scenarios."""
+    return make_evaluate(vit_graphdef(vit), batch_size=batch_size)
+
+
+def synthetic(key: jax.Array, shape: tuple[int, ...], vit: ViTConfig) -> dict:
+    """Device-resident random uint8 images ``[*shape, H, W, C]`` and int32 labels ``shape``."""
+    k_img, k_lbl = jax.random.split(key)
+    hw = (vit.image_size, vit.image_size, vit.channels)
+    images = jax.random.randint(k_img, (*shape, *hw), 0, 256, jnp.int32).astype(jnp.uint8)
+    return {"images": images, "labels": jax.random.randint(k_lbl, shape, 0, vit.num_classes)}
+
+
+def _row(scenario: str, framework: str, precision: str, batch: int, t: Timing, **extra) -> dict:
+    return {"scenario": scenario, "framework": framework, "precision": precision, "batch": batch,
+            **t.to_dict(), **extra}  # fmt: skip
+
+
+def run_step(cfg: Config, params, keys: dict, peak: float | None, *, scan: bool) -> list[dict]:
+    """One train step per dispatch (``scan=False``) or ``cfg.chunk`` per dispatch."""
+    rows, opt = [], optimizer(cfg)
+    for precision in cfg.precision:
+        vit = vit_config(cfg, precision)
+        factory = make_multi_step if scan else make_train_step
+        step = factory(vit_loss(vit), opt)  # jitted, state donated
+        for b in cfg.batch:
+            k = cfg.chunk if scan else 1
+            data = synthetic(keys["data"], (k, b) if scan else (b,), vit)
+            state = init_train_state(jax.tree.map(jnp.copy, params), opt)
+            with matmul_precision(precision):
+                t = bench_jit(step, state, data, keys["dropout"], name=f"vit {precision} b{b}",
+                              items=k * b, steps_per_call=k, carry=True,
+                              runs=cfg.scan_runs if scan else cfg.runs,
+                              calls_per_run=1 if scan else cfg.calls_per_sample,
+                              warmup=cfg.warmup, flops=3 * forward_flops(vit) * k * b,
+                              peak_tflops=peak)  # fmt: skip
+            rows.append(_row("scan" if scan else "step", "jax", precision, b, t))
+            print(_line(rows[-1]), flush=True)
+            if cfg.profile and not scan:
+                rows[-1]["profile"] = profile_step(step, params, opt, data, keys, precision)
+    return rows
+
+
+def profile_step(step, params, opt, data, keys: dict, precision: str) -> dict:
+    """The step's top XLA ops by time (jaxgrad.bench.profile_ops), printed and returned."""
+    state = [init_train_state(jax.tree.map(jnp.copy, params), opt)]
+    with matmul_precision(precision):
+        compiled = step.lower(state[0], data, keys["dropout"]).compile()
+
+    def call():
+        state[0], metrics = compiled(state[0], data, keys["dropout"])
+        return metrics
+
+    call()  # warm-up
+    ops = profile_ops(call, hlo_text=compiled.as_text(), top=None)
+    shares = op_time_shares(ops)
+    print("    op time: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()))
+    for op in ops[:8]:
+        print(f"    {op['ms_per_call']:9.3f} ms/step  {op['op']:<28} {op['label'][:90]}")
+    return {"op_time_share": shares, "top_ops": ops[:15]}
+
+
+def run_epoch(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]:
+    """The seed's loop body, one epoch + evaluation, through experiments.vit_train.
+
+    The dataset is device-resident; each epoch is a permutation drawn on the device; each
+    dispatch gathers and runs up to ``--chunk`` steps in one ``lax.scan``; the last partial
+    batch is dropped (the seed's DataLoader keeps its 16 images: 0.03% of the data). The
+    compile time is the first epoch's time minus the median of the next ``--epochs``.
+    """
+    rows, opt, b = [], optimizer(cfg), cfg.epoch_batch
+    n_steps = steps_per_epoch(cfg.epoch_images, b)
+    for precision in cfg.precision:
+        vit = vit_config(cfg, precision)
+        run_chunk = make_run_chunk(vit_loss(vit), opt)
+        evaluate = vit_evaluate(vit, cfg.eval_batch)
+        train = synthetic(keys["data"], (cfg.epoch_images,), vit)
+        test = synthetic(jax.random.fold_in(keys["data"], 1), (cfg.eval_images,), vit)
+        state = init_train_state(jax.tree.map(jnp.copy, params), opt)  # donated each chunk
+        epoch = 0
+
+        def one_epoch(run_chunk=run_chunk, evaluate=evaluate, train=train, test=test):
+            nonlocal state, epoch
+            state, _ = train_epoch(run_chunk, state, (train["images"], train["labels"]),
+                                   epoch=epoch, batch_size=b, max_chunk=cfg.chunk,
+                                   data_key=keys["data"], dropout_key=keys["dropout"],
+                                   progress=False)  # fmt: skip
+            epoch += 1
+            return evaluate(state.params, test["images"], test["labels"])  # floats: synced
+
+        fwd = forward_flops(vit)
+        with matmul_precision(precision):  # a trace-time setting: the calls must be inside
+            t = bench_loop(one_epoch, name=f"epoch {precision}", items=n_steps * b,
+                           steps_per_call=n_steps, runs=cfg.epochs,
+                           flops=3 * fwd * n_steps * b + fwd * cfg.eval_images, peak_tflops=peak)  # fmt: skip
+        rows.append(_row("epoch", "jax", precision, b, t, chunks=chunk_plan(n_steps, cfg.chunk),
+                         seed_recipe_10_epochs_s=10 * t.median_s))  # fmt: skip
+        print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def run_eval(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]:
+    """The evaluation pass of experiments.vit_train over ``--eval-images`` (forward only)."""
+    rows = []
+    for precision in cfg.precision:
+        vit = vit_config(cfg, precision)
+        evaluate = vit_evaluate(vit, cfg.eval_batch)
+        test = synthetic(jax.random.fold_in(keys["data"], 1), (cfg.eval_images,), vit)
+        call = lambda evaluate=evaluate, test=test: evaluate(params, test["images"], test["labels"])
+        with matmul_precision(precision):
+            t = bench_loop(call, name=f"eval {precision}", items=cfg.eval_images, runs=cfg.runs,
+                           flops=forward_flops(vit) * cfg.eval_images, peak_tflops=peak)  # fmt: skip
+        rows.append(_row("eval", "jax", precision, cfg.eval_batch, t))
+        print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def run_clip(cfg: Config, keys: dict, peak: float | None) -> list[dict]:
+    """A CLIP train step (ViT image tower + text tower, symmetric loss, logit_scale clamp)."""
+    from jaxgrad.contrastive import clip_loss
+    from jaxgrad.models.clip import ClipConfig, ClipModel, clamp_logit_scale
+
+    rows, opt = [], optax.adam(1e-3)
+    clip = ClipConfig.tiny() if cfg.size == "tiny" else ClipConfig()
+    make = lambda k: nnx.split(ClipModel(clip, rngs=nnx.Rngs(k)), nnx.Param)
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: ClipModel(clip, rngs=nnx.Rngs(0))), nnx.Param)
+    params = jax.jit(lambda k: make(k)[1])(keys["init"])
+
+    def loss_fn(params, batch, key):
+        model = nnx.merge(graphdef, params)
+        img = model.encode_image(normalize(batch["images"]), deterministic=False, rngs=key)
+        txt = model.encode_text(batch["tokens"], batch["mask"], deterministic=False, rngs=key)
+        return clip_loss(image_features=img, text_features=txt, logit_scale=model.logit_scale[...])
+
+    step = make_train_step(loss_fn, opt, post_update=clamp_logit_scale)
+    for b in cfg.batch:
+        data = synthetic(keys["data"], (b,), clip.image)
+        k_tok = jax.random.fold_in(keys["data"], 7)
+        data["tokens"] = jax.random.randint(k_tok, (b, clip.text.max_len), 0, clip.text.vocab_size)
+        data["mask"] = jnp.ones((b, clip.text.max_len), bool)
+        state = init_train_state(jax.tree.map(jnp.copy, params), opt)
+        t = bench_jit(step, state, data, keys["dropout"], name=f"clip b{b}", items=b, carry=True,
+                      runs=cfg.runs, warmup=cfg.warmup, peak_tflops=peak)  # fmt: skip
+        rows.append(_row("clip", "jax", "default", b, t))
+        print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def run_torch(cfg: Config, peak: float | None, skipped: list[dict]) -> list[dict]:
+    """The same ViT train step in PyTorch (experiments.bench_torch), each variant on its own."""
+    vit = vit_config(cfg, "highest")
+    rows = []
+    for variant, b, t in time_torch(
+        vit, variants=cfg.torch, batches=cfg.batch, runs=cfg.runs, warmup=cfg.warmup,
+        calls_per_sample=cfg.calls_per_sample, threads=cfg.torch_threads, seed=cfg.seed,
+        flops_per_image=forward_flops(vit), peak_tflops=peak, skipped=skipped,
+    ):  # fmt: skip
+        rows.append(_row("step", "torch", TORCH_PRECISION[variant], b, t, variant=variant,
+                         h100_anchor_ms=H100_TORCH_ANCHOR_MS.get((variant, b))))  # fmt: skip
+        print(_line(rows[-1]), flush=True)
+    return rows
+
+
+#: the torch variants each JAX precision is compared with (vs torch: the faster of them)
+COMPARE = {"highest": ("eager",), "default": ("eager",), "bf16": ("amp", "compile")}
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """``vs_torch`` on JAX step rows: best matching torch ms ÷ JAX ms (> 1: JAX is faster)."""
+    torch_ms = {
+        (r["variant"], r["batch"]): r["ms_per_step"] for r in rows if r["framework"] == "torch"
+    }
+    for r in rows:
+        if r["framework"] != "jax" or r["scenario"] not in ("step", "scan"):
+            continue
+        ref = [
+            torch_ms[(v, r["batch"])]
+            for v in COMPARE[r["precision"]]
+            if (v, r["batch"]) in torch_ms
+        ]
+        r["vs_torch"] = min(ref) / r["ms_per_step"] if ref else None
+
+
+def _line(r: dict) -> str:
+    mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+    tf = "n/a" if r["tflops"] is None else f"{r['tflops']:.3g}"
+    vs = r.get("vs_torch")
+    spread = 1e3 * (r["p90_s"] - r["p10_s"]) / r["steps_per_call"]
+    return (f"{r['scenario']:<6} {r['framework']:<5} {r['precision']:<12} {r['batch']:>5} "
+            f"{r['ms_per_step']:>10.3f} {spread:>8.3f} {r['items_per_s']:>10.0f} {tf:>8} "
+            f"{mfu:>6} {r['compile_s']:>8.2f} {'-' if vs is None else f'{vs:.2f}x':>8}")  # fmt: skip
+
+
+HEADER = (f"{'scen.':<6} {'fw':<5} {'precision':<12} {'batch':>5} {'ms/step':>10} {'p90-p10':>8} "
+          f"{'img/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'compile':>8} {'vs torch':>8}")  # fmt: skip
+
+
+def run_terms(cfg: Config, skipped: list[dict]) -> list[dict]:
+    """The per-term gradient ratio benchmark (experiments.bench_terms), when it exists."""
+    if importlib.util.find_spec("experiments.bench_terms") is None:
+        skipped.append({"scenario": "terms", "reason": "experiments/bench_terms.py not present"})
+        return []
+    from experiments import bench_terms
+
+    rows = bench_terms.run(size=cfg.size, runs=cfg.runs, warmup=cfg.warmup)
+    for r in rows:
+        print(f"terms  K={r['k']} {r['variant']:<8} {r['ms']:>9.3f} ms  {r['ratio']:.2f}x one grad")
+    return rows
+
+
+def main(cfg: Config) -> dict:
+    """Run the selected scenarios; print the table; write and return the JSON report."""
+    if "torch" in cfg.scenarios and importlib.util.find_spec("torch") is None:
+        print("torch is not installed: the PyTorch side is skipped (pip install -e '.[torch]')")
+    key = jax.random.key(cfg.seed, impl=cfg.prng)
+    keys = named_keys(key, "init", "dropout", "data")
+    peak = cfg.peak_tflops if cfg.peak_tflops is not None else default_peak_tflops()
+    info = device_info()
+    print(f"device: {info['device_kind']} ({info['platform']}), jax {info['jax']}, "
+          f"ViT size {cfg.size}, prng {cfg.prng}, MFU peak {peak or 'n/a'} TFLOP/s\n{HEADER}")  # fmt: skip
+    rows: list[dict] = []
+    skipped: list[dict] = []
+    params = init_params(vit_config(cfg, "highest"), keys["init"])
+    if "step" in cfg.scenarios:
+        rows += run_step(cfg, params, keys, peak, scan=False)
+    if "scan" in cfg.scenarios:
+        rows += run_step(cfg, params, keys, peak, scan=True)
+    if "epoch" in cfg.scenarios:
+        rows += run_epoch(cfg, params, keys, peak)
+    if "eval" in cfg.scenarios:
+        rows += run_eval(cfg, params, keys, peak)
+    if "clip" in cfg.scenarios:
+        rows += run_clip(cfg, keys, peak)
+    terms = run_terms(cfg, skipped) if "terms" in cfg.scenarios else []
+    if "torch" in cfg.scenarios:
+        if importlib.util.find_spec("torch") is None:
+            skipped.append({"scenario": "torch", "reason": "torch is not installed"})
+        else:
+            rows += run_torch(cfg, peak, skipped)
+    add_ratios(rows)
+    print("\n" + HEADER)
+    for r in rows:
+        print(_line(r))
+    for s in skipped:
+        print(f"skipped {s['scenario']}: {s['reason']}")
+    report = {"config": to_dict(cfg), "device": info, "peak_tflops": peak, "results": rows,
+              "terms": terms, "skipped": skipped,
+              "h100_torch_anchor_ms": [{"variant": v, "batch": b, "ms": ms}
+                                       for (v, b), ms in H100_TORCH_ANCHOR_MS.items()]}  # fmt: skip
+    atomic_write_json(cfg.out, report)
+    print(f"wrote {cfg.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main(parse(Config))
