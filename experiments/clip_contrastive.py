@@ -50,6 +50,7 @@ from jaxgrad.data.dataset import ImageDataset, train_val_split
 from jaxgrad.data.imagefolder import load_image_folder
 from jaxgrad.data.pipeline import augment, epoch_indices, eval_indices, normalize, take
 from jaxgrad.data.synthetic import make_synthetic
+from jaxgrad.doctor import diagnose
 from jaxgrad.freeze import frozen_mask, optimizer_with_frozen, path_str
 from jaxgrad.io import JsonlLogger, atomic_write_json
 from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, ClipConfig, ClipModel, clamp_logit_scale
@@ -94,6 +95,7 @@ class Config:
     out_dir: str = option("runs/clip_contrastive", "JSONL metrics, PNG curves, final JSON")
     progress: bool = option(True, "tqdm progress bar")
     fast_compile: bool = option(False, "XLA backend opt level 0: ~2x faster compiles, slower steps")
+    doctor: bool = option(False, "print the gradient-flow doctor's report before training")
 
     def __post_init__(self):
         positive(self, "n_val", "steps", "batch_size", "lr", "embed_dim", "eval_every")
@@ -324,6 +326,9 @@ def main(cfg: Config) -> dict:
     )
     state = _jit(lambda p: init_train_state(p, s["optimizer"]), cfg.fast_compile)(s["params"])
     images, labels = jnp.asarray(train.images), jnp.asarray(train.labels)
+    if cfg.doctor:  # which leaves get a gradient, and what the optimizer does with each
+        first = take(images, labels, jnp.arange(cfg.batch_size))
+        diagnose(s["loss_fn"], s["params"], first, s["keys"]["step"], s["optimizer"])
     # shuffling and gathering compiled once (the data are arguments, not baked-in constants)
     shuffle = _jit(epoch_indices, cfg.fast_compile, static_argnums=(1, 2))
     gather = _jit(lambda im, lb, order, i: take(im, lb, order[i]), cfg.fast_compile)

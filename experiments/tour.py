@@ -22,6 +22,11 @@ TOUR = (
     "vjp",
     "optimizer_step",
     "per_term_grads",
+    "pinn_poisson",
+    "pinn_helmholtz",
+    "vit_cifar10",
+    "doctor_demo",
+    "clip_contrastive",
 )
 
 

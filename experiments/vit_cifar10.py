@@ -48,6 +48,7 @@ from experiments.vit_train import (
     Hyper,
     cached_run_chunk,
     make_evaluate,
+    make_loss_fn,
     make_optimizer,
     steps_per_epoch,
     train_epoch,
@@ -61,6 +62,7 @@ from jaxgrad.data import (
     make_synthetic,
     train_val_split,
 )
+from jaxgrad.doctor import diagnose
 from jaxgrad.guard import check_nonfinite
 from jaxgrad.io import JsonlLogger, atomic_write_json
 from jaxgrad.models.vit import ViT, ViTConfig, count_params, init_vit
@@ -125,6 +127,7 @@ class Config:
         True, "skip updates whose gradients have NaN/inf (counted in the metrics)"
     )
     max_nonfinite: int = option(20, "stop when this many steps in a row were skipped")
+    doctor: bool = option(False, "print the gradient-flow doctor's report before training")
 
     def __post_init__(self):
         positive(self, "n_val", "synthetic_size", "train_limit", "eval_batch_size", "keep")
@@ -218,6 +221,11 @@ def main(cfg: Config) -> dict:
         f"ViT {count_params(params):,} params ({vit.dtype}) | recipe {cfg.recipe}: {h}\n"
         f"train: {len(train)} images, {eval_name}: {len(evals)} | data: {train.source}"
     )
+    if cfg.doctor:  # which leaves get a gradient, and what the optimizer does with each
+        first = {"images": jnp.asarray(train.images[: h.batch_size]),
+                 "labels": jnp.asarray(train.labels[: h.batch_size])}  # fmt: skip
+        loss_fn = make_loss_fn(graphdef, label_smoothing=h.label_smoothing, use_augment=h.augment)
+        diagnose(loss_fn, params, first, keys["dropout"], optimizer)
     logger = JsonlLogger(out / "metrics.jsonl")
     ckpt = Checkpointer(ckpt_dir, keep=cfg.keep, async_save=True)
     history, start = [], 0

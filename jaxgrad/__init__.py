@@ -22,9 +22,14 @@ from jaxgrad.autograd import (
     nth_grad,
     pullback,
 )
-from jaxgrad.deps import data_dependence, grad_dependence
+from jaxgrad.coverage import optimizer_coverage
+from jaxgrad.deps import data_dependence, dependence_matrix, grad_dependence
+from jaxgrad.doctor import diagnose, grad_flow
 from jaxgrad.freeze import frozen_mask, optimizer_with_frozen
+from jaxgrad.guard import NonFiniteError, check_nonfinite, skip_nonfinite
+from jaxgrad.parallel import data_parallel, make_mesh, shard_batch
 from jaxgrad.rng import named_keys
+from jaxgrad.terms import cosine_matrix, grad_stats, term_grads, term_values_and_grads
 from jaxgrad.train import (
     TrainState,
     init_train_state,
@@ -32,32 +37,51 @@ from jaxgrad.train import (
     make_multi_step,
     make_train_step,
 )
+from jaxgrad.weighting import grad_norm_balancing, lr_annealing, pcgrad, pcgrad_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backward",
+    "NonFiniteError",
     "Pullback",
     "TrainState",
     "accumulate",
     "accumulating_optimizer",
     "backward",
     "check_cotangent",
+    "check_nonfinite",
+    "cosine_matrix",
     "data_dependence",
+    "data_parallel",
+    "dependence_matrix",
     "detach",
+    "diagnose",
     "frozen_mask",
     "grad",
     "grad_dependence",
+    "grad_flow",
+    "grad_norm_balancing",
     "grad_refs",
+    "grad_stats",
     "hvp",
     "init_train_state",
+    "lr_annealing",
     "make_eval_step",
+    "make_mesh",
     "make_multi_step",
     "make_train_step",
     "named_keys",
     "nth_grad",
+    "optimizer_coverage",
     "optimizer_with_frozen",
+    "pcgrad",
+    "pcgrad_loss",
     "pullback",
     "read_refs",
+    "shard_batch",
+    "skip_nonfinite",
+    "term_grads",
+    "term_values_and_grads",
     "zero_grad",
 ]

@@ -13,7 +13,8 @@ that happens to be 0.0 (a dead ReLU) is still *connected*. Two analyses answer i
 
 Both recurse into ``jit`` (pjit), ``cond``, ``scan``, ``while``, ``remat`` and custom
 JVP/VJP calls; unknown higher-order primitives are treated conservatively (every output
-depends on every input).
+depends on every input). Reachability is computed for all inputs in one pass, each input a bit
+of a Python-int bitset (:func:`jaxpr_sources`), so large parameter trees cost one walk.
 """
 
 from __future__ import annotations
@@ -26,34 +27,50 @@ import jax.extend.core as jcore
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["data_dependence", "grad_dependence", "jaxpr_reach"]
+__all__ = [
+    "data_dependence",
+    "dependence_matrix",
+    "grad_dependence",
+    "jaxpr_reach",
+    "jaxpr_sources",
+]
 
 
 def _as_jaxpr(j: Any) -> jcore.Jaxpr:
     return j.jaxpr if isinstance(j, jcore.ClosedJaxpr) else j
 
 
-def _fixpoint(body: jcore.Jaxpr, consts: list[bool], carry: list[bool], rest: list[bool]):
-    """Iterate a loop body's reachability until the carried mask stops growing."""
+def _fixpoint(body: jcore.Jaxpr, consts: list[int], carry: list[int], rest: list[int]):
+    """Iterate a loop body's reachability until the carried source sets stop growing."""
     while True:
-        out = jaxpr_reach(body, consts + carry + rest)
-        new = [c or o for c, o in zip(carry, out[: len(carry)])]
+        out = jaxpr_sources(body, consts + carry + rest)
+        new = [c | o for c, o in zip(carry, out[: len(carry)])]
         if new == carry:
             return carry, out[len(carry) :]
         carry = new
 
 
-def _eqn_reach(eqn: jcore.JaxprEqn, ins: list[bool]) -> list[bool]:
+def _union(bits: Sequence[int]) -> int:
+    acc = 0
+    for b in bits:
+        acc |= b
+    return acc
+
+
+def _eqn_sources(eqn: jcore.JaxprEqn, ins: list[int]) -> list[int]:
+    """Source sets (bitmasks) of an equation's outputs, given those of its inputs.
+
+    Every rule acts on each bit independently, so one pass with many sources gives the same
+    answer as one boolean pass per source.
+    """
     name = eqn.primitive.name
     p = eqn.params
     n_out = len(eqn.outvars)
     if name == "cond":
-        # invars = [index, *operands]; a live index makes every output depend on it.
-        if ins[0]:
-            return [True] * n_out
-        outs = [False] * n_out
+        # invars = [index, *operands]; whatever the index reads, every output depends on.
+        outs = [ins[0]] * n_out
         for br in p["branches"]:
-            outs = [a or b for a, b in zip(outs, jaxpr_reach(_as_jaxpr(br), ins[1:]))]
+            outs = [a | b for a, b in zip(outs, jaxpr_sources(_as_jaxpr(br), ins[1:]))]
         return outs
     if name == "scan":
         nc, ncarry = p["num_consts"], p["num_carry"]
@@ -65,15 +82,36 @@ def _eqn_reach(eqn: jcore.JaxprEqn, ins: list[bool]) -> list[bool]:
         cn, bn = p["cond_nconsts"], p["body_nconsts"]
         cond_c, body_c, init = ins[:cn], ins[cn : cn + bn], ins[cn + bn :]
         carry, _ = _fixpoint(_as_jaxpr(p["body_jaxpr"]), body_c, init, [])
-        # The trip count depends on whatever the predicate reads: then everything does.
-        if any(jaxpr_reach(_as_jaxpr(p["cond_jaxpr"]), cond_c + carry)):
-            return [True] * n_out
-        return carry
+        # The trip count depends on whatever the predicate reads: then every output does.
+        trip = _union(jaxpr_sources(_as_jaxpr(p["cond_jaxpr"]), cond_c + carry))
+        return [c | trip for c in carry]
     for k in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
         sub = p.get(k)
         if sub is not None and len(_as_jaxpr(sub).invars) == len(ins):
-            return jaxpr_reach(_as_jaxpr(sub), ins)
-    return [True] * n_out
+            return jaxpr_sources(_as_jaxpr(sub), ins)
+    # Unknown higher-order primitive or a plain one: every output reads every input.
+    return [_union(ins)] * n_out
+
+
+def jaxpr_sources(
+    jaxpr: jcore.Jaxpr, in_bits: Sequence[int], cut: Callable | None = None
+) -> list[int]:
+    """Multi-source forward reachability over ``jaxpr``.
+
+    ``in_bits[i]`` is a bitmask naming the sources that input ``i`` carries (e.g. ``1 << i``);
+    the result gives, for each output, the union of the sources that reach it. ``cut(eqn)``
+    returning True stops propagation through that equation. One pass answers the question for
+    every source at once (Python ints are arbitrary-precision bitsets).
+    """
+    live: dict[jcore.Var, int] = {v: b for v, b in zip(jaxpr.invars, in_bits) if b}
+    for eqn in jaxpr.eqns:
+        ins = [live.get(v, 0) if isinstance(v, jcore.Var) else 0 for v in eqn.invars]
+        if not any(ins) or (cut is not None and cut(eqn)):
+            continue
+        for v, b in zip(eqn.outvars, _eqn_sources(eqn, ins)):
+            if b:
+                live[v] = live.get(v, 0) | b
+    return [live.get(v, 0) if isinstance(v, jcore.Var) else 0 for v in jaxpr.outvars]
 
 
 def jaxpr_reach(jaxpr: jcore.Jaxpr, in_mask: Sequence[bool], cut: Callable | None = None):
@@ -82,15 +120,7 @@ def jaxpr_reach(jaxpr: jcore.Jaxpr, in_mask: Sequence[bool], cut: Callable | Non
     ``cut(eqn)`` returning True stops propagation through that equation (used to treat
     ``stop_gradient`` as a wall).
     """
-    live = {v for v, m in zip(jaxpr.invars, in_mask) if m}
-    for eqn in jaxpr.eqns:
-        ins = [isinstance(v, jcore.Var) and v in live for v in eqn.invars]
-        if not any(ins) or (cut is not None and cut(eqn)):
-            continue
-        for v, m in zip(eqn.outvars, _eqn_reach(eqn, ins)):
-            if m:
-                live.add(v)
-    return [isinstance(v, jcore.Var) and v in live for v in jaxpr.outvars]
+    return [b != 0 for b in jaxpr_sources(jaxpr, [int(bool(m)) for m in in_mask], cut)]
 
 
 def data_dependence(fun: Callable, *args) -> list[Any]:
@@ -115,8 +145,24 @@ def data_dependence(fun: Callable, *args) -> list[Any]:
 
 
 def _per_input(jaxpr: jcore.Jaxpr, n: int) -> list[bool]:
-    # One pass per input leaf keeps the rule simple; jaxprs here are small enough.
-    return [any(jaxpr_reach(jaxpr, [j == i for j in range(n)])) for i in range(n)]
+    # One bit per input leaf: a single pass answers "does any output read leaf i" for all i.
+    reached = _union(jaxpr_sources(jaxpr, [1 << i for i in range(n)]))
+    return [bool(reached >> i & 1) for i in range(n)]
+
+
+def dependence_matrix(fun: Callable, *args) -> np.ndarray:
+    """Which output leaves of ``fun(*args)`` read which input leaves: a bool ``[n_out, n_in]``.
+
+    Rows follow ``jax.tree_util.tree_leaves(fun(*args))``, columns ``tree_leaves(args)``.
+    Arguments may be arrays or ``jax.ShapeDtypeStruct`` (nothing is computed). Like
+    :func:`data_dependence`, ``stop_gradient`` counts as a read.
+    """
+    closed = jax.make_jaxpr(fun)(*args)
+    n = len(closed.jaxpr.invars)
+    out_bits = jaxpr_sources(closed.jaxpr, [1 << i for i in range(n)])
+    return np.array([[bool(b >> i & 1) for i in range(n)] for b in out_bits], dtype=bool).reshape(
+        len(out_bits), n
+    )
 
 
 def grad_dependence(vjp_fun: Callable, cotangent: Any) -> Any:

@@ -16,7 +16,6 @@ import importlib.util
 import jax
 import pytest
 
-
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
