@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 
-from experiments.common import Row
+# The tour's programs are tiny and each runs briefly, so compiling dominates its time; XLA's
+# backend optimisation level 0 compiles the PINN and CLIP programs ~1.5x faster on CPU. Set
+# before JAX starts a backend; a user's own setting in XLA_FLAGS wins.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    _flags = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    os.environ["XLA_FLAGS"] = _flags.strip()
+
+from experiments.common import Row  # noqa: E402
 
 #: experiment modules, in the order a PyTorch user meets the ideas
 TOUR = (
