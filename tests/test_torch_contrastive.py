@@ -9,10 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from jaxgrad.contrastive import clip_loss, seed_contrastive_loss, siglip_loss
+
+torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[torch]'")
+F = torch.nn.functional
 
 B, D = 6, 5
 

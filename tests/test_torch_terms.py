@@ -3,12 +3,14 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
+import pytest
 from flax import nnx
 
 from jaxgrad.models.mlp import MLP
 from jaxgrad.pde import laplacian
 from jaxgrad.terms import term_grads
+
+torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[torch]'")
 
 
 def test_per_term_grads_match_torch_retain_graph_loop(key):

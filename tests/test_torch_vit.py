@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
 from flax import nnx
 
 from experiments.torch_vit import from_vit_config
 from jaxgrad.models import ViT, ViTConfig, count_params
 from jaxgrad.models.vit_convert import from_torch_state_dict, load_torch_state_dict
+
+torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[torch]'")
 
 CFG = ViTConfig(dim=32, depth=2, heads=2, dim_head=16, mlp_dim=48)
 
