@@ -59,6 +59,7 @@ from jaxgrad.models.vit import ViTConfig
 from jaxgrad.plots import plot_curves
 from jaxgrad.rng import named_keys
 from jaxgrad.train import init_train_state, make_train_step
+from jaxgrad.xla import RUN_ONCE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +122,7 @@ class Config:
 
 def _jit(fn, fast: bool, **kw):
     """``jax.jit``, at XLA backend opt level 0 if ``fast`` (tiny runs: compiling dominates)."""
-    opts = {"xla_backend_optimization_level": 0} if fast else None
+    opts = RUN_ONCE if fast else None
     return jax.jit(fn, compiler_options=opts, **kw)
 
 

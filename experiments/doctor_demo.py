@@ -39,13 +39,14 @@ from flax import nnx
 
 from experiments.common import Row
 from jaxgrad.cli import option, parse, positive
-from jaxgrad.coverage import RUN_ONCE, param_path
+from jaxgrad.coverage import param_path
 from jaxgrad.doctor import FlowReport, diagnose
 from jaxgrad.freeze import frozen_mask, optimizer_with_frozen
 from jaxgrad.gradnorms import GradNormMonitor, make_grad_norm_metrics
 from jaxgrad.io import atomic_write_json
 from jaxgrad.rng import named_keys
 from jaxgrad.train import init_train_state, make_train_step
+from jaxgrad.xla import RUN_ONCE
 
 
 @dataclasses.dataclass(frozen=True)

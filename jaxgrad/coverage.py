@@ -37,12 +37,9 @@ import numpy as np
 import optax
 
 from jaxgrad.deps import dependence_matrix
+from jaxgrad.xla import RUN_ONCE
 
 __all__ = ["CoverageReport", "LeafCoverage", "optimizer_coverage", "param_path"]
-
-#: XLA options for programs that run once (the doctor's summaries, the coverage probe): backend
-#: optimisation level 0 compiles several times faster and the run time does not matter.
-RUN_ONCE = {"xla_backend_optimization_level": 0}
 
 
 def _key_name(k: Any) -> str:

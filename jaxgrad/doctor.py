@@ -39,8 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxgrad.coverage import RUN_ONCE, CoverageReport, optimizer_coverage, param_path
+from jaxgrad.coverage import CoverageReport, optimizer_coverage, param_path
 from jaxgrad.deps import jaxpr_sources
+from jaxgrad.xla import RUN_ONCE
 
 __all__ = ["STATUSES", "FlowReport", "LeafFlow", "diagnose", "grad_flow"]
 

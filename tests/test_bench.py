@@ -29,6 +29,7 @@ from jaxgrad.cli import parse
 from jaxgrad.models.vit import ViTConfig
 from jaxgrad.rng import named_keys
 from jaxgrad.train import init_train_state, make_multi_step, make_train_step
+from jaxgrad.xla import RUN_ONCE
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -185,7 +186,7 @@ def test_scanned_steps_equal_single_steps_for_tiny_vit_with_dropout(key):
     state = init_train_state(params, opt)
     batch0 = jax.tree.map(lambda a: a[0], data)
     # both programs compiled the same way; XLA's backend optimisation off halves CPU compile time
-    fast = {"xla_backend_optimization_level": 0}
+    fast = RUN_ONCE
     single = make_train_step(loss_fn, opt, donate=False)
     single = single.lower(state, batch0, keys["dropout"]).compile(compiler_options=fast)
     multi = make_multi_step(loss_fn, opt, donate=False)

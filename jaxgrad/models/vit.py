@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxgrad.xla import RUN_ONCE
+
 __all__ = ["ViT", "ViTConfig", "count_params", "init_vit", "torch_bias_init", "torch_kernel_init"]
 
 _EPS = 1e-5  # torch.nn.LayerNorm's default eps
@@ -288,7 +290,7 @@ def _jitted_init(cfg: ViTConfig):
     init = jax.jit(
         lambda k: nnx.split(ViT(cfg, rngs=nnx.Rngs(params=k)), nnx.Param)[1],
         compiler_options={
-            "xla_backend_optimization_level": 0,
+            **RUN_ONCE,
             "xla_llvm_disable_expensive_passes": True,
         },
     )
