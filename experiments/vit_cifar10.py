@@ -233,6 +233,7 @@ def main(cfg: Config) -> dict:
         tree, meta = ckpt.restore({"state": state, "keys": keys})
         state, keys, history, start = tree["state"], tree["keys"], meta["history"], meta["epoch"]
         print(f"resumed from {ckpt_dir}/{start} (epoch {start} of {h.epochs})")
+        logger.rewind(lambda r: r.get("epoch", 0) <= start)  # epochs past the checkpoint rerun
     elif not cfg.resume:
         logger.path.unlink(missing_ok=True)
     data = (jnp.asarray(train.images), jnp.asarray(train.labels))

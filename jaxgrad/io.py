@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,28 @@ class JsonlLogger:
             f.write(line)
 
     def read(self) -> list[dict]:
+        """Every record, in order (raises on a torn line; :meth:`rewind` drops one)."""
         if not self.path.exists():
             return []
         return [json.loads(s) for s in self.path.read_text().splitlines() if s.strip()]
+
+    def rewind(self, keep: Callable[[dict], bool]) -> int:
+        """Rewrite the file atomically with only the records ``keep`` accepts; returns how many.
+
+        For a resumed run: a kill between logging an epoch and committing its checkpoint
+        leaves records the resumed run will log again, and a kill mid-write leaves a torn
+        last line; both are dropped, so every step or epoch appears once.
+        """
+        if not self.path.exists():
+            return 0
+        lines = [s for s in self.path.read_text().splitlines() if s.strip()]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i != len(lines) - 1:  # only the last line can be torn by a kill
+                    raise ValueError(f"{self.path}: line {i + 1} is not JSON") from None
+        kept = [r for r in records if keep(r)]
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        return len(kept)

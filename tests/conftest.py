@@ -7,11 +7,16 @@
 - warnings are errors (pyproject's filterwarnings);
 - `key` gives every test its own PRNG key, derived from the test's name;
 - tests in files named ``test_torch_*.py`` are PyTorch parity tests: marked ``torch`` and
-  skipped, with a reason, when torch is not importable.
+  skipped, with a reason, when torch is not importable;
+- `spawn` starts a Python script in the background for a test module (a second process, or
+  one with other XLA flags) and reaps it when the module ends.
 """
 
 import hashlib
 import importlib.util
+import os
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -40,3 +45,31 @@ def strict_dtypes():
     """Run the test under strict dtype promotion (no silent int/float or width mixing)."""
     with jax.numpy_dtype_promotion("strict"):
         yield
+
+
+@pytest.fixture(scope="module")
+def spawn():
+    """``spawn(args, **env) -> Popen``: ``python *args`` with text stdout/stderr pipes and the
+    CPU platform; started at once so it runs while the module's other tests do. Processes
+    still running when the module ends (their test failed early or was deselected) are
+    killed, and every pipe is closed (an open pipe is a ResourceWarning, an error here)."""
+    procs = []
+
+    def start(args, **env):
+        proc = subprocess.Popen(
+            [sys.executable, *map(str, args)],
+            env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            pipe.close()  # closing twice is fine

@@ -10,8 +10,6 @@ every bit, dtype, shape, leaf name and key.
 import functools
 import json
 import mmap
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -116,23 +114,9 @@ def run_and_checkpoint(model, seed, directory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def other_process(tmp_path_factory):
+def other_process(spawn, tmp_path_factory):
     """Start the second run now; the test collects its hashes when it needs them."""
-    d = tmp_path_factory.mktemp("second_run")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.Popen(
-        [sys.executable, __file__, str(d / "ckpt")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    yield proc
-    if proc.poll() is None:  # its test did not run or failed early
-        proc.kill()
-    proc.wait()
-    for pipe in (proc.stdout, proc.stderr):
-        pipe.close()  # closing twice is fine; an open pipe is a ResourceWarning (an error here)
+    return spawn([__file__, tmp_path_factory.mktemp("second_run") / "ckpt"])
 
 
 def test_same_seed_in_two_processes_gives_the_same_checkpoint_hash(other_process, tmp_path):

@@ -174,24 +174,9 @@ def child() -> dict:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def eight_device_child():
+def eight_device_child(spawn):
     """Start the 8-device child at once, so it runs while the 1-device tests below do."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={N_DEV}"
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.Popen(
-        [sys.executable, __file__],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    yield proc
-    if proc.poll() is None:  # its test did not run or failed early
-        proc.kill()
-    proc.wait()
-    for pipe in (proc.stdout, proc.stderr):
-        pipe.close()  # closing twice is fine; an open pipe is a ResourceWarning (an error here)
+    return spawn([__file__], XLA_FLAGS=f"--xla_force_host_platform_device_count={N_DEV}")
 
 
 @pytest.fixture(scope="module")

@@ -52,9 +52,12 @@ def test_resume_continues_exactly(straight, tmp_path):
     exp.main(part)
     with pytest.raises(ValueError, match="--resume"):  # never silently restart over checkpoints
         exp.main(part)
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # killed after logging epoch 3, mid-write
+        f.write(json.dumps({"epoch": 3, "step_losses": []}) + '\n{"epoch": 4, "trai')
     resumed = exp.main(dataclasses.replace(cfg, out_dir=str(tmp_path), resume=True))
     a = JsonlLogger(out / "metrics.jsonl").read()
     b = JsonlLogger(tmp_path / "metrics.jsonl").read()
+    assert [r["epoch"] for r in b] == [1, 2, 3]  # the unsaved epoch and torn line are gone
     assert [r["step_losses"] for r in a] == [r["step_losses"] for r in b]  # same seed, same losses
     like = load_params(out / "vit_params.npz", _abstract(cfg))
     jax.tree.map(
@@ -131,3 +134,17 @@ def test_chunk_plan_covers_every_step_with_few_shapes():
     for steps, cap in [(1, 8), (12, 5), (1000, 64), (389, 50)]:
         plan = chunk_plan(steps, cap)
         assert sum(plan) == steps and max(plan) <= cap and len(set(plan)) <= 2
+
+
+def test_jsonl_rewind_keeps_accepted_records_and_drops_a_torn_last_line(tmp_path):
+    log = JsonlLogger(tmp_path / "m.jsonl")
+    for step in (1, 2, 3):
+        log.log(step=step, loss=np.float32(1 / step))
+    with open(log.path, "a") as f:
+        f.write('{"step": 4, "lo')
+    assert log.rewind(lambda r: r["step"] <= 2) == 2
+    assert log.read() == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]
+    log.path.write_text('{"step": 1}\n{"ste\n{"step": 3}\n')  # a broken line mid-file is not a kill
+    with pytest.raises(ValueError, match="line 2 is not JSON"):
+        log.rewind(lambda r: True)
+    assert JsonlLogger(tmp_path / "absent.jsonl").rewind(lambda r: True) == 0
