@@ -1,6 +1,7 @@
 """PINN pieces: the models, the problems' exact solutions, input checks, and a short training run."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -23,14 +24,19 @@ def test_parameter_counts_pinned():
     assert n_params(MLP(layers, rngs=nnx.Rngs(0))) == 5301
     # gated: encoders U, V and H_1 (3·150), two gates (2·2550), output 51
     assert n_params(ModifiedMLP(layers, rngs=nnx.Rngs(0))) == 5601
+    # the authors' code: encoders U, V (2·150), gates [2, 50] + two [50, 50] (150 + 2·2550), 51
+    assert n_params(ModifiedMLP(layers, rngs=nnx.Rngs(0), form="code")) == 5601
     with pytest.raises(ValueError, match="equal hidden widths"):
         ModifiedMLP((2, 50, 40, 1), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="form must be"):
+        ModifiedMLP(layers, rngs=nnx.Rngs(0), form="Paper")
 
 
 def test_standardization_is_inside_the_model(key):
     x = jax.random.uniform(key, (5, 2))
     mean, std = (0.5, -1.0), (2.0, 0.25)
-    for cls in (MLP, ModifiedMLP):
+    code = functools.partial(ModifiedMLP, form="code")
+    for cls in (MLP, ModifiedMLP, code):
         a = cls((2, 8, 8, 1), rngs=nnx.Rngs(3), mean=mean, std=std)
         b = cls((2, 8, 8, 1), rngs=nnx.Rngs(3))
         z = (x - jnp.array(mean)) / jnp.array(std)
@@ -48,6 +54,20 @@ def test_modified_mlp_forward_by_hand(key):
     z = jnp.tanh(lin(m.gates[0], h))
     h = (1 - z) * u + z * v
     np.testing.assert_allclose(m(x), lin(m.out, h), rtol=1e-5, atol=1e-6)
+
+
+def test_modified_mlp_code_form_forward_by_hand(key):
+    m = ModifiedMLP((2, 4, 4, 1), rngs=nnx.Rngs(1), form="code")
+    x = jax.random.normal(key, (3, 2))
+    lin = lambda layer, h: h @ layer.kernel[...] + layer.bias[...]
+    u, v = jnp.tanh(lin(m.encoder_u, x)), jnp.tanh(lin(m.encoder_v, x))
+    h = x
+    for gate in m.gates:  # [2, 4] then [4, 4]: gated from the input on
+        z = jnp.tanh(lin(gate, h))
+        h = z * u + (1 - z) * v
+    np.testing.assert_allclose(m(x), lin(m.out, h), rtol=1e-5, atol=1e-6)
+    assert len(m.gates) == 2 and not hasattr(m, "first")
+    assert float(jnp.abs(m.encoder_u.bias[...]).min()) > 0  # Xavier-drawn, not zeros
 
 
 def test_helmholtz_exact_solution_satisfies_the_pde(key):

@@ -4,7 +4,9 @@
 - :class:`ModifiedMLP`: the "improved fully-connected architecture" of Wang, Teng & Perdikaris
   (2021): two encoders ``U = φ(X W_u + b_u)``, ``V = φ(X W_v + b_v)``, ``H_1 = φ(X W_1 + b_1)``,
   then per hidden layer ``Z_k = φ(H_k W_k + b_k)``, ``H_{k+1} = (1 − Z_k) ⊙ U + Z_k ⊙ V``,
-  output ``H_L W + b``. The gates carry the input features to every layer.
+  output ``H_L W + b``. The gates carry the input features to every layer. ``form="code"``
+  is the authors' released code instead: no ungated first layer (the gates start from the
+  input, ``H_0 = X``, ``H_{k+1} = Z_k ⊙ U + (1 − Z_k) ⊙ V``) and Xavier-normal encoder biases.
 
 Both standardise their inputs inside the model, ``(x - mean) / std`` with constants of the
 domain (the authors standardise the sampled points the same way), so derivatives taken with
@@ -82,11 +84,19 @@ class MLP(_Standardized):
         return self.linears[-1](h)
 
 
+def _xavier_bias(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+    """``[out]`` bias drawn like a ``[1, out]`` Xavier-normal matrix (the authors' encoders)."""
+    return xavier_normal(key, (1, *shape), dtype)[0]
+
+
 class ModifiedMLP(_Standardized):
     """The improved fully-connected architecture; ``layers = (D, h, ..., h, out)``, equal ``h``.
 
-    Parameters: encoders ``W_u, W_v [D, h]``, ``W_1 [D, h]``, ``len(layers) - 3`` gated hidden
-    layers ``[h, h]`` and the output ``[h, out]``.
+    ``form="paper"`` (default, the paper's equations): encoders ``W_u, W_v [D, h]``,
+    ``W_1 [D, h]``, ``len(layers) - 3`` gated hidden layers ``[h, h]`` and the output
+    ``[h, out]``. ``form="code"`` (the authors' ``Helmholtz2D_model_tf.py``): encoders with
+    Xavier-normal biases, gated layers ``[D, h]`` then ``[h, h]`` (``len(layers) - 2`` of them),
+    the output.
     """
 
     def __init__(
@@ -96,6 +106,7 @@ class ModifiedMLP(_Standardized):
         rngs: nnx.Rngs,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        form: str = "paper",
     ):
         hidden = tuple(layers[1:-1])
         if len(layers) < 3 or len(set(hidden)) != 1:
@@ -103,18 +114,34 @@ class ModifiedMLP(_Standardized):
                 f"the gated architecture needs (in, h, ..., h, out) with equal hidden widths, "
                 f"got {tuple(layers)}"
             )
+        if form not in ("paper", "code"):
+            raise ValueError(f"form must be 'paper' or 'code', got {form!r}")
         super().__init__(layers[0], mean, std)
+        self.form = form
         d, h = layers[0], hidden[0]
-        self.encoder_u = _dense(d, h, rngs)
-        self.encoder_v = _dense(d, h, rngs)
-        self.first = _dense(d, h, rngs)
-        self.gates = nnx.List(_dense(h, h, rngs) for _ in hidden[1:])
+        if form == "paper":
+            self.encoder_u = _dense(d, h, rngs)
+            self.encoder_v = _dense(d, h, rngs)
+            self.first = _dense(d, h, rngs)
+            self.gates = nnx.List(_dense(h, h, rngs) for _ in hidden[1:])
+        else:
+            enc = lambda: nnx.Linear(
+                d, h, kernel_init=xavier_normal, bias_init=_xavier_bias, rngs=rngs
+            )
+            self.encoder_u, self.encoder_v = enc(), enc()
+            self.gates = nnx.List(_dense(a, b, rngs) for a, b in zip(layers[:-2], hidden))
         self.out = _dense(h, layers[-1], rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.standardize(x)
         u = jnp.tanh(self.encoder_u(x))
         v = jnp.tanh(self.encoder_v(x))
+        if self.form == "code":
+            h = x
+            for gate in self.gates:
+                z = jnp.tanh(gate(h))
+                h = z * u + (1 - z) * v
+            return self.out(h)
         h = jnp.tanh(self.first(x))
         for gate in self.gates:
             z = jnp.tanh(gate(h))
