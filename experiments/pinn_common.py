@@ -60,6 +60,7 @@ def train(
     smoothing: float = 0.9,
     chunk: int = 100,
     log_every: int = 100,
+    annealing_select: Callable[[str], bool] | None = None,
 ) -> dict:
     """Train one model per seed, all seeds at once (``vmap``: one compilation for every seed).
 
@@ -73,6 +74,7 @@ def train(
       data_keys: ``[S]`` keys, one per model; step ``s`` draws its points from
         ``fold_in(data_keys[i], s)``.
       chunk: steps per scan when no rule runs (with a rule a chunk is ``period`` steps).
+      annealing_select: which weight matrices enter annealing's λ̂, by path (default: all).
     Returns: ``{"graphdef", "params" (leaves [S, ...]), "terms", "seconds",
     "history": {"step": [T], "loss_<n>": [T][S], "w_<n>": [T][S]}}``.
     """
@@ -93,7 +95,7 @@ def train(
 
     rule = None
     if method == "annealing":
-        rule = lr_annealing(reference, smoothing=smoothing, period=period)
+        rule = lr_annealing(reference, smoothing=smoothing, period=period, select=annealing_select)
     elif method == "grad_norm":
         rule = grad_norm_balancing(smoothing=smoothing, period=period)
     if method == "pcgrad":

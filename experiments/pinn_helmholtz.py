@@ -176,6 +176,8 @@ def run_variant(variant: str, cfg: Config) -> dict:
         period=cfg.period,
         smoothing=cfg.smoothing,
         log_every=cfg.log_every,
+        # the authors' code takes λ̂ over its gated layers and output, not the encoders
+        annealing_select=(lambda path: "encoder" not in path) if arch == "modified_code" else None,
     )
     errors, fields = [], []
     for i in range(len(cfg.seeds)):

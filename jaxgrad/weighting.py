@@ -98,19 +98,27 @@ def _smooth(state: WeightState, estimate: dict, step: Any, smoothing: float, per
     return WeightState(weights=weights, estimate=est)
 
 
-def annealing_estimate(grads: dict[str, Any], reference: str) -> dict[str, jax.Array]:
+def annealing_estimate(
+    grads: dict[str, Any], reference: str, select: Callable[[str], bool] | None = None
+) -> dict[str, jax.Array]:
     """λ̂ of Wang-Teng-Perdikaris for every term (``1`` for the reference term).
 
     ``λ̂_i = max over weight matrices W of max|∂L_ref/∂W|`` divided by ``mean over W of
-    mean|∂L_i/∂W|`` (the mean of per-matrix means, as in the authors' code).
+    mean|∂L_i/∂W|`` (the mean of per-matrix means, as in the authors' code). ``select`` takes
+    a leaf's path (``jax.tree_util.keystr``) and says whether that matrix counts (default:
+    all; the authors' gated model leaves its two encoders out).
     """
     if reference not in grads:
         raise ValueError(f"reference term {reference!r} is not among {sorted(grads)}")
 
     def mats(g):
-        leaves = [x for x in jax.tree_util.tree_leaves(g) if is_weight_matrix(x)]
+        leaves = [
+            x
+            for path, x in jax.tree_util.tree_leaves_with_path(g)
+            if is_weight_matrix(x) and (select is None or select(jax.tree_util.keystr(path)))
+        ]
         if not leaves:
-            raise ValueError("annealing needs weight matrices (leaves with ndim >= 2)")
+            raise ValueError("annealing needs weight matrices (leaves with ndim >= 2) to select")
         return leaves
 
     max_ref = jnp.max(jnp.stack([jnp.max(jnp.abs(w)) for w in mats(grads[reference])]))
@@ -127,6 +135,7 @@ def lr_annealing(
     smoothing: float = 0.9,
     period: int = 10,
     weighted_grads: bool = True,
+    select: Callable[[str], bool] | None = None,
 ) -> WeightRule:
     """Learning-rate annealing (Wang, Teng & Perdikaris 2021, Algorithm 1, their code's form).
 
@@ -139,6 +148,8 @@ def lr_annealing(
         ``sqrt(max/mean)`` (~10²). ``False`` uses the unweighted gradient of the paper's text
         (λ then settles near ``max/mean``, ~10⁴ on Helmholtz, and the run fails: measured in
         docs/results/pinn.md). Pass the *unweighted* term gradients either way.
+      select: ``path -> bool`` over the weight matrices' paths (``jax.tree_util.keystr``);
+        only selected matrices enter λ̂ (default: every weight matrix).
     """
     _check_hparams(smoothing, period)
 
@@ -149,7 +160,7 @@ def lr_annealing(
 
     def update(grads, state, step):
         _check_names(grads, state)
-        est = annealing_estimate(grads, reference)
+        est = annealing_estimate(grads, reference, select)
         if weighted_grads:
             est = {n: e if n == reference else e / state.weights[n] for n, e in est.items()}
         return _smooth(state, est, step, smoothing, period)

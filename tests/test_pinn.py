@@ -131,3 +131,25 @@ def test_short_poisson_run_with_annealing_reaches_threshold():
     s = pinn_poisson.main(cfg)
     assert s["annealing"]["rel_l2"] < POISSON_THRESHOLD
     assert s["annealing"]["weights"]["dirichlet"] > 1.0  # the boundary term was scaled up
+
+
+def test_helmholtz_code_form_annealing_leaves_the_encoders_out(monkeypatch):
+    seen = []
+    real = pinn_helmholtz.train
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["annealing_select"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pinn_helmholtz, "train", spy)
+    cfg = dataclasses.replace(
+        pinn_helmholtz.Config.tiny(),
+        steps=21,
+        seeds=(0,),
+        variants=("annealed", "improved_code_annealed"),
+        out_dir="",
+    )
+    summary = pinn_helmholtz.main(cfg)
+    assert seen[0] is None
+    assert not seen[1]("['encoder_u']['kernel'].value") and seen[1]("['gates'][0]['kernel'].value")
+    assert summary["improved_code_annealed"]["final_weight_bc"][0] > 1.0  # annealing ran

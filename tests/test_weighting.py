@@ -36,6 +36,18 @@ def test_annealing_estimate_uses_weight_matrices_only():
     np.testing.assert_allclose(est["res"], 1.0)
 
 
+def test_annealing_select_restricts_the_matrices_by_path():
+    only_l1 = lambda path: "l1" in path  # paths read like "['l1']['kernel']"
+    est = annealing_estimate(GRADS, "res", only_l1)
+    np.testing.assert_allclose(est["bc"], 1.0 / 0.3, rtol=1e-6)  # max|[0.5, -1]| / mean 0.3
+    state = lr_annealing("res", select=only_l1).update(
+        GRADS, lr_annealing("res").init(("bc", "res")), 0
+    )
+    np.testing.assert_allclose(state.weights["bc"], 0.9 + 0.1 / 0.3, rtol=1e-6)
+    with pytest.raises(ValueError, match="weight matrices"):
+        annealing_estimate(GRADS, "res", lambda path: False)
+
+
 @pytest.mark.parametrize("weighted_grads", [True, False])
 def test_annealing_updates_every_period_with_smoothing(weighted_grads):
     rule = lr_annealing("res", period=10, smoothing=0.9, weighted_grads=weighted_grads)
