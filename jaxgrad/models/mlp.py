@@ -36,10 +36,8 @@ def xavier_normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> ja
     return jax.random.normal(key, shape, dtype) * jnp.sqrt(2.0 / (fan_in + fan_out)).astype(dtype)
 
 
-def _dense(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(
-        n_in, n_out, kernel_init=xavier_normal, bias_init=jax.nn.initializers.zeros, rngs=rngs
-    )
+def _dense(n_in: int, n_out: int, rngs: nnx.Rngs, bias_init=jax.nn.initializers.zeros):
+    return nnx.Linear(n_in, n_out, kernel_init=xavier_normal, bias_init=bias_init, rngs=rngs)
 
 
 class _Standardized(nnx.Module):
@@ -125,10 +123,8 @@ class ModifiedMLP(_Standardized):
             self.first = _dense(d, h, rngs)
             self.gates = nnx.List(_dense(h, h, rngs) for _ in hidden[1:])
         else:
-            enc = lambda: nnx.Linear(
-                d, h, kernel_init=xavier_normal, bias_init=_xavier_bias, rngs=rngs
-            )
-            self.encoder_u, self.encoder_v = enc(), enc()
+            self.encoder_u = _dense(d, h, rngs, bias_init=_xavier_bias)
+            self.encoder_v = _dense(d, h, rngs, bias_init=_xavier_bias)
             self.gates = nnx.List(_dense(a, b, rngs) for a, b in zip(layers[:-2], hidden))
         self.out = _dense(h, layers[-1], rngs)
 
@@ -136,13 +132,11 @@ class ModifiedMLP(_Standardized):
         x = self.standardize(x)
         u = jnp.tanh(self.encoder_u(x))
         v = jnp.tanh(self.encoder_v(x))
-        if self.form == "code":
+        if self.form == "code":  # Z ⊙ U + (1 − Z) ⊙ V: the paper's mix with U and V swapped
+            u, v = v, u
             h = x
-            for gate in self.gates:
-                z = jnp.tanh(gate(h))
-                h = z * u + (1 - z) * v
-            return self.out(h)
-        h = jnp.tanh(self.first(x))
+        else:
+            h = jnp.tanh(self.first(x))
         for gate in self.gates:
             z = jnp.tanh(gate(h))
             h = (1 - z) * u + z * v
