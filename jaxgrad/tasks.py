@@ -32,6 +32,7 @@ __all__ = [
     "ClipTraining",
     "classifier_loss",
     "classifier_metric",
+    "clip_optimizer",
     "clip_training",
     "param_groups",
     "tower_grad_norms",
@@ -139,6 +140,24 @@ def clip_training(
             return siglip_loss(**kw, logit_bias=model.logit_bias[...])
         return seed_contrastive_loss(**kw)
 
+    opt, frozen = clip_optimizer(
+        params, steps=steps, lr=lr, warmup_steps=warmup_steps, weight_decay=weight_decay,
+        clip_norm=clip_norm, freeze_image=freeze_image,
+    )  # fmt: skip
+    return ClipTraining(loss_fn, opt, frozen, clamp_logit_scale, tower_grad_norms)
+
+
+def clip_optimizer(
+    params: Any,
+    *,
+    steps: int,
+    lr: float,
+    warmup_steps: int,
+    weight_decay: float,
+    clip_norm: float | None,
+    freeze_image: bool,
+) -> tuple[optax.GradientTransformation, Any]:
+    """``(optimizer, frozen mask)`` of :func:`clip_training` (see there)."""
     total = max(steps, warmup_steps + 1)  # optax needs decay steps > warmup
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, total)
     decay = lambda p: jax.tree_util.tree_map(lambda x: x.ndim >= 2, p)
@@ -148,7 +167,7 @@ def clip_training(
     frozen = frozen_mask(params, [IMAGE_TOWER] if freeze_image else [])
     if freeze_image:
         opt = optimizer_with_frozen(opt, frozen)
-    return ClipTraining(loss_fn, opt, frozen, clamp_logit_scale, tower_grad_norms)
+    return opt, frozen
 
 
 def param_groups(optimizer, params, frozen) -> list[dict]:
