@@ -39,9 +39,8 @@ from flax import nnx
 
 from experiments.common import Row
 from jaxgrad.cli import option, parse, positive
-from jaxgrad.coverage import param_path
 from jaxgrad.doctor import FlowReport, diagnose
-from jaxgrad.freeze import frozen_mask, optimizer_with_frozen
+from jaxgrad.freeze import frozen_mask, optimizer_with_frozen, path_str
 from jaxgrad.gradnorms import GradNormMonitor, make_grad_norm_metrics
 from jaxgrad.io import atomic_write_json
 from jaxgrad.rng import named_keys
@@ -194,7 +193,7 @@ def build_cases(cfg: Config) -> list[Case]:
     gn, pn = nnx.split(mlp, nnx.Param)
     # The same MLP with every unit of layer2 dead: its bias pushed to -10.
     pm = jax.tree_util.tree_map_with_path(
-        lambda p, x: jnp.full_like(x, -10.0) if param_path(p) == "layer2/bias" else x, pn
+        lambda p, x: jnp.full_like(x, -10.0) if path_str(p) == "layer2/bias" else x, pn
     )
     gm = gn
     frozen = optimizer_with_frozen(optax.adam(cfg.lr), frozen_mask(p2, ["image"]))
