@@ -377,7 +377,7 @@ def diagnose(
     Example (an experiment's ``--doctor`` flag)::
 
         if cfg.doctor:
-            diagnose(loss_fn, state.params, first_batch, keys["dropout"], optimizer)
+            diagnose(loss_fn, state.params, first_batch, keys["step"], optimizer)
     """
     report = grad_flow(loss_fn, params, batch, key, has_aux=True)
     if optimizer is not None:

@@ -14,7 +14,7 @@ def is_key(x) -> bool:
 
 
 def named_keys(seed_or_key: int | jax.Array, *names: str) -> dict[str, jax.Array]:
-    """``named_keys(0, "init", "dropout", "data")`` → ``{"init": k1, "dropout": k2, "data": k3}``.
+    """``named_keys(0, "init", "step", "data")`` → ``{"init": k1, "step": k2, "data": k3}``.
 
     Each name gets an independent key; inside steps derive per-step keys with
     ``jax.random.fold_in(key, step)`` rather than splitting and carrying.
