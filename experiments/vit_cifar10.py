@@ -76,18 +76,19 @@ from jaxgrad.train import init_train_state
 
 @dataclasses.dataclass(frozen=True)
 class Hyper:
-    """The resolved training hyper-parameters (a recipe with the command line's overrides)."""
+    """Training hyper-parameters; the defaults are the seed's recipe (a recipe with the command
+    line's overrides is resolved by :meth:`Config.hyper`)."""
 
-    epochs: int
-    batch_size: int
-    lr: float
-    optimizer: str  # "adam" (the seed: torch.optim.Adam, no weight decay) or "adamw"
-    weight_decay: float
-    warmup_epochs: float
-    schedule: str  # "constant" or "cosine" (warm-up then cosine decay to 0)
-    label_smoothing: float
-    augment: bool
-    dtype: str
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"  # "adam" (the seed: torch.optim.Adam, no weight decay) or "adamw"
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0
+    schedule: str = "constant"  # "constant" or "cosine" (warm-up then cosine decay to 0)
+    label_smoothing: float = 0.0
+    augment: bool = False
+    dtype: str = "float32"
     nonfinite_guard: bool = True  # skip updates whose gradients have NaN/inf
 
 
@@ -95,32 +96,12 @@ class Hyper:
 RECIPES = {
     # the seed: Adam 1e-3 without warm-up (too hot for this transformer: the loss stalls near
     # 1.9 and test accuracy ~25%, measured with PyTorch on an H100), no augmentation, fp32
-    "seed": Hyper(
-        epochs=10,
-        batch_size=64,
-        lr=1e-3,
-        optimizer="adam",
-        weight_decay=0.0,
-        warmup_epochs=0.0,
-        schedule="constant",
-        label_smoothing=0.0,
-        augment=False,
-        dtype="float32",
-    ),  # fmt: skip
+    "seed": Hyper(),
     # AdamW + 5 warm-up epochs + cosine, label smoothing, crop+flip, bf16 compute, batch 512
-    "strong": Hyper(
-        epochs=100,
-        batch_size=512,
-        lr=1e-3,
-        optimizer="adamw",
-        weight_decay=0.05,
-        warmup_epochs=5.0,
-        schedule="cosine",
-        label_smoothing=0.1,
-        augment=True,
-        dtype="bfloat16",
-    ),  # fmt: skip
-}
+    "strong": Hyper(epochs=100, batch_size=512, optimizer="adamw", weight_decay=0.05,
+                    warmup_epochs=5.0, schedule="cosine", label_smoothing=0.1, augment=True,
+                    dtype="bfloat16"),
+}  # fmt: skip
 
 
 def make_optimizer(h: Hyper, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -155,16 +136,14 @@ def run_chunk_for(graphdef, h: Hyper, steps_per_epoch: int, mesh=None):
 
 
 @functools.lru_cache(maxsize=8)
-def evaluator(graphdef, batch_size: int):
-    """``evaluate(params, images, labels) -> {"loss", "accuracy", "n"}``, compiled once."""
-    sums = make_evaluate(classifier_metric(graphdef), batch_size=batch_size)
+def _sums(graphdef, batch_size: int):
+    return make_evaluate(classifier_metric(graphdef), batch_size=batch_size)  # compiled once
 
-    def evaluate(params, images, labels) -> dict:
-        n = int(labels.shape[0])
-        s = sums(params, images, labels)
-        return {"loss": float(s["loss"]) / n, "accuracy": float(s["correct"]) / n, "n": n}
 
-    return evaluate
+def evaluate(graphdef, batch_size: int, params, images, labels) -> dict:
+    """``{"loss", "accuracy", "n"}`` of the deterministic model over every image once."""
+    n, s = int(labels.shape[0]), _sums(graphdef, batch_size)(params, images, labels)
+    return {"loss": float(s["loss"]) / n, "accuracy": float(s["correct"]) / n, "n": n}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,7 +310,6 @@ def main(cfg: Config) -> dict:
     # a constant schedule does not depend on the number of epochs: one program for any count
     h_prog = dataclasses.replace(h, epochs=0) if h.schedule == "constant" else h
     run_chunk = run_chunk_for(graphdef, h_prog, spe, mesh if mesh.size > 1 else None)
-    evaluate = evaluator(graphdef, cfg.eval_batch_size)
     bar = tqdm(total=(h.epochs - start) * spe, unit="step", disable=not cfg.progress)
     t_start = time.perf_counter()
     for epoch in range(start, h.epochs):
@@ -343,26 +321,18 @@ def main(cfg: Config) -> dict:
             on_chunk=lambda done, m: _advance(bar, m),
         )  # fmt: skip
         t_train = time.perf_counter() - t0
-        # host-side: raises NonFiniteError (params still finite) after too many skips in a row
-        guard = (
-            check_nonfinite(state.opt_state, max_in_a_row=cfg.max_nonfinite, step=(epoch + 1) * spe)
-            if h.nonfinite_guard
-            else {}
-        )
-        ev = evaluate(state.params, *eval_data)
+        guard, step = {}, (epoch + 1) * spe
+        if h.nonfinite_guard:  # raises NonFiniteError (params still finite) after many skips
+            guard = check_nonfinite(state.opt_state, max_in_a_row=cfg.max_nonfinite, step=step)
+        ev = evaluate(graphdef, cfg.eval_batch_size, state.params, *eval_data)
         record = {
-            "epoch": epoch + 1,
-            "train_loss": float(steps["loss"].mean()),
-            "train_accuracy": float(steps["accuracy"].mean()),
-            f"{eval_name}_loss": ev["loss"],
-            f"{eval_name}_accuracy": ev["accuracy"],
-            "train_seconds": t_train,
+            "epoch": epoch + 1, "train_loss": float(steps["loss"].mean()),
+            "train_accuracy": float(steps["accuracy"].mean()), f"{eval_name}_loss": ev["loss"],
+            f"{eval_name}_accuracy": ev["accuracy"], "train_seconds": t_train,
             "epoch_seconds": time.perf_counter() - t0,
             "images_per_second": len(steps["loss"]) * h.batch_size / t_train,
-            "step_losses": steps["loss"],
-            "data": train.source,
-            **guard,
-        }
+            "step_losses": steps["loss"], "data": train.source, **guard,
+        }  # fmt: skip
         history.append({k: v for k, v in record.items() if k != "step_losses"})
         logger.log(**record)
         print(
@@ -382,36 +352,21 @@ def main(cfg: Config) -> dict:
         _plot(out / "curves.png", history, eval_name, train.source)
     final = history[-1] if history else {}
     summary = {
-        **final,
-        "data": train.source,
-        "eval_split": eval_name,
-        "wall_seconds": time.perf_counter() - t_start,
-        "config": to_dict(cfg),
-        "hyper": dataclasses.asdict(h),
-        "params": count_params(state.params),
+        **final, "data": train.source, "eval_split": eval_name,
+        "wall_seconds": time.perf_counter() - t_start, "config": to_dict(cfg),
+        "hyper": dataclasses.asdict(h), "params": count_params(state.params),
         "device": jax.devices()[0].device_kind,
-    }
+    }  # fmt: skip
     atomic_write_json(out / "summary.json", summary)
     return summary
 
 
 def _plot(path: Path, history: list[dict], eval_name: str, source: str) -> None:
     ep = [r["epoch"] for r in history]
-    plot_curves(
-        path,
-        {
-            "loss": {
-                "train": (ep, [r["train_loss"] for r in history]),
-                eval_name: (ep, [r[f"{eval_name}_loss"] for r in history]),
-            },
-            "accuracy": {
-                "train": (ep, [r["train_accuracy"] for r in history]),
-                eval_name: (ep, [r[f"{eval_name}_accuracy"] for r in history]),
-            },
-        },
-        title=f"ViT — {source}",
-        xlabel="epoch",
-    )
+    curve = lambda name: (ep, [r[name] for r in history])
+    panels = {m: {"train": curve(f"train_{m}"), eval_name: curve(f"{eval_name}_{m}")}
+              for m in ("loss", "accuracy")}  # fmt: skip
+    plot_curves(path, panels, title=f"ViT — {source}", xlabel="epoch")
 
 
 def _advance(bar: tqdm, metrics: dict) -> None:
@@ -451,8 +406,8 @@ def evaluate_only(cfg: Config) -> dict:
         else load_image_folder(data_dir, cache_dir=cfg.cache_dir)
     )
     _check_fits(ds, vit)
-    ev = evaluator(graphdef, cfg.eval_batch_size)(
-        params, jnp.asarray(ds.images), jnp.asarray(ds.labels)
+    ev = evaluate(
+        graphdef, cfg.eval_batch_size, params, jnp.asarray(ds.images), jnp.asarray(ds.labels)
     )
     print(f"{path}: accuracy {100 * ev['accuracy']:.2f}% on {ev['n']} images of {ds.source}")
     return {**ev, "data": ds.source, "checkpoint": str(path)}

@@ -1,23 +1,12 @@
 """The one training loop: model init, K steps per dispatch from a device-resident dataset,
-epochs (or a step range spanning epochs) with a progress callback, and a scanned evaluation.
+epochs (or step ranges spanning epochs) with a progress callback, a scanned evaluation.
 
-    graphdef, params, rest = init_params(ViT, vit_cfg, keys["init"])      # compiled once
-    run = make_run_chunk(loss_fn, optimizer, mesh=mesh)                    # jitted, donated
-    state, metrics = train_epoch(run, state, (images, labels), epoch=e, batch_size=64,
-                                 max_chunk=64, data_key=keys["data"], step_key=keys["step"],
-                                 on_chunk=lambda done, m: bar.update(...))
-    sums = make_evaluate(batch_metric, batch_size=500)(params, val_images, val_labels)
-
-Everything that touches the data runs on the device: the dataset is two arrays (uint8 images
-``[N, H, W, C]``, int32 labels ``[N]``); the order of epoch ``e`` is a permutation drawn from
-``fold_in(data_key, e)`` (the last partial batch dropped); each dispatch gathers ``K`` batches
-and runs ``K`` train steps (``jaxgrad.train.make_multi_step``) in one program whose incoming
-state is donated. The host only enqueues work and reads each chunk's metrics one chunk behind,
-so it never stalls the device, and a progress bar fed by ``on_chunk`` advances when steps have
-*finished*, not when they were dispatched.
-
-Compiler flags belong here (and to experiments), not to models: model init runs once, so it is
-compiled with XLA's cheap backend settings (:data:`INIT_OPTIONS`).
+The dataset is two device arrays (uint8 images ``[N, H, W, C]``, int32 labels ``[N]``); epoch
+``e``'s order is a permutation from ``fold_in(data_key, e)`` (the last partial batch dropped);
+each dispatch gathers ``K`` batches and runs ``K`` train steps (``make_multi_step``) in one
+program whose incoming state is donated. The host reads each chunk's metrics one chunk behind,
+so it never stalls the device and a progress bar fed by ``on_chunk`` advances when steps have
+*finished*. Compiler flags belong here and to experiments, never to models.
 """
 
 from __future__ import annotations
@@ -48,19 +37,17 @@ __all__ = [
     "train_steps",
 ]
 
-#: compiler options of the jitted init: it runs once, so skip the expensive backend passes
-#: (3-4x faster compile on CPU; the same random bits, float transforms of them may differ from
-#: an optimised build in the last ulp)
+#: the jitted init runs once: skip XLA's expensive backend passes (3-4x faster compile on CPU;
+#: the same random bits, floats made of them may differ from an optimised build in the last ulp)
 INIT_OPTIONS = {**RUN_ONCE, "xla_llvm_disable_expensive_passes": True}
 
-#: ``on_chunk(steps_done, metrics)``: called once a chunk has finished; metrics are its
-#: per-step values (numpy, leading axis = the chunk's steps)
+#: ``on_chunk(steps_done, metrics)``, once a chunk has finished: its per-step metrics (numpy)
 OnChunk = Callable[[int, dict[str, np.ndarray]], None]
 
 
 def abstract_params(model_cls: type, cfg: Any) -> tuple[nnx.GraphDef, Any, Any]:
     """``(graphdef, params, rest)`` of ``model_cls(cfg, rngs=...)`` as shapes (nothing
-    allocated): the templates to restore a checkpoint into or to load saved params into."""
+    allocated): templates to restore checkpoints or load saved params into."""
     model = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
     return nnx.split(model, nnx.Param, ...)
 
@@ -70,11 +57,9 @@ def init_params(
 ) -> tuple[nnx.GraphDef, Any, Any]:
     """``nnx.split(model_cls(cfg, rngs=nnx.Rngs(params=key)), nnx.Param, ...)`` built in one jit.
 
-    The same parameters as the eager constructor, but one compiled program (cached per
-    ``(model_cls, cfg, compiler_options)``, so a second model of the same config compiles
-    nothing) instead of one dispatch and compilation per initializer. ``cfg`` must be hashable
-    (a frozen dataclass). Returns ``(graphdef, params, rest)``; ``rest`` holds any non-``Param``
-    state (empty for most models).
+    The eager constructor's parameters from one compiled program, cached per ``(model_cls,
+    cfg, compiler_options)`` (``cfg`` hashable: a frozen dataclass), instead of a dispatch and a
+    compilation per initializer. ``rest``: any non-``Param`` state (empty for most models).
     """
     opts = tuple(sorted((compiler_options or {}).items()))
     graphdef, init = _jitted_init(model_cls, cfg, opts)
@@ -121,13 +106,10 @@ def make_run_chunk(
     mesh: Any = None,
     compiler_options: dict | None = None,
 ) -> Callable:
-    """``run(state, images, labels, idx [K, B], step_key) -> (state, metrics [K])``.
-
-    One dispatch: the K batches are gathered from the device-resident dataset inside the same
-    program as the K scanned train steps (``make_multi_step``; step ``i`` draws its randomness
-    from ``fold_in(step_key, state.step)``); the incoming state is donated. With ``mesh``
-    (a ``jaxgrad.parallel.make_mesh`` mesh of more than one device) each step's batch is split
-    over its ``data`` axis.
+    """``run(state, images, labels, idx [K, B], step_key) -> (state, metrics [K])``: one
+    dispatch gathers the K batches and runs the K scanned steps (``make_multi_step``: step keys
+    ``fold_in(step_key, state.step)``); the state is donated. ``mesh``
+    (``jaxgrad.parallel.make_mesh``, > 1 device): each batch is split over its ``data`` axis.
     """
     if mesh is not None and mesh.size > 1:
         loss_fn = with_batch_sharding(loss_fn, mesh)
@@ -154,14 +136,12 @@ def train_steps(
     step_key: jax.Array,
     on_chunk: OnChunk | None = None,
 ) -> tuple[TrainState, dict[str, np.ndarray]]:
-    """Run global steps ``start .. stop-1``; step ``s`` trains on batch ``s % spe`` of epoch
-    ``s // spe`` (``spe`` full batches per epoch), so any split of a run into ranges, e.g. at
-    evaluation points, trains on exactly the same batches. Returns the new state and the
-    per-step metrics (numpy, ``[stop - start]``).
+    """Run global steps ``start .. stop-1`` -> ``(state, per-step metrics [stop - start])``.
 
-    ``on_chunk(steps_done_in_range, metrics_of_that_chunk)`` is called one chunk behind: after
-    chunk ``c + 1`` is dispatched, chunk ``c``'s metrics are read (so the host waits only for
-    work that is finishing) and handed over; the last chunk is reported after the loop.
+    Step ``s`` trains on batch ``s % spe`` of epoch ``s // spe`` (``spe`` full batches per
+    epoch), so any split of a run into ranges (at evaluation points, say) trains on the same
+    batches. ``on_chunk(steps_done, metrics)`` runs one chunk behind: chunk ``c`` is read only
+    after chunk ``c + 1`` was dispatched, so the host waits only for work that is finishing.
     """
     images, labels = data
     n = labels.shape[0]
@@ -222,11 +202,10 @@ def make_evaluate(
 ) -> Callable:
     """``evaluate(params, images, labels)``: ``batch_metric`` over every example once.
 
-    ``batch_metric(params, images [B, ...], labels [B]) -> dict`` of per-example values
-    (leading axis ``B``). One jitted ``lax.scan`` over fixed-size batches; the last batch is
-    padded and its padding masked. ``reduce="sum"``: returns each value summed over the
-    examples (e.g. cross-entropy and correct counts: divide by ``n``); ``reduce="stack"``:
-    returns the per-example values ``[n, ...]`` in data order (e.g. image embeddings).
+    ``batch_metric(params, images [B, ...], labels [B]) -> dict`` of per-example values. One
+    jitted ``lax.scan`` over fixed-size batches, the last one's padding masked.
+    ``reduce="sum"``: each value summed over the examples (cross-entropy, correct counts);
+    ``"stack"``: the values ``[n, ...]`` in data order (image embeddings).
     """
     if reduce not in ("sum", "stack"):
         raise ValueError(f"make_evaluate: reduce must be 'sum' or 'stack', got {reduce!r}")
