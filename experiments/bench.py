@@ -45,6 +45,7 @@ from experiments.bench_torch import (
     TORCH_VARIANTS,
     time_torch,
 )
+from jaxgrad import tasks
 from jaxgrad.bench import (
     Timing,
     bench_jit,
@@ -72,7 +73,6 @@ from jaxgrad.models.clip import ClipConfig, ClipModel
 from jaxgrad.models.vit import ViT, ViTConfig
 from jaxgrad.rng import named_keys
 from jaxgrad.tables import print_table
-from jaxgrad.tasks import classifier_loss, classifier_metric, clip_training
 from jaxgrad.train import init_train_state, make_multi_step, make_train_step
 
 PRECISIONS = ("highest", "default", "bf16")
@@ -186,7 +186,7 @@ def vit_params(vit: ViTConfig, key: jax.Array) -> Any:
 def vit_loss(vit: ViTConfig):
     """The ViT experiment's own loss (``jaxgrad.tasks.classifier_loss``): the seed's
     ``CrossEntropyLoss`` in training mode (dropout on), no augmentation, no smoothing."""
-    return classifier_loss(vit_graphdef(vit), label_smoothing=0.0, use_augment=False)
+    return tasks.classifier_loss(vit_graphdef(vit), label_smoothing=0.0, use_augment=False)
 
 
 @functools.cache
@@ -194,7 +194,7 @@ def vit_evaluate(vit: ViTConfig, batch_size: int):
     """The ViT experiment's evaluation pass (``jaxgrad.loop.make_evaluate`` of
     ``jaxgrad.tasks.classifier_metric``), one per (config, batch): compiled once per run,
     shared by the epoch and eval scenarios."""
-    return make_evaluate(classifier_metric(vit_graphdef(vit)), batch_size=batch_size)
+    return make_evaluate(tasks.classifier_metric(vit_graphdef(vit)), batch_size=batch_size)
 
 
 def synthetic(key: jax.Array, shape: tuple[int, ...], vit: ViTConfig) -> dict:
@@ -310,27 +310,26 @@ def run_eval(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]:
 
 
 def run_clip(cfg: Config, keys: dict, peak: float | None) -> list[dict]:
-    """The CLIP experiment's train step (``jaxgrad.tasks.clip_training``: templated captions,
+    """The CLIP experiment's train step (``jaxgrad.tasks``: templated captions,
     symmetric loss, clip + AdamW, the ``logit_scale`` clamp), one step per dispatch."""
     clip = ClipConfig.tiny() if cfg.size == "tiny" else ClipConfig()
     tok, ids, mask = caption_table(CLASS_NAMES, max_len=clip.text.max_len)
     clip = dataclasses.replace(clip, text=dataclasses.replace(clip.text, vocab_size=len(tok)))
     graphdef, params, rest = init_params(ClipModel, clip, keys["init"])
-    t = clip_training(
-        graphdef, params, rest, (jnp.asarray(ids), jnp.asarray(mask)), loss="clip",
-        freeze_image=False, use_augment=True, steps=1000, lr=1e-3, warmup_steps=50,
-        weight_decay=0.1, clip_norm=1.0,
-    )  # fmt: skip
-    step = make_train_step(
-        t.loss_fn, t.optimizer, post_update=t.post_update, extra_metrics=t.extra_metrics
-    )
+    captions = (jnp.asarray(ids), jnp.asarray(mask))
+    # the experiment's defaults
+    loss_fn = tasks.clip_loss_fn(graphdef, rest, captions, loss="clip", freeze_image=False,
+                                 use_augment=True)  # fmt: skip
+    opt, _ = tasks.clip_optimizer(params, steps=1000, lr=1e-3, warmup_steps=50,
+                                  weight_decay=0.1, clip_norm=1.0, freeze_image=False)  # fmt: skip
+    step = make_train_step(loss_fn, opt, **tasks.CLIP_STEP)
     rows = []
     for b in cfg.batch:
         data = synthetic(keys["data"], (b,), clip.image)
-        state = init_train_state(jax.tree.map(jnp.copy, params), t.optimizer)
-        t_ = bench_jit(step, state, data, keys["step"], name=f"clip b{b}", items=b, carry=True,
-                       runs=cfg.runs, warmup=cfg.warmup, peak_tflops=peak)  # fmt: skip
-        rows.append(_row("clip", "jax", "default", b, t_))
+        state = init_train_state(jax.tree.map(jnp.copy, params), opt)
+        t = bench_jit(step, state, data, keys["step"], name=f"clip b{b}", items=b, carry=True,
+                      runs=cfg.runs, warmup=cfg.warmup, peak_tflops=peak)  # fmt: skip
+        rows.append(_row("clip", "jax", "default", b, t))
         print(_line(rows[-1]), flush=True)
     return rows
 

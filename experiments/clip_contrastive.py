@@ -53,7 +53,7 @@ from jaxgrad.models.text import TextConfig
 from jaxgrad.models.vit import ViTConfig
 from jaxgrad.plots import plot_curves
 from jaxgrad.rng import named_keys
-from jaxgrad.tasks import ClipTraining, clip_training, param_groups
+from jaxgrad.tasks import CLIP_STEP, clip_loss_fn, clip_optimizer, param_groups
 from jaxgrad.train import TrainState, init_train_state
 from jaxgrad.xla import RUN_ONCE
 
@@ -213,7 +213,9 @@ class Setup(NamedTuple):
     graphdef: Any
     params: Any
     rest: Any
-    training: ClipTraining  # loss_fn, optimizer, frozen mask, post_update, extra_metrics
+    loss_fn: Any  # jaxgrad.tasks.clip_loss_fn
+    optimizer: Any  # jaxgrad.tasks.clip_optimizer
+    frozen: Any  # the bool mask the optimizer freezes (all False without --freeze-image)
 
 
 def setup(cfg: Config, train: ImageDataset) -> Setup:
@@ -224,21 +226,13 @@ def setup(cfg: Config, train: ImageDataset) -> Setup:
     opts = RUN_ONCE if cfg.fast_compile else None
     graphdef, params, rest = init_params(ClipModel, mcfg, keys["init"], compiler_options=opts)
     captions = (jnp.asarray(ids), jnp.asarray(cmask))
-    training = clip_training(
-        graphdef, params, rest, captions, loss=cfg.loss, freeze_image=cfg.freeze_image,
-        use_augment=cfg.augment, steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,
+    loss_fn = clip_loss_fn(graphdef, rest, captions, loss=cfg.loss,
+                           freeze_image=cfg.freeze_image, use_augment=cfg.augment)  # fmt: skip
+    opt, frozen = clip_optimizer(
+        params, steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, freeze_image=cfg.freeze_image,
     )  # fmt: skip
-    return Setup(keys, tok, captions, graphdef, params, rest, training)
-
-
-def make_run(cfg: Config, s: Setup):
-    """The jitted K-step dispatch of the CLIP step (``jaxgrad.loop.make_run_chunk``)."""
-    t = s.training
-    return make_run_chunk(
-        t.loss_fn, t.optimizer, post_update=t.post_update, extra_metrics=t.extra_metrics,
-        compiler_options=RUN_ONCE if cfg.fast_compile else None,
-    )  # fmt: skip
+    return Setup(keys, tok, captions, graphdef, params, rest, loss_fn, opt, frozen)
 
 
 def main(cfg: Config) -> dict:
@@ -248,10 +242,10 @@ def main(cfg: Config) -> dict:
         f"data: {train.source} | train {len(train)} | val {len(val)} | {train.num_classes} classes"
     )
     s = setup(cfg, train)
-    opt = s.training.optimizer
+    opt = s.optimizer
     print(f"loss={cfg.loss} freeze_image={cfg.freeze_image} clip_norm={cfg.clip_norm}")
     print(f"vocabulary: {len(s.tokenizer)} words; {len(TEMPLATES)} caption templates")
-    groups = param_groups(opt, s.params, s.training.frozen)
+    groups = param_groups(opt, s.params, s.frozen)
     print_param_groups(groups)
     evaluate = make_evaluator(
         s.graphdef, s.rest, val, s.captions, seed=cfg.seed, fast=cfg.fast_compile
@@ -260,8 +254,9 @@ def main(cfg: Config) -> dict:
     data = (jnp.asarray(train.images), jnp.asarray(train.labels))
     if cfg.doctor:  # which leaves get a gradient, and what the optimizer does with each
         first = take(*data, jnp.arange(cfg.batch_size))
-        diagnose(s.training.loss_fn, s.params, first, s.keys["step"], opt)
-    run = make_run(cfg, s)
+        diagnose(s.loss_fn, s.params, first, s.keys["step"], opt)
+    opts = RUN_ONCE if cfg.fast_compile else None
+    run = make_run_chunk(s.loss_fn, opt, **CLIP_STEP, compiler_options=opts)
     out.mkdir(parents=True, exist_ok=True)
     log = JsonlLogger(out / "metrics.jsonl")
     log.path.write_text("")  # one run per file

@@ -4,8 +4,8 @@ and the tests share them.
 
 - image classification (``experiments.vit_cifar10``): :func:`classifier_loss`,
   :func:`classifier_metric` (for :func:`jaxgrad.loop.make_evaluate`);
-- CLIP-style contrastive training (``experiments.clip_contrastive``): :func:`clip_training`
-  (loss, optimizer and the step's post-update/extra metrics in one NamedTuple),
+- CLIP-style contrastive training (``experiments.clip_contrastive``): :func:`clip_loss_fn`,
+  :func:`clip_optimizer`, :data:`CLIP_STEP` (the step's clamp and extra metrics),
   :func:`param_groups` (the seed's ``optimizer.param_groups`` check).
 
 Every loss is ``loss_fn(params, batch, step_key) -> (loss, aux)`` on a uint8 batch
@@ -15,7 +15,7 @@ Every loss is ``loss_fn(params, batch, step_key) -> (loss, aux)`` on a uint8 bat
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,11 +29,11 @@ from jaxgrad.freeze import frozen_mask, optimizer_with_frozen, path_str
 from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, clamp_logit_scale
 
 __all__ = [
-    "ClipTraining",
+    "CLIP_STEP",
     "classifier_loss",
     "classifier_metric",
     "clip_optimizer",
-    "clip_training",
+    "clip_loss_fn",
     "param_groups",
     "tower_grad_norms",
 ]
@@ -73,18 +73,6 @@ def classifier_metric(graphdef: nnx.GraphDef):
     return metric
 
 
-class ClipTraining(NamedTuple):
-    """What the CLIP train step is built from:
-    ``make_run_chunk(t.loss_fn, t.optimizer, post_update=t.post_update,
-    extra_metrics=t.extra_metrics)`` (or the same keywords to ``make_train_step``)."""
-
-    loss_fn: Any
-    optimizer: optax.GradientTransformation
-    frozen: Any  # bool mask handed to the optimizer (True: frozen leaf)
-    post_update: Any = clamp_logit_scale
-    extra_metrics: Any = None
-
-
 def tower_grad_norms(grads, updates, params) -> dict:
     """Per-tower gradient norms inside the step: does the gradient reach each encoder?"""
     return {
@@ -94,31 +82,21 @@ def tower_grad_norms(grads, updates, params) -> dict:
     }
 
 
-def clip_training(
-    graphdef: nnx.GraphDef,
-    params: Any,
-    rest: Any,
-    captions: tuple[jax.Array, jax.Array],
-    *,
-    loss: str,
-    freeze_image: bool,
-    use_augment: bool,
-    steps: int,
-    lr: float,
-    warmup_steps: int,
-    weight_decay: float,
-    clip_norm: float | None,
-) -> ClipTraining:
-    """The CLIP experiment's loss and optimizer.
+#: the rest of the CLIP step: ``make_run_chunk(loss_fn, optimizer, **CLIP_STEP)`` (or
+#: ``make_train_step``): the ``logit_scale`` clamp after each update, per-tower gradient norms
+CLIP_STEP = {"post_update": clamp_logit_scale, "extra_metrics": tower_grad_norms}
 
-    Loss: ``batch = {"images", "labels"}``; ``captions = (ids [T, C, L], mask [T, C, L])``:
-    each image gets a template drawn from the step key, filled with its label. ``loss`` is
-    ``clip`` (symmetric CE), ``siglip`` or ``seed`` (one-way CE). ``freeze_image`` is the
-    seed's ``.detach()``: the image features enter the loss as constants, and the optimizer
-    leaves the image tower out (zero update, no state).
 
-    Optimizer: clip by global norm (``clip_norm``, None: off) → AdamW with linear warm-up and
-    cosine decay over ``steps``, decay on ≥2-D weights only (open_clip's rule).
+def clip_loss_fn(
+    graphdef: nnx.GraphDef, rest: Any, captions: tuple[jax.Array, jax.Array], *, loss: str,
+    freeze_image: bool, use_augment: bool,
+):  # fmt: skip
+    """The CLIP experiment's ``loss_fn(params, batch, step_key) -> (loss, aux)``.
+
+    ``batch = {"images", "labels"}``; ``captions = (ids [T, C, L], mask [T, C, L])``: each
+    image gets a template drawn from the step key, filled with its label. ``loss``: ``clip``
+    (symmetric CE), ``siglip`` or ``seed`` (one-way CE). ``freeze_image`` is the seed's
+    ``.detach()``: the image features enter the loss as constants.
     """
     if loss not in ("clip", "siglip", "seed"):
         raise ValueError(f"--loss must be clip, siglip or seed, got {loss!r}")
@@ -140,11 +118,7 @@ def clip_training(
             return siglip_loss(**kw, logit_bias=model.logit_bias[...])
         return seed_contrastive_loss(**kw)
 
-    opt, frozen = clip_optimizer(
-        params, steps=steps, lr=lr, warmup_steps=warmup_steps, weight_decay=weight_decay,
-        clip_norm=clip_norm, freeze_image=freeze_image,
-    )  # fmt: skip
-    return ClipTraining(loss_fn, opt, frozen, clamp_logit_scale, tower_grad_norms)
+    return loss_fn
 
 
 def clip_optimizer(
@@ -157,7 +131,9 @@ def clip_optimizer(
     clip_norm: float | None,
     freeze_image: bool,
 ) -> tuple[optax.GradientTransformation, Any]:
-    """``(optimizer, frozen mask)`` of :func:`clip_training` (see there)."""
+    """``(optimizer, frozen mask)``: clip by global norm (None: off) → AdamW, linear warm-up
+    and cosine decay over ``steps``, decay on ≥2-D weights only (open_clip's rule);
+    ``freeze_image``: the image tower is left out (zero update, no optimizer state)."""
     total = max(steps, warmup_steps + 1)  # optax needs decay steps > warmup
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, total)
     decay = lambda p: jax.tree_util.tree_map(lambda x: x.ndim >= 2, p)

@@ -26,7 +26,7 @@ from jaxgrad.deps import grad_dependence
 from jaxgrad.freeze import path_str
 from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, ClipConfig, clamp_logit_scale
 from jaxgrad.models.text import TextConfig, masked_mean
-from jaxgrad.tasks import clip_optimizer, param_groups
+from jaxgrad.tasks import CLIP_STEP, clip_optimizer, param_groups
 from jaxgrad.train import init_train_state, make_train_step
 
 TINY = dataclasses.replace(exp.Config.tiny(), n_images=64, n_val=16, steps=3, augment=False)
@@ -98,7 +98,7 @@ def _connected(s, batch, key):
     Only traced (``make_jaxpr``), never compiled or run: a leaf that is not connected gets a
     structural zero, PyTorch's ``.grad is None``.
     """
-    f = lambda p: s.training.loss_fn(p, batch, key)[0]
+    f = lambda p: s.loss_fn(p, batch, key)[0]
     (connected,) = grad_dependence(lambda ct: jax.vjp(f, s.params)[1](ct), jnp.float32(1))
     return connected
 
@@ -143,7 +143,7 @@ def test_model_features_are_unit_norm_and_scale_initialised(plain, data):
 
 def test_gradient_reaches_every_leaf_of_both_towers(plain, data, key):
     connected = _connected(plain, data[1], key)
-    grads = jax.jit(jax.grad(lambda p: plain.training.loss_fn(p, data[1], key)[0]))(plain.params)
+    grads = jax.jit(jax.grad(lambda p: plain.loss_fn(p, data[1], key)[0]))(plain.params)
     tops = set()
     for (path, linked), g in zip(
         jax.tree_util.tree_leaves_with_path(connected), jax.tree_util.tree_leaves(grads)
@@ -168,15 +168,12 @@ def test_freeze_image_zero_grads_and_bit_identical_params(data, key):
 
     before = jax.tree.map(np.array, s.params)
     # the image tower carries no optimizer state: Adam moments exist for the text tower only
-    t = s.training
-    groups = {g["module"]: g for g in param_groups(t.optimizer, s.params, t.frozen)}
+    groups = {g["module"]: g for g in param_groups(s.optimizer, s.params, s.frozen)}
     assert groups[IMAGE_TOWER]["state_floats"] == 0
     assert groups[IMAGE_TOWER]["frozen"] == groups[IMAGE_TOWER]["params"]
     assert groups[TEXT_TOWER]["state_floats"] == 2 * groups[TEXT_TOWER]["params"]
-    state = init_train_state(s.params, t.optimizer)
-    step = make_train_step(
-        t.loss_fn, t.optimizer, post_update=t.post_update, extra_metrics=t.extra_metrics
-    )
+    state = init_train_state(s.params, s.optimizer)
+    step = make_train_step(s.loss_fn, s.optimizer, **CLIP_STEP)
     for _ in range(3):
         state, m = step(state, data[1], key)
         # the image gradient's global norm is exactly 0.0: every entry of every leaf is 0
@@ -193,7 +190,7 @@ def test_freeze_image_zero_grads_and_bit_identical_params(data, key):
 
 def test_param_groups_report_state_per_module(plain):
     params = plain.params
-    groups = param_groups(plain.training.optimizer, params, plain.training.frozen)
+    groups = param_groups(plain.optimizer, params, plain.frozen)
     assert [g["module"] for g in groups] == [IMAGE_TOWER, "logit_scale", TEXT_TOWER]
     for g in groups:  # every module trainable: Adam's mu and nu for each scalar
         assert g["frozen"] == 0 and g["state_floats"] == 2 * g["params"]
