@@ -53,6 +53,7 @@ from jaxgrad.models.text import TextConfig
 from jaxgrad.models.vit import ViTConfig
 from jaxgrad.plots import plot_curves
 from jaxgrad.rng import named_keys
+from jaxgrad.tables import print_table
 from jaxgrad.tasks import CLIP_STEP, clip_loss_fn, clip_optimizer, param_groups
 from jaxgrad.train import TrainState, init_train_state
 from jaxgrad.xla import RUN_ONCE
@@ -148,16 +149,6 @@ def model_config(cfg: Config, vocab_size: int, image_size: int) -> ClipConfig:
     return ClipConfig(image=image, text=text, embed_dim=cfg.embed_dim, logit_bias_init=bias)
 
 
-def print_param_groups(groups: list[dict]) -> None:
-    print("what the optimizer updates (module: leaves, params, optimizer-state floats):")
-    for g in groups:
-        status = "FROZEN (not in optimizer)" if g["frozen"] == g["params"] else "trainable"
-        print(
-            f"  {g['module']:14s} {g['leaves']:3d} leaves {g['params']:10,d} params  "
-            f"state {g['state_floats']:10,d}  {status}"
-        )
-
-
 def make_evaluator(
     graphdef, rest, val: ImageDataset, captions, *, seed: int, fast: bool = False, chunk: int = 500
 ):
@@ -246,7 +237,12 @@ def main(cfg: Config) -> dict:
     print(f"loss={cfg.loss} freeze_image={cfg.freeze_image} clip_norm={cfg.clip_norm}")
     print(f"vocabulary: {len(s.tokenizer)} words; {len(TEMPLATES)} caption templates")
     groups = param_groups(opt, s.params, s.frozen)
-    print_param_groups(groups)
+    print_table(
+        [(g["module"], g["leaves"], f"{g['params']:,}", f"{g['state_floats']:,}",
+          "FROZEN (not in optimizer)" if g["frozen"] == g["params"] else "trainable")
+         for g in groups], ("module", "leaves", "params", "optimizer state", "status"),
+        title="what the optimizer updates", right=("leaves", "params", "optimizer state"),
+    )  # fmt: skip
     evaluate = make_evaluator(
         s.graphdef, s.rest, val, s.captions, seed=cfg.seed, fast=cfg.fast_compile
     )

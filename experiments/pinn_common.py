@@ -64,6 +64,10 @@ def train(
 ) -> dict:
     """Train one model per seed, all seeds at once (``vmap``: one compilation for every seed).
 
+    Not ``jaxgrad.loop``: that loop streams batches of a stored dataset and trains one model;
+    PINNs draw fresh collocation points from each step's key (nothing to gather) and train
+    every seed in one vmapped program, with per-method weight updates between chunks.
+
     Args:
       models: one freshly initialised model per seed (same structure).
       terms_fn: ``(params, graphdef, batch) -> {name: scalar}``.
