@@ -36,7 +36,7 @@ __all__ = [
     "l2_normalize",
 ]
 
-#: top-level parameter names of the two towers (prefixes for jaxgrad.freeze.frozen_mask)
+#: top-level parameter names of the two towers (path prefixes, e.g. to freeze one tower)
 IMAGE_TOWER, TEXT_TOWER = "image_encoder", "text_encoder"
 
 
