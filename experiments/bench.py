@@ -38,20 +38,14 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from experiments import bench_terms
 from experiments.bench_torch import (
     H100_TORCH_ANCHOR_MS,
     TORCH_PRECISION,
     TORCH_VARIANTS,
     time_torch,
 )
-from experiments.vit_train import (
-    chunk_plan,
-    make_evaluate,
-    make_loss_fn,
-    make_run_chunk,
-    steps_per_epoch,
-    train_epoch,
-)
+from jaxgrad import tasks
 from jaxgrad.bench import (
     Timing,
     bench_jit,
@@ -63,10 +57,22 @@ from jaxgrad.bench import (
     vit_forward_flops,
 )
 from jaxgrad.cli import option, parse, positive, to_dict
-from jaxgrad.data import normalize
+from jaxgrad.data.captions import caption_table
+from jaxgrad.data.synthetic import CLASS_NAMES
 from jaxgrad.io import atomic_write_json
+from jaxgrad.loop import (
+    abstract_params,
+    chunk_plan,
+    init_params,
+    make_evaluate,
+    make_run_chunk,
+    steps_per_epoch,
+    train_epoch,
+)
+from jaxgrad.models.clip import ClipConfig, ClipModel
 from jaxgrad.models.vit import ViT, ViTConfig
 from jaxgrad.rng import named_keys
+from jaxgrad.tables import print_table
 from jaxgrad.train import init_train_state, make_multi_step, make_train_step
 
 PRECISIONS = ("highest", "default", "bf16")
@@ -168,31 +174,27 @@ def optimizer(cfg: Config) -> optax.GradientTransformation:
 
 def vit_graphdef(vit: ViTConfig) -> nnx.GraphDef:
     """The model's structure (no arrays allocated); its dtype decides the compute precision."""
-    return nnx.split(nnx.eval_shape(lambda: ViT(vit, rngs=nnx.Rngs(0))), nnx.Param)[0]
+    return abstract_params(ViT, vit)[0]
 
 
-def init_params(vit: ViTConfig, key: jax.Array) -> Any:
-    """Float32 params: the same for every compute dtype, so one compiled init serves all."""
-    return _init_params(dataclasses.replace(vit, dtype="float32"), key)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _init_params(vit: ViTConfig, key: jax.Array) -> Any:
-    # one jit: eager init dispatches and compiles every initializer (seconds even when tiny)
-    return nnx.split(ViT(vit, rngs=nnx.Rngs(key)), nnx.Param)[1]
+def vit_params(vit: ViTConfig, key: jax.Array) -> Any:
+    """Float32 params (``jaxgrad.loop.init_params``, as the experiment): the same for every
+    compute dtype, so one compiled init serves all."""
+    return init_params(ViT, dataclasses.replace(vit, dtype="float32"), key)[1]
 
 
 def vit_loss(vit: ViTConfig):
-    """The training experiment's own loss (experiments.vit_train): the seed's
+    """The ViT experiment's own loss (``jaxgrad.tasks.classifier_loss``): the seed's
     ``CrossEntropyLoss`` in training mode (dropout on), no augmentation, no smoothing."""
-    return make_loss_fn(vit_graphdef(vit), label_smoothing=0.0, use_augment=False)
+    return tasks.classifier_loss(vit_graphdef(vit), label_smoothing=0.0, use_augment=False)
 
 
 @functools.cache
 def vit_evaluate(vit: ViTConfig, batch_size: int):
-    """experiments.vit_train's evaluation pass, one per (config, batch): its jitted program is
-    then compiled once per run, shared by the epoch and eval scenarios."""
-    return make_evaluate(vit_graphdef(vit), batch_size=batch_size)
+    """The ViT experiment's evaluation pass (``jaxgrad.loop.make_evaluate`` of
+    ``jaxgrad.tasks.classifier_metric``), one per (config, batch): compiled once per run,
+    shared by the epoch and eval scenarios."""
+    return make_evaluate(tasks.classifier_metric(vit_graphdef(vit)), batch_size=batch_size)
 
 
 def synthetic(key: jax.Array, shape: tuple[int, ...], vit: ViTConfig) -> dict:
@@ -220,7 +222,7 @@ def run_step(cfg: Config, params, keys: dict, peak: float | None, *, scan: bool)
             data = synthetic(keys["data"], (k, b) if scan else (b,), vit)
             state = init_train_state(jax.tree.map(jnp.copy, params), opt)
             with matmul_precision(precision):
-                t = bench_jit(step, state, data, keys["dropout"], name=f"vit {precision} b{b}",
+                t = bench_jit(step, state, data, keys["step"], name=f"vit {precision} b{b}",
                               items=k * b, steps_per_call=k, carry=True,
                               runs=cfg.scan_runs if scan else cfg.runs,
                               calls_per_run=1 if scan else cfg.calls_per_sample,
@@ -237,10 +239,10 @@ def profile_step(step, params, opt, data, keys: dict, precision: str) -> dict:
     """The step's top XLA ops by time (jaxgrad.bench.profile_ops), printed and returned."""
     state = [init_train_state(jax.tree.map(jnp.copy, params), opt)]
     with matmul_precision(precision):
-        compiled = step.lower(state[0], data, keys["dropout"]).compile()
+        compiled = step.lower(state[0], data, keys["step"]).compile()
 
     def call():
-        state[0], metrics = compiled(state[0], data, keys["dropout"])
+        state[0], metrics = compiled(state[0], data, keys["step"])
         return metrics
 
     call()  # warm-up
@@ -253,7 +255,8 @@ def profile_step(step, params, opt, data, keys: dict, precision: str) -> dict:
 
 
 def run_epoch(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]:
-    """The seed's loop body, one epoch + evaluation, through experiments.vit_train.
+    """The seed's loop body, one epoch + evaluation, through ``jaxgrad.loop`` (as the ViT
+    experiment runs it).
 
     The dataset is device-resident; each epoch is a permutation drawn on the device; each
     dispatch gathers and runs up to ``--chunk`` steps in one ``lax.scan``; the last partial
@@ -275,8 +278,7 @@ def run_epoch(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]
             nonlocal state, epoch
             state, _ = train_epoch(run_chunk, state, (train["images"], train["labels"]),
                                    epoch=epoch, batch_size=b, max_chunk=cfg.chunk,
-                                   data_key=keys["data"], dropout_key=keys["dropout"],
-                                   progress=False)  # fmt: skip
+                                   data_key=keys["data"], step_key=keys["step"])  # fmt: skip
             epoch += 1
             return evaluate(state.params, test["images"], test["labels"])  # floats: synced
 
@@ -292,7 +294,7 @@ def run_epoch(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]
 
 
 def run_eval(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]:
-    """The evaluation pass of experiments.vit_train over ``--eval-images`` (forward only)."""
+    """The ViT experiment's evaluation pass over ``--eval-images`` (forward only)."""
     rows = []
     for precision in cfg.precision:
         vit = vit_config(cfg, precision)
@@ -308,30 +310,24 @@ def run_eval(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]:
 
 
 def run_clip(cfg: Config, keys: dict, peak: float | None) -> list[dict]:
-    """A CLIP train step (ViT image tower + text tower, symmetric loss, logit_scale clamp)."""
-    from jaxgrad.contrastive import clip_loss
-    from jaxgrad.models.clip import ClipConfig, ClipModel, clamp_logit_scale
-
-    rows, opt = [], optax.adam(1e-3)
+    """The CLIP experiment's train step (``jaxgrad.tasks``: templated captions,
+    symmetric loss, clip + AdamW, the ``logit_scale`` clamp), one step per dispatch."""
     clip = ClipConfig.tiny() if cfg.size == "tiny" else ClipConfig()
-    make = lambda k: nnx.split(ClipModel(clip, rngs=nnx.Rngs(k)), nnx.Param)
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: ClipModel(clip, rngs=nnx.Rngs(0))), nnx.Param)
-    params = jax.jit(lambda k: make(k)[1])(keys["init"])
-
-    def loss_fn(params, batch, key):
-        model = nnx.merge(graphdef, params)
-        img = model.encode_image(normalize(batch["images"]), deterministic=False, rngs=key)
-        txt = model.encode_text(batch["tokens"], batch["mask"], deterministic=False, rngs=key)
-        return clip_loss(image_features=img, text_features=txt, logit_scale=model.logit_scale[...])
-
-    step = make_train_step(loss_fn, opt, post_update=clamp_logit_scale)
+    tok, ids, mask = caption_table(CLASS_NAMES, max_len=clip.text.max_len)
+    clip = dataclasses.replace(clip, text=dataclasses.replace(clip.text, vocab_size=len(tok)))
+    graphdef, params, rest = init_params(ClipModel, clip, keys["init"])
+    captions = (jnp.asarray(ids), jnp.asarray(mask))
+    # the experiment's defaults
+    loss_fn = tasks.clip_loss_fn(graphdef, rest, captions, loss="clip", freeze_image=False,
+                                 use_augment=True)  # fmt: skip
+    opt, _ = tasks.clip_optimizer(params, steps=1000, lr=1e-3, warmup_steps=50,
+                                  weight_decay=0.1, clip_norm=1.0, freeze_image=False)  # fmt: skip
+    step = make_train_step(loss_fn, opt, **tasks.CLIP_STEP)
+    rows = []
     for b in cfg.batch:
         data = synthetic(keys["data"], (b,), clip.image)
-        k_tok = jax.random.fold_in(keys["data"], 7)
-        data["tokens"] = jax.random.randint(k_tok, (b, clip.text.max_len), 0, clip.text.vocab_size)
-        data["mask"] = jnp.ones((b, clip.text.max_len), bool)
         state = init_train_state(jax.tree.map(jnp.copy, params), opt)
-        t = bench_jit(step, state, data, keys["dropout"], name=f"clip b{b}", items=b, carry=True,
+        t = bench_jit(step, state, data, keys["step"], name=f"clip b{b}", items=b, carry=True,
                       runs=cfg.runs, warmup=cfg.warmup, peak_tflops=peak)  # fmt: skip
         rows.append(_row("clip", "jax", "default", b, t))
         print(_line(rows[-1]), flush=True)
@@ -373,27 +369,28 @@ def add_ratios(rows: list[dict]) -> None:
         r["vs_torch"] = min(ref) / r["ms_per_step"] if ref else None
 
 
-def _line(r: dict) -> str:
+COLUMNS = ("scen.", "fw", "precision", "batch", "ms/step", "p90-p10", "img/s", "TFLOP/s", "MFU",
+           "compile", "vs torch")  # fmt: skip
+
+
+def _cells(r: dict) -> list[str]:
+    """A result row's printed cells (:data:`COLUMNS`)."""
     mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
     tf = "n/a" if r["tflops"] is None else f"{r['tflops']:.3g}"
     vs = r.get("vs_torch")
     spread = 1e3 * (r["p90_s"] - r["p10_s"]) / r["steps_per_call"]
-    return (f"{r['scenario']:<6} {r['framework']:<5} {r['precision']:<12} {r['batch']:>5} "
-            f"{r['ms_per_step']:>10.3f} {spread:>8.3f} {r['items_per_s']:>10.0f} {tf:>8} "
-            f"{mfu:>6} {r['compile_s']:>8.2f} {'-' if vs is None else f'{vs:.2f}x':>8}")  # fmt: skip
+    return [r["scenario"], r["framework"], r["precision"], str(r["batch"]),
+            f"{r['ms_per_step']:.3f}", f"{spread:.3f}", f"{r['items_per_s']:.0f}", tf, mfu,
+            f"{r['compile_s']:.2f}", "-" if vs is None else f"{vs:.2f}x"]  # fmt: skip
 
 
-HEADER = (f"{'scen.':<6} {'fw':<5} {'precision':<12} {'batch':>5} {'ms/step':>10} {'p90-p10':>8} "
-          f"{'img/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'compile':>8} {'vs torch':>8}")  # fmt: skip
+def _line(r: dict) -> str:
+    """One finished result as a progress line (the table comes at the end)."""
+    return " ".join(_cells(r))
 
 
-def run_terms(cfg: Config, skipped: list[dict]) -> list[dict]:
-    """The per-term gradient ratio benchmark (experiments.bench_terms), when it exists."""
-    if importlib.util.find_spec("experiments.bench_terms") is None:
-        skipped.append({"scenario": "terms", "reason": "experiments/bench_terms.py not present"})
-        return []
-    from experiments import bench_terms
-
+def run_terms(cfg: Config) -> list[dict]:
+    """The per-term gradient ratio benchmark (experiments.bench_terms)."""
     rows = bench_terms.run(size=cfg.size, runs=cfg.runs, warmup=cfg.warmup)
     for r in rows:
         print(f"terms  K={r['k']} {r['variant']:<8} {r['ms']:>9.3f} ms  {r['ratio']:.2f}x one grad")
@@ -405,14 +402,14 @@ def main(cfg: Config) -> dict:
     if "torch" in cfg.scenarios and importlib.util.find_spec("torch") is None:
         print("torch is not installed: the PyTorch side is skipped (pip install -e '.[torch]')")
     key = jax.random.key(cfg.seed, impl=cfg.prng)
-    keys = named_keys(key, "init", "dropout", "data")
+    keys = named_keys(key, "init", "step", "data")
     peak = cfg.peak_tflops if cfg.peak_tflops is not None else default_peak_tflops()
     info = device_info()
     print(f"device: {info['device_kind']} ({info['platform']}), jax {info['jax']}, "
-          f"ViT size {cfg.size}, prng {cfg.prng}, MFU peak {peak or 'n/a'} TFLOP/s\n{HEADER}")  # fmt: skip
+          f"ViT size {cfg.size}, prng {cfg.prng}, MFU peak {peak or 'n/a'} TFLOP/s")  # fmt: skip
     rows: list[dict] = []
     skipped: list[dict] = []
-    params = init_params(vit_config(cfg, "highest"), keys["init"])
+    params = vit_params(vit_config(cfg, "highest"), keys["init"])
     if "step" in cfg.scenarios:
         rows += run_step(cfg, params, keys, peak, scan=False)
     if "scan" in cfg.scenarios:
@@ -423,16 +420,14 @@ def main(cfg: Config) -> dict:
         rows += run_eval(cfg, params, keys, peak)
     if "clip" in cfg.scenarios:
         rows += run_clip(cfg, keys, peak)
-    terms = run_terms(cfg, skipped) if "terms" in cfg.scenarios else []
+    terms = run_terms(cfg) if "terms" in cfg.scenarios else []
     if "torch" in cfg.scenarios:
         if importlib.util.find_spec("torch") is None:
             skipped.append({"scenario": "torch", "reason": "torch is not installed"})
         else:
             rows += run_torch(cfg, peak, skipped)
     add_ratios(rows)
-    print("\n" + HEADER)
-    for r in rows:
-        print(_line(r))
+    print_table([_cells(r) for r in rows], COLUMNS, right=COLUMNS[3:])
     for s in skipped:
         print(f"skipped {s['scenario']}: {s['reason']}")
     report = {"config": to_dict(cfg), "device": info, "peak_tflops": peak, "results": rows,

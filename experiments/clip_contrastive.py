@@ -26,39 +26,36 @@ image↔text retrieval recall@1/5.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from tqdm import tqdm
 
 from experiments.common import Row, fmt
 from jaxgrad.cli import option, parse, positive, to_dict
-from jaxgrad.contrastive import (
-    MAX_LOGIT_SCALE,
-    clip_loss,
-    retrieval_metrics,
-    seed_contrastive_loss,
-    siglip_loss,
-)
-from jaxgrad.data.captions import TEMPLATES, caption_table
+from jaxgrad.contrastive import MAX_LOGIT_SCALE, retrieval_metrics
+from jaxgrad.data.captions import TEMPLATES, Tokenizer, caption_table
 from jaxgrad.data.dataset import ImageDataset, train_val_split
 from jaxgrad.data.imagefolder import load_image_folder
-from jaxgrad.data.pipeline import augment, epoch_indices, eval_indices, normalize, take
+from jaxgrad.data.pipeline import normalize, take
 from jaxgrad.data.synthetic import make_synthetic
 from jaxgrad.doctor import diagnose
-from jaxgrad.freeze import frozen_mask, optimizer_with_frozen, path_str
 from jaxgrad.io import JsonlLogger, atomic_write_json
-from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, ClipConfig, ClipModel, clamp_logit_scale
+from jaxgrad.loop import init_params, make_evaluate, make_run_chunk, train_steps
+from jaxgrad.models.clip import TEXT_TOWER, ClipConfig, ClipModel
 from jaxgrad.models.text import TextConfig
 from jaxgrad.models.vit import ViTConfig
 from jaxgrad.plots import plot_curves
 from jaxgrad.rng import named_keys
-from jaxgrad.train import init_train_state, make_train_step
+from jaxgrad.tables import print_table
+from jaxgrad.tasks import CLIP_STEP, clip_loss_fn, clip_optimizer, param_groups
+from jaxgrad.train import TrainState, init_train_state
 from jaxgrad.xla import RUN_ONCE
 
 
@@ -92,6 +89,7 @@ class Config:
     augment: bool = option(True, "random crop + flip on training images")
     eval_every: int = option(100, "steps between zero-shot evaluations")
     log_every: int = option(10, "steps between JSONL training records")
+    steps_per_dispatch: int = option(50, "max train steps scanned per device dispatch")
     seed: int = option(0, "one seed for init, data order, captions, augmentation")
     out_dir: str = option("runs/clip_contrastive", "JSONL metrics, PNG curves, final JSON")
     progress: bool = option(True, "tqdm progress bar")
@@ -101,7 +99,7 @@ class Config:
     def __post_init__(self):
         positive(self, "n_val", "steps", "batch_size", "lr", "embed_dim", "eval_every")
         positive(self, "image_dim", "image_depth", "text_dim", "text_depth", "heads", "log_every")
-        positive(self, "clip_norm", "patch_size", "max_len")
+        positive(self, "clip_norm", "patch_size", "max_len", "steps_per_dispatch")
         if self.n_images < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
             raise ValueError("--n-images, --warmup-steps, --weight-decay must be >= 0")
         if self.text_dim % self.heads or self.image_dim % self.heads:
@@ -118,12 +116,6 @@ class Config:
             embed_dim=32, image_dim=32, image_depth=1, patch_size=8, text_dim=32, text_depth=1,
             heads=2, eval_every=75, log_every=10, progress=False, fast_compile=True, augment=False,
         )  # fmt: skip
-
-
-def _jit(fn, fast: bool, **kw):
-    """``jax.jit``, at XLA backend opt level 0 if ``fast`` (tiny runs: compiling dominates)."""
-    opts = RUN_ONCE if fast else None
-    return jax.jit(fn, compiler_options=opts, **kw)
 
 
 def load_data(cfg: Config) -> tuple[ImageDataset, ImageDataset]:
@@ -157,118 +149,31 @@ def model_config(cfg: Config, vocab_size: int, image_size: int) -> ClipConfig:
     return ClipConfig(image=image, text=text, embed_dim=cfg.embed_dim, logit_bias_init=bias)
 
 
-def make_loss_fn(graphdef, rest, captions, *, loss: str, freeze_image: bool, do_augment: bool):
-    """``loss_fn(params, batch, key) -> (loss, aux)`` for ``batch = {"images", "labels"}``.
-
-    ``captions = (ids [T, C, L], mask [T, C, L])``: each image gets a template drawn from
-    ``key``, filled with its label. ``freeze_image`` is the seed's ``.detach()``: the image
-    features enter the loss as constants, so no gradient reaches the image tower.
-    """
-    ids, cmask = captions
-
-    def loss_fn(params, batch, key):
-        model = nnx.merge(graphdef, params, rest)
-        tkey, akey = jax.random.split(key)
-        labels = batch["labels"]
-        t = jax.random.randint(tkey, labels.shape, 0, ids.shape[0])
-        images = augment(akey, batch["images"]) if do_augment else batch["images"]
-        img, txt = model(normalize(images), ids[t, labels], cmask[t, labels])
-        if freeze_image:
-            img = jax.lax.stop_gradient(img)
-        kw = dict(image_features=img, text_features=txt, logit_scale=model.logit_scale[...])
-        if loss == "clip":
-            return clip_loss(**kw)
-        if loss == "siglip":
-            return siglip_loss(**kw, logit_bias=model.logit_bias[...])
-        return seed_contrastive_loss(**kw)
-
-    return loss_fn
-
-
-def make_optimizer(cfg: Config, params) -> optax.GradientTransformation:
-    """Clip → AdamW (warmup + cosine), decay on ≥2-D weights; image tower frozen if asked."""
-    total = max(cfg.steps, cfg.warmup_steps + 1)  # optax needs decay steps > warmup
-    sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup_steps, total)
-    decay = lambda p: jax.tree_util.tree_map(lambda x: x.ndim >= 2, p)
-    opt = optax.adamw(sched, weight_decay=cfg.weight_decay, mask=decay)
-    if cfg.clip_norm is not None:
-        opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
-    if cfg.freeze_image:
-        opt = optimizer_with_frozen(opt, frozen_leaves(cfg, params))
-    return opt
-
-
-def frozen_leaves(cfg: Config, params):
-    """Bool mask, True on the image tower's leaves when ``--freeze-image`` (else all False)."""
-    return frozen_mask(params, [IMAGE_TOWER] if cfg.freeze_image else [])
-
-
-def tower_grad_norms(grads, updates, params) -> dict:
-    """Per-tower gradient norms inside the step: does the gradient reach each encoder?"""
-    return {
-        "grad_norm_image": optax.tree.norm(grads[IMAGE_TOWER]),
-        "grad_norm_text": optax.tree.norm(grads[TEXT_TOWER]),
-        "logit_scale": params["logit_scale"][...],
-    }
-
-
-def param_groups(optimizer, params, frozen) -> list[dict]:
-    """The seed's ``param_groups`` check, per top-level module, without running a step.
-
-    ``frozen`` is the bool mask handed to the optimizer; the optimizer-state size per module
-    comes from ``jax.eval_shape(optimizer.init, params)`` (traced, nothing allocated): Adam
-    holds 2 floats per trainable scalar and none for a frozen one.
-    """
-    state = jax.tree_util.tree_leaves_with_path(jax.eval_shape(optimizer.init, params))
-    rows: dict[str, dict] = {}
-    for (path, x), f in zip(
-        jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(frozen)
-    ):
-        top = path_str(path).split("/")[0]
-        row = rows.setdefault(top, {"module": top, "leaves": 0, "params": 0, "frozen": 0})
-        row["leaves"] += 1
-        row["params"] += int(np.size(x))
-        row["frozen"] += int(np.size(x)) if f else 0
-    for row in rows.values():
-        tag = f"['{row['module']}']"
-        row["state_floats"] = sum(
-            int(np.prod(x.shape)) for p, x in state if tag in jax.tree_util.keystr(p)
-        )
-    return sorted(rows.values(), key=lambda r: r["module"])
-
-
-def print_param_groups(groups: list[dict]) -> None:
-    print("what the optimizer updates (module: leaves, params, optimizer-state floats):")
-    for g in groups:
-        status = "FROZEN (not in optimizer)" if g["frozen"] == g["params"] else "trainable"
-        print(
-            f"  {g['module']:14s} {g['leaves']:3d} leaves {g['params']:10,d} params  "
-            f"state {g['state_floats']:10,d}  {status}"
-        )
-
-
 def make_evaluator(
     graphdef, rest, val: ImageDataset, captions, *, seed: int, fast: bool = False, chunk: int = 500
 ):
     """``evaluate(params) -> metrics``: zero-shot top-1 (1 prompt, ensemble), recall@1/5.
 
-    One jitted program: held-out images are encoded ``chunk`` at a time (``lax.map``), every
-    prompt of every class and one fixed caption per image (for retrieval) in one text batch.
+    Held-out images are encoded ``chunk`` at a time (``jaxgrad.loop.make_evaluate``), then
+    every prompt of every class and one fixed caption per image (for retrieval) in one text
+    batch, scored in a second jitted program.
     """
     ids, cmask = captions
     t_all, c, length = ids.shape
-    n = len(val)
-    idx, _ = eval_indices(n, min(chunk, n))  # [nb, chunk]; the first n flat entries are 0..n-1
-    n_ret = min(n, 1000)  # retrieval over at most 1000 pairs
+    n_ret = min(len(val), 1000)  # retrieval over at most 1000 pairs
     t = np.random.default_rng(seed).integers(0, t_all, n_ret)  # the same captions every time
     all_ids = jnp.concatenate([ids.reshape(-1, length), ids[t, val.labels[:n_ret]]])
     all_mask = jnp.concatenate([cmask.reshape(-1, length), cmask[t, val.labels[:n_ret]]])
+    opts = RUN_ONCE if fast else None
+    model = lambda params: nnx.merge(graphdef, params, rest)
+    embed = make_evaluate(
+        lambda params, images, _: {"img": model(params).encode_image(normalize(images))},
+        batch_size=chunk, reduce="stack", compiler_options=opts,
+    )  # fmt: skip
 
-    def metrics(params, images, labels, idx, all_ids, all_mask):
-        model = lambda: nnx.merge(graphdef, params, rest)
-        img = jax.lax.map(lambda i: model().encode_image(normalize(images[i])), idx)
-        img = img.reshape(-1, img.shape[-1])[:n]
-        txt_all = model().encode_text(all_ids, all_mask)
+    @functools.partial(jax.jit, compiler_options=opts)
+    def metrics(params, img, labels):
+        txt_all = model(params).encode_text(all_ids, all_mask)
         cls, txt = txt_all[: t_all * c].reshape(t_all, c, -1), txt_all[t_all * c :]
         ens = cls.mean(axis=0)  # prompt ensemble: mean of unit vectors, renormalised
         ens = ens / jnp.linalg.norm(ens, axis=-1, keepdims=True)
@@ -281,34 +186,44 @@ def make_evaluator(
             ),
         }
 
-    run = _jit(metrics, fast)
-    args = (jnp.asarray(val.images), jnp.asarray(val.labels), jnp.asarray(idx), all_ids, all_mask)
-    return lambda params: {k: float(v) for k, v in run(params, *args).items()}
+    images, labels = jnp.asarray(val.images), jnp.asarray(val.labels)
+
+    def evaluate(params) -> dict[str, float]:
+        img = embed(params, images, labels)["img"]
+        return {k: float(v) for k, v in metrics(params, img, labels).items()}
+
+    return evaluate
 
 
-def setup(cfg: Config, train: ImageDataset):
-    """Model, captions, params, optimizer and step for ``cfg`` (shared by main, tour, tests)."""
+class Setup(NamedTuple):
+    """What ``main``, the tour and the tests build from a config (:func:`setup`)."""
+
+    keys: dict[str, jax.Array]  # "init", "data", "step" (the per-step key)
+    tokenizer: Tokenizer
+    captions: tuple[jax.Array, jax.Array]  # ids, mask [T, C, L]
+    graphdef: Any
+    params: Any
+    rest: Any
+    loss_fn: Any  # jaxgrad.tasks.clip_loss_fn
+    optimizer: Any  # jaxgrad.tasks.clip_optimizer
+    frozen: Any  # the bool mask the optimizer freezes (all False without --freeze-image)
+
+
+def setup(cfg: Config, train: ImageDataset) -> Setup:
+    """Model, captions, params, loss and optimizer for ``cfg`` (shared by main, tour, tests)."""
     keys = named_keys(cfg.seed, "init", "data", "step")
     tok, ids, cmask = caption_table(train.class_names, max_len=cfg.max_len)
     mcfg = model_config(cfg, len(tok), train.images.shape[1])
-    # initialise under jit: one compiled program instead of one dispatch per initializer
-    create = lambda key: nnx.split(ClipModel(mcfg, rngs=nnx.Rngs(params=key)), nnx.Param, ...)
-    graphdef = nnx.split(nnx.eval_shape(lambda: ClipModel(mcfg, rngs=nnx.Rngs(0))))[0]
-    params, rest = _jit(lambda key: create(key)[1:], cfg.fast_compile)(keys["init"])
+    opts = RUN_ONCE if cfg.fast_compile else None
+    graphdef, params, rest = init_params(ClipModel, mcfg, keys["init"], compiler_options=opts)
     captions = (jnp.asarray(ids), jnp.asarray(cmask))
-    loss_fn = make_loss_fn(
-        graphdef, rest, captions, loss=cfg.loss, freeze_image=cfg.freeze_image,
-        do_augment=cfg.augment,
+    loss_fn = clip_loss_fn(graphdef, rest, captions, loss=cfg.loss,
+                           freeze_image=cfg.freeze_image, use_augment=cfg.augment)  # fmt: skip
+    opt, frozen = clip_optimizer(
+        params, steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, freeze_image=cfg.freeze_image,
     )  # fmt: skip
-    optimizer = make_optimizer(cfg, params)
-    step = make_train_step(
-        loss_fn, optimizer, post_update=clamp_logit_scale, extra_metrics=tower_grad_norms, jit=False
-    )
-    step = _jit(step, cfg.fast_compile, donate_argnums=(0,))  # make_train_step's jit + options
-    return dict(
-        keys=keys, tokenizer=tok, captions=captions, graphdef=graphdef, params=params, rest=rest,
-        loss_fn=loss_fn, optimizer=optimizer, step=step,
-    )  # fmt: skip
+    return Setup(keys, tok, captions, graphdef, params, rest, loss_fn, opt, frozen)
 
 
 def main(cfg: Config) -> dict:
@@ -318,21 +233,26 @@ def main(cfg: Config) -> dict:
         f"data: {train.source} | train {len(train)} | val {len(val)} | {train.num_classes} classes"
     )
     s = setup(cfg, train)
+    opt = s.optimizer
     print(f"loss={cfg.loss} freeze_image={cfg.freeze_image} clip_norm={cfg.clip_norm}")
-    print(f"vocabulary: {len(s['tokenizer'])} words; {len(TEMPLATES)} caption templates")
-    groups = param_groups(s["optimizer"], s["params"], frozen_leaves(cfg, s["params"]))
-    print_param_groups(groups)
+    print(f"vocabulary: {len(s.tokenizer)} words; {len(TEMPLATES)} caption templates")
+    groups = param_groups(opt, s.params, s.frozen)
+    print_table(
+        [(g["module"], g["leaves"], f"{g['params']:,}", f"{g['state_floats']:,}",
+          "FROZEN (not in optimizer)" if g["frozen"] == g["params"] else "trainable")
+         for g in groups], ("module", "leaves", "params", "optimizer state", "status"),
+        title="what the optimizer updates", right=("leaves", "params", "optimizer state"),
+    )  # fmt: skip
     evaluate = make_evaluator(
-        s["graphdef"], s["rest"], val, s["captions"], seed=cfg.seed, fast=cfg.fast_compile
+        s.graphdef, s.rest, val, s.captions, seed=cfg.seed, fast=cfg.fast_compile
     )
-    state = _jit(lambda p: init_train_state(p, s["optimizer"]), cfg.fast_compile)(s["params"])
-    images, labels = jnp.asarray(train.images), jnp.asarray(train.labels)
+    state: TrainState = init_train_state(s.params, opt)
+    data = (jnp.asarray(train.images), jnp.asarray(train.labels))
     if cfg.doctor:  # which leaves get a gradient, and what the optimizer does with each
-        first = take(images, labels, jnp.arange(cfg.batch_size))
-        diagnose(s["loss_fn"], s["params"], first, s["keys"]["step"], s["optimizer"])
-    # shuffling and gathering compiled once (the data are arguments, not baked-in constants)
-    shuffle = _jit(epoch_indices, cfg.fast_compile, static_argnums=(1, 2))
-    gather = _jit(lambda im, lb, order, i: take(im, lb, order[i]), cfg.fast_compile)
+        first = take(*data, jnp.arange(cfg.batch_size))
+        diagnose(s.loss_fn, s.params, first, s.keys["step"], opt)
+    opts = RUN_ONCE if cfg.fast_compile else None
+    run = make_run_chunk(s.loss_fn, opt, **CLIP_STEP, compiler_options=opts)
     out.mkdir(parents=True, exist_ok=True)
     log = JsonlLogger(out / "metrics.jsonl")
     log.path.write_text("")  # one run per file
@@ -340,33 +260,42 @@ def main(cfg: Config) -> dict:
     log.log(step=0, **{f"val/{k}": v for k, v in ev.items()})
     hist = {"step": [], "loss": [], "eval_step": [0], "zs": [ev["zeroshot_acc"]],
             "zs_ens": [ev["zeroshot_ens_acc"]]}  # fmt: skip
-    per_epoch = len(train) // cfg.batch_size  # epoch_indices drops the last partial batch
+    bar = tqdm(total=cfg.steps, disable=not cfg.progress, desc="clip")
+    last: dict[str, float] = {}
+
+    def on_chunk(start: int, done: int, m: dict) -> None:
+        k = len(m["loss"])
+        for j in range(k):  # global step numbers (1-based) of this chunk's steps
+            step = start + done - k + j + 1
+            if step % cfg.log_every == 0 or step == 1:
+                rec = {name: float(v[j]) for name, v in m.items()}
+                log.log(step=step, **rec)
+                hist["step"].append(step)
+                hist["loss"].append(rec["loss"])
+        last.update({name: float(v[-1]) for name, v in m.items()})
+        bar.update(k)
+        bar.set_postfix(loss=f"{last['loss']:.3f}", logit_scale=f"{last['logit_scale']:.2f}")
+
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.steps), disable=not cfg.progress, desc="clip")
-    for i in bar:
-        if i % per_epoch == 0:  # a fresh permutation each epoch, from fold_in(data, epoch)
-            epoch_key = jax.random.fold_in(s["keys"]["data"], i // per_epoch)
-            order = shuffle(epoch_key, len(train), cfg.batch_size)
-        batch = gather(images, labels, order, i % per_epoch)
-        state, m = s["step"](state, batch, s["keys"]["step"])
-        if (i + 1) % cfg.log_every == 0 or i == 0:
-            rec = {k: float(v) for k, v in m.items()}
-            log.log(step=i + 1, **rec)
-            hist["step"].append(i + 1)
-            hist["loss"].append(rec["loss"])
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", logit_scale=f"{rec['logit_scale']:.2f}")
-        if (i + 1) % cfg.eval_every == 0 or i + 1 == cfg.steps:
-            ev = evaluate(state.params)
-            log.log(step=i + 1, **{f"val/{k}": v for k, v in ev.items()})
-            hist["eval_step"].append(i + 1)
-            hist["zs"].append(ev["zeroshot_acc"])
-            hist["zs_ens"].append(ev["zeroshot_ens_acc"])
-            tqdm.write(f"step {i + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
+    for start in range(0, cfg.steps, cfg.eval_every):  # train to the next evaluation point
+        stop = min(start + cfg.eval_every, cfg.steps)
+        state, _ = train_steps(
+            run, state, data, start=start, stop=stop, batch_size=cfg.batch_size,
+            max_chunk=cfg.steps_per_dispatch, data_key=s.keys["data"], step_key=s.keys["step"],
+            on_chunk=functools.partial(on_chunk, start),
+        )  # fmt: skip
+        ev = evaluate(state.params)
+        log.log(step=stop, **{f"val/{k}": v for k, v in ev.items()})
+        hist["eval_step"].append(stop)
+        hist["zs"].append(ev["zeroshot_acc"])
+        hist["zs_ens"].append(ev["zeroshot_ens_acc"])
+        tqdm.write(f"step {stop}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
+    bar.close()
     seconds = time.perf_counter() - t0
     final = {
         "config": to_dict(cfg), "source": train.source, "train_seconds": seconds,
-        "last_train": {k: float(v) for k, v in m.items()}, "val": ev,
-        "param_groups": groups, "chance": 1.0 / train.num_classes,
+        "last_train": last, "val": ev, "param_groups": groups,
+        "chance": 1.0 / train.num_classes,
     }  # fmt: skip
     atomic_write_json(out / "final.json", final)
     plot_curves(

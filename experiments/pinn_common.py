@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxgrad.plots import plot_curves, plt, save_figure
+from jaxgrad.plots import plot_curves, save_figure, subplots
 from jaxgrad.terms import term_grads
 from jaxgrad.train import init_train_state, make_multi_step
 from jaxgrad.weighting import grad_norm_balancing, lr_annealing, pcgrad_loss, weighted_sum
@@ -63,6 +63,10 @@ def train(
     annealing_select: Callable[[str], bool] | None = None,
 ) -> dict:
     """Train one model per seed, all seeds at once (``vmap``: one compilation for every seed).
+
+    Not ``jaxgrad.loop``: that loop streams batches of a stored dataset and trains one model;
+    PINNs draw fresh collocation points from each step's key (nothing to gather) and train
+    every seed in one vmapped program, with per-method weight updates between chunks.
 
     Args:
       models: one freshly initialised model per seed (same structure).
@@ -164,9 +168,7 @@ def plot_grad_histograms(path: Path, grads_by_run: dict[str, dict], *, title: st
         sum(np.ndim(x) >= 2 for x in jax.tree_util.tree_leaves(next(iter(g.values()))))
         for g in grads_by_run.values()
     )
-    fig, axes = plt.subplots(
-        len(runs), n_mats, figsize=(3.2 * n_mats, 2.6 * len(runs)), squeeze=False
-    )
+    fig, axes = subplots(len(runs), n_mats, figsize=(3.2 * n_mats, 2.6 * len(runs)), squeeze=False)
     for r, run in enumerate(runs):
         for term, g in grads_by_run[run].items():
             mats = [np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(g) if np.ndim(x) >= 2]
@@ -187,7 +189,7 @@ def plot_grad_histograms(path: Path, grads_by_run: dict[str, dict], *, title: st
 def plot_fields(path: Path, x: np.ndarray, y: np.ndarray, exact: np.ndarray, pred: dict) -> Path:
     """Exact field, each prediction, and each |error| map on the ``[ny, nx]`` grid."""
     cols = 1 + 2 * len(pred)
-    fig, axes = plt.subplots(1, cols, figsize=(3.4 * cols, 3.0), squeeze=False)
+    fig, axes = subplots(1, cols, figsize=(3.4 * cols, 3.0), squeeze=False)
     panels = [("exact", exact)]
     for name, p in pred.items():
         panels += [(f"{name}: predicted", p), (f"{name}: |error|", np.abs(p - exact))]

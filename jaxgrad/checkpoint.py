@@ -27,23 +27,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxgrad.io import atomic_write_bytes
+from jaxgrad.rng import is_key
 
 __all__ = ["Checkpointer", "load_params", "save_params"]
 
 
-def _is_key(x: Any) -> bool:
-    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
 def _keys_to_data(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+    return jax.tree.map(lambda x: jax.random.key_data(x) if is_key(x) else x, tree)
 
 
 def _template(x: Any) -> Any:
     """What orbax restores into: committed/sharded leaves keep their sharding; the rest come
     back as host arrays first so that ``jnp.asarray`` gives ordinary uncommitted arrays (a
     committed array changes jit's cache key: the restored state would trigger a recompile)."""
-    if _is_key(x):
+    if is_key(x):
         x = jax.eval_shape(jax.random.key_data, x)
     sharding = getattr(x, "sharding", None)
     if sharding is not None and (not isinstance(x, jax.Array) or x.committed):
@@ -135,7 +132,7 @@ class Checkpointer:
         tree = jax.tree.map(
             lambda like, x: (
                 jax.random.wrap_key_data(_to_device(x), impl=jax.random.key_impl(like))
-                if _is_key(like)
+                if is_key(like)
                 else _to_device(x)
             ),
             like_tree,

@@ -37,24 +37,10 @@ import numpy as np
 import optax
 
 from jaxgrad.deps import dependence_matrix
+from jaxgrad.freeze import path_str
 from jaxgrad.xla import RUN_ONCE
 
-__all__ = ["CoverageReport", "LeafCoverage", "optimizer_coverage", "param_path"]
-
-
-def _key_name(k: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
-def param_path(path: tuple) -> str:
-    """A key path → ``'encoder/layers/0/kernel'``; flax NNX's trailing ``.value`` is dropped."""
-    keys = list(path)
-    if keys and getattr(keys[-1], "name", None) == "value":
-        keys = keys[:-1]
-    return "/".join(_key_name(k) for k in keys) or "<root>"
+__all__ = ["CoverageReport", "LeafCoverage", "optimizer_coverage"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +119,7 @@ def _state_slots(params: Any, state: Any) -> tuple[list[list[str]], list[str | N
         for start in range(len(keys) + 1):  # longest parameter path first
             i = index.get(keys[start:])
             if i is not None and np.shape(s_leaf) == shapes[i]:
-                prefix = [_key_name(k) for k in s_path[:start]]
+                prefix = [jax.tree_util.keystr((k,), simple=True) for k in s_path[:start]]
                 slot = next((n for n in reversed(prefix) if not n.isdigit()), "state")
                 if slot not in slots[i]:
                     slots[i].append(slot)
@@ -157,7 +143,7 @@ def optimizer_coverage(optimizer: optax.GradientTransformation, params: Any) -> 
     for path, x in jax.tree_util.tree_leaves_with_path(params):
         if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
             raise TypeError(
-                f"optimizer_coverage: parameter {param_path(path)} has dtype "
+                f"optimizer_coverage: parameter {path_str(path)} has dtype "
                 f"{jnp.result_type(x)}; optax optimises floating-point leaves only. Split "
                 "integer state out of the params tree (nnx.split(model, nnx.Param, ...))."
             )
@@ -203,7 +189,7 @@ def optimizer_coverage(optimizer: optax.GradientTransformation, params: Any) -> 
             status = "frozen"
         leaves.append(
             LeafCoverage(
-                path=param_path(path),
+                path=path_str(path),
                 shape=tuple(np.shape(x)),
                 status=status,
                 slots=tuple(slots[i]),

@@ -24,14 +24,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxgrad.rng import is_key
+
 __all__ = ["GPU_DETERMINISM_FLAG", "tree_hash"]
 
 #: the XLA flag (put it in ``XLA_FLAGS``) that makes XLA:GPU run-to-run deterministic
 GPU_DETERMINISM_FLAG = "--xla_gpu_deterministic_ops=true"
-
-
-def _is_key(x: Any) -> bool:
-    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def tree_hash(tree: Any) -> str:
@@ -45,7 +43,7 @@ def tree_hash(tree: Any) -> str:
     h.update(str(treedef).encode())
     for path, leaf in leaves:
         tag = ""
-        if _is_key(leaf):
+        if is_key(leaf):
             tag = f"key<{jax.random.key_impl(leaf)}>"
             leaf = jax.random.key_data(leaf)
         a = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))

@@ -39,8 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxgrad.coverage import CoverageReport, optimizer_coverage, param_path
+from jaxgrad.coverage import CoverageReport, optimizer_coverage
 from jaxgrad.deps import jaxpr_sources
+from jaxgrad.freeze import path_str
 from jaxgrad.xla import RUN_ONCE
 
 __all__ = ["STATUSES", "FlowReport", "LeafFlow", "diagnose", "grad_flow"]
@@ -327,14 +328,14 @@ def grad_flow(
     for (path, x), f in zip(jax.tree_util.tree_leaves_with_path(params), is_float):
         shape, dtype = tuple(np.shape(x)), str(jnp.result_type(x))
         if not f:
-            rows.append(LeafFlow(param_path(path), shape, dtype, "non-float", 0.0))
+            rows.append(LeafFlow(path_str(path), shape, dtype, "non-float", 0.0))
             continue
         if connected[j]:
             status = "non-finite" if not finite[j] else "zero" if zero[j] else "connected"
         else:
             status = "blocked" if reads[j] else "unused"
         norm = float(norms[j]) if finite[j] else math.nan
-        rows.append(LeafFlow(param_path(path), shape, dtype, status, norm))
+        rows.append(LeafFlow(path_str(path), shape, dtype, status, norm))
         j += 1
     return FlowReport(tuple(rows), float(loss))
 
@@ -376,7 +377,7 @@ def diagnose(
     Example (an experiment's ``--doctor`` flag)::
 
         if cfg.doctor:
-            diagnose(loss_fn, state.params, first_batch, keys["dropout"], optimizer)
+            diagnose(loss_fn, state.params, first_batch, keys["step"], optimizer)
     """
     report = grad_flow(loss_fn, params, batch, key, has_aux=True)
     if optimizer is not None:

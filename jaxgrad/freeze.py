@@ -5,7 +5,12 @@ optimizer. In JAX the gradient of every leaf is computed (or skipped by XLA when
 the *optimizer* decides what moves: ``optax.partition`` sends trainable leaves to the real
 optimizer and frozen ones to ``optax.set_to_zero()``. Frozen leaves then get exactly zero
 update, carry no optimizer state (no Adam moments), and are untouched by weight decay, which
-runs inside the trainable branch only.
+runs inside the trainable branch only. This is the one way jaxgrad freezes (the CLIP
+experiment's ``--freeze-image``, the doctor demo): build the mask with :func:`frozen_mask`,
+wrap the optimizer with :func:`optimizer_with_frozen`.
+
+Parameter paths are written one way everywhere (freezing, coverage, the doctor, gradient
+norms): :func:`path_str`, ``jax.tree_util.keystr(path, simple=True, separator="/")``.
 """
 
 from __future__ import annotations
@@ -20,16 +25,12 @@ __all__ = ["frozen_mask", "optimizer_with_frozen", "path_str"]
 
 
 def path_str(path: tuple) -> str:
-    """``('encoder', 'layers', 0, 'kernel')``-style key path → ``'encoder/layers/0/kernel'``."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
+    """A key path → ``'encoder/layers/0/kernel'`` (``keystr(simple=True, separator="/")``);
+    flax NNX's trailing ``.value`` attribute is dropped; the empty path is ``'<root>'``."""
+    path = tuple(path)
+    if path and getattr(path[-1], "name", None) == "value":
+        path = path[:-1]
+    return jax.tree_util.keystr(path, simple=True, separator="/") or "<root>"
 
 
 def frozen_mask(params: Any, frozen: Sequence[str] | Callable[[str], bool]) -> Any:

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgrad.coverage import param_path
+from jaxgrad.freeze import path_str
 from jaxgrad.plots import plot_curves
 
 __all__ = ["GradNormMonitor", "GradNormWarning", "make_grad_norm_metrics", "module_groups"]
@@ -57,7 +57,7 @@ def module_groups(
         raise ValueError(f"depth must be >= 1, got {depth}")
     groups: dict[str, list[int]] = {}
     for i, (path, _) in enumerate(jax.tree_util.tree_leaves_with_path(params)):
-        parts = param_path(path).split("/")
+        parts = path_str(path).split("/")
         if prefixes is not None:
             hits = [p for p in prefixes if "/".join(parts).startswith(p.rstrip("/"))]
             name = max(hits, key=len).rstrip("/") if hits else "other"

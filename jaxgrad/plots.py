@@ -1,4 +1,9 @@
-"""Small matplotlib helpers (headless Agg backend) for training curves."""
+"""Small matplotlib helpers for training curves.
+
+Figures are built with matplotlib's object API (``matplotlib.figure.Figure``), not pyplot: no
+global backend is switched at import, no figure is registered in pyplot's state (nothing to
+close), and ``Figure.savefig`` renders headless with Agg.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,25 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from jaxgrad.io import atomic_write_bytes
 
-from jaxgrad.io import atomic_write_bytes  # noqa: E402
+__all__ = ["plot_curves", "save_figure", "subplots"]
 
-__all__ = ["plot_curves", "save_figure"]
+
+def subplots(nrows: int = 1, ncols: int = 1, **kw):
+    """``plt.subplots`` without pyplot: ``(Figure, axes)``; ``kw`` go to ``Figure`` (figsize)
+    except ``squeeze``/``sharex``/``sharey``, which go to ``Figure.subplots``."""
+    grid = {k: kw.pop(k) for k in ("squeeze", "sharex", "sharey") if k in kw}
+    fig = Figure(**kw)
+    return fig, fig.subplots(nrows, ncols, **grid)
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Render ``fig`` to PNG and write it atomically; closes the figure."""
+    """Render ``fig`` to PNG and write it atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
 
@@ -37,7 +46,7 @@ def plot_curves(
 
     ``logy`` names the panels drawn on a log y-axis.
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
     for ax, (name, series) in zip(axes[0], panels.items()):
         for label, (x, y) in series.items():
             ax.plot(list(x), list(y), label=label)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-__all__ = ["named_keys"]
+__all__ = ["is_key", "named_keys"]
+
+
+def is_key(x) -> bool:
+    """Is ``x`` a typed PRNG key array (``jax.random.key``), rather than numbers?"""
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def named_keys(seed_or_key: int | jax.Array, *names: str) -> dict[str, jax.Array]:
-    """``named_keys(0, "init", "dropout", "data")`` → ``{"init": k1, "dropout": k2, "data": k3}``.
+    """``named_keys(0, "init", "step", "data")`` → ``{"init": k1, "step": k2, "data": k3}``.
 
     Each name gets an independent key; inside steps derive per-step keys with
     ``jax.random.fold_in(key, step)`` rather than splitting and carrying.

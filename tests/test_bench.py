@@ -168,11 +168,11 @@ def _rbg(key) -> jax.Array:
 
 
 def _tiny_vit_setup(precision: str, key):
-    from experiments.bench import Config, init_params, vit_config, vit_loss
+    from experiments.bench import Config, vit_config, vit_loss, vit_params
 
     vit = vit_config(Config.tiny(), precision)
-    keys = named_keys(_rbg(key), "init", "dropout", "data")
-    params = init_params(vit, keys["init"])
+    keys = named_keys(_rbg(key), "init", "step", "data")
+    params = vit_params(vit, keys["init"])
     return vit, keys, params, vit_loss(vit)
 
 
@@ -188,20 +188,20 @@ def test_scanned_steps_equal_single_steps_for_tiny_vit_with_dropout(key):
     # both programs compiled the same way; XLA's backend optimisation off halves CPU compile time
     fast = RUN_ONCE
     single = make_train_step(loss_fn, opt, donate=False)
-    single = single.lower(state, batch0, keys["dropout"]).compile(compiler_options=fast)
+    single = single.lower(state, batch0, keys["step"]).compile(compiler_options=fast)
     multi = make_multi_step(loss_fn, opt, donate=False)
-    multi = multi.lower(state, data, keys["dropout"]).compile(compiler_options=fast)
+    multi = multi.lower(state, data, keys["step"]).compile(compiler_options=fast)
     state, losses = init_train_state(params, opt), []
     for i in range(n):
-        state, m = single(state, jax.tree.map(lambda a, i=i: a[i], data), keys["dropout"])
+        state, m = single(state, jax.tree.map(lambda a, i=i: a[i], data), keys["step"])
         losses.append(m["loss"])
-    scanned, ms = multi(init_train_state(params, opt), data, keys["dropout"])
+    scanned, ms = multi(init_train_state(params, opt), data, keys["step"])
     assert int(scanned.step) == int(state.step) == n
     np.testing.assert_allclose(ms["loss"], np.stack(losses), rtol=1e-5)
     for a, b in zip(jax.tree.leaves(scanned.params), jax.tree.leaves(state.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # a different dropout key must give different params, or the comparison above proves nothing
-    other, _ = multi(init_train_state(params, opt), data, jax.random.fold_in(keys["dropout"], 1))
+    other, _ = multi(init_train_state(params, opt), data, jax.random.fold_in(keys["step"], 1))
     diff = max(
         float(jnp.abs(a - b).max())
         for a, b in zip(*map(jax.tree.leaves, (other.params, scanned.params)))
@@ -221,9 +221,9 @@ def _master_dtypes_and_matmul_dtypes(precision: str, key) -> tuple[set, set]:
     opt = optax.adam(1e-3)
     vit, keys, params, loss_fn = _tiny_vit_setup(precision, key)
     batch = synthetic(keys["data"], (2,), vit)
-    grad_fn = jax.grad(lambda p: loss_fn(p, batch, keys["dropout"])[0])
+    grad_fn = jax.grad(lambda p: loss_fn(p, batch, keys["step"])[0])
     step = make_train_step(loss_fn, opt, jit=False)
-    new_state, metrics = jax.eval_shape(step, init_train_state(params, opt), batch, keys["dropout"])
+    new_state, metrics = jax.eval_shape(step, init_train_state(params, opt), batch, keys["step"])
     assert metrics["loss"].dtype == jnp.float32
     master = jax.tree.leaves(new_state.params) + jax.tree.leaves(new_state.opt_state)
     return {x.dtype for x in master if x.ndim > 0}, _dot_dtypes(grad_fn, params)

@@ -148,8 +148,7 @@ def test_check_nonfinite_rejects_nonpositive_limit():
 
 
 def test_vit_experiment_optimizer_is_guarded_by_default():
-    from experiments.vit_cifar10 import Config
-    from experiments.vit_train import make_optimizer
+    from experiments.vit_cifar10 import Config, make_optimizer
 
     params = {"kernel": jnp.zeros((2, 2), jnp.float32)}
     guarded = make_optimizer(Config.tiny().hyper(), 10).init(params)

@@ -16,6 +16,8 @@ from experiments import vit_cifar10 as exp
 from jaxgrad.checkpoint import load_params
 from jaxgrad.cli import parse
 from jaxgrad.io import JsonlLogger
+from jaxgrad.loop import abstract_params
+from jaxgrad.models.vit import ViT
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,7 @@ def test_resume_continues_exactly(straight, tmp_path):
 
 
 def _abstract(cfg):
-    return exp._abstract_params(cfg.vit())[1]
+    return abstract_params(ViT, cfg.vit())[1]
 
 
 def test_eval_only_on_an_image_folder_from_params_and_checkpoint(straight, tmp_path):
@@ -123,17 +125,6 @@ def test_train_limit_draws_from_every_class_of_a_class_ordered_folder(tmp_path):
     train, val, name = exp.load_data(cfg)
     assert (len(train), len(val), name) == (12, 6, "val")
     assert set(train.labels.tolist()) == {0, 1, 2}  # not just the first class's files
-
-
-def test_chunk_plan_covers_every_step_with_few_shapes():
-    from experiments.vit_train import chunk_plan
-
-    assert chunk_plan(781, 64) == [11] * 71  # the seed: 50,000 // 64 steps, one shape
-    assert chunk_plan(20, 64) == [20]
-    assert chunk_plan(97, 64) == [64, 33]  # prime: full chunks + one remainder
-    for steps, cap in [(1, 8), (12, 5), (1000, 64), (389, 50)]:
-        plan = chunk_plan(steps, cap)
-        assert sum(plan) == steps and max(plan) <= cap and len(set(plan)) <= 2
 
 
 def test_jsonl_rewind_keeps_accepted_records_and_drops_a_torn_last_line(tmp_path):

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxgrad.models import ViT, ViTConfig, count_params, init_vit
+from jaxgrad.loop import init_params
+from jaxgrad.models import ViT, ViTConfig, count_params
 from jaxgrad.models.vit_convert import from_torch_state_dict, key_map, to_torch_state_dict
 
 CFG = ViTConfig.tiny()
@@ -20,7 +21,8 @@ CFG = ViTConfig.tiny()
 
 @pytest.fixture(scope="module")
 def model():
-    return init_vit(CFG, jax.random.key(0))
+    graphdef, params, rest = init_params(ViT, CFG, jax.random.key(0))
+    return nnx.merge(graphdef, params, rest)
 
 
 def _params(model):

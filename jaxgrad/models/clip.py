@@ -23,9 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxgrad.cli import positive
 from jaxgrad.contrastive import MAX_LOGIT_SCALE
-from jaxgrad.freeze import path_str
 from jaxgrad.models.text import TextConfig, TextEncoder
 from jaxgrad.models.vit import ViT, ViTConfig
 
@@ -38,7 +36,7 @@ __all__ = [
     "l2_normalize",
 ]
 
-#: top-level parameter names of the two towers (prefixes for jaxgrad.freeze.frozen_mask)
+#: top-level parameter names of the two towers (path prefixes, e.g. to freeze one tower)
 IMAGE_TOWER, TEXT_TOWER = "image_encoder", "text_encoder"
 
 
@@ -55,7 +53,8 @@ class ClipConfig:
     logit_bias_init: float | None = None  # SigLIP's bias (−10); None: no bias parameter
 
     def __post_init__(self):
-        positive(self, "embed_dim")
+        if self.embed_dim <= 0:
+            raise ValueError(f"ClipConfig.embed_dim must be > 0, got {self.embed_dim}")
         if not 0.0 <= self.logit_scale_init <= MAX_LOGIT_SCALE:
             raise ValueError(
                 f"logit_scale_init must lie in the clamp range [0, ln 100], got {self.logit_scale_init}"
@@ -122,7 +121,7 @@ def clamp_logit_scale(params: Any, *, max_value: float = MAX_LOGIT_SCALE) -> Any
     """
 
     def clamp(path, leaf):
-        if path_str(path).split("/")[0] == "logit_scale":
+        if jax.tree_util.keystr(path[:1], simple=True) == "logit_scale":
             return jnp.clip(leaf, 0.0, max_value)
         return leaf
 

@@ -15,8 +15,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxgrad.cli import positive
-
 __all__ = ["TextConfig", "TextEncoder", "masked_mean"]
 
 
@@ -35,7 +33,9 @@ class TextConfig:
     dtype: str = "float32"  # compute dtype ("bfloat16" on accelerators); params stay float32
 
     def __post_init__(self):
-        positive(self, "vocab_size", "max_len", "dim", "depth", "heads", "mlp_dim", "out_dim")
+        for name in ("vocab_size", "max_len", "dim", "depth", "heads", "mlp_dim", "out_dim"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"TextConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.dim % self.heads:
             raise ValueError(f"dim={self.dim} must be divisible by heads={self.heads}")
         if not 0.0 <= self.dropout < 1.0:

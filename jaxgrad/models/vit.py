@@ -29,16 +29,13 @@ whole state and ``jax.grad`` works on a plain params pytree.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxgrad.xla import RUN_ONCE
-
-__all__ = ["ViT", "ViTConfig", "count_params", "init_vit", "torch_bias_init", "torch_kernel_init"]
+__all__ = ["ViT", "ViTConfig", "count_params", "torch_bias_init", "torch_kernel_init"]
 
 _EPS = 1e-5  # torch.nn.LayerNorm's default eps
 
@@ -269,32 +266,6 @@ class ViT(nnx.Module):
         """``[B, H, W, C]`` float → logits ``[B, num_classes]`` (float32 whatever the dtype)."""
         x = self.embed(images, deterministic=deterministic, rngs=rngs)
         return self.mlp_head(x).astype(jnp.float32)
-
-
-def init_vit(cfg: ViTConfig, key: jax.Array) -> ViT:
-    """``ViT(cfg, rngs=nnx.Rngs(params=key))`` built inside one jit, compiled once per config.
-
-    Same parameters as the eager constructor, but one compiled program (cached per config,
-    so a second model of the same config costs no compilation) instead of one compilation per
-    initializer shape: seconds saved on CPU.
-    """
-    graphdef, init = _jitted_init(cfg)
-    return nnx.merge(graphdef, init(key))
-
-
-@functools.lru_cache(maxsize=16)
-def _jitted_init(cfg: ViTConfig):
-    graphdef = nnx.split(nnx.eval_shape(lambda: ViT(cfg, rngs=nnx.Rngs(0))), nnx.Param)[0]
-    # the program runs once: skip the expensive backend optimizations (3-4x faster compile on
-    # CPU; same random bits, the float transforms of them may differ in the last ulp)
-    init = jax.jit(
-        lambda k: nnx.split(ViT(cfg, rngs=nnx.Rngs(params=k)), nnx.Param)[1],
-        compiler_options={
-            **RUN_ONCE,
-            "xla_llvm_disable_expensive_passes": True,
-        },
-    )
-    return graphdef, init
 
 
 def count_params(params) -> int:

@@ -1,0 +1,170 @@
+"""The losses, optimizers and evaluation metrics of the long-running experiments, as public
+factories: the experiments, the benchmark (``experiments.bench`` times these very functions)
+and the tests share them.
+
+- image classification (``experiments.vit_cifar10``): :func:`classifier_loss`,
+  :func:`classifier_metric` (for :func:`jaxgrad.loop.make_evaluate`);
+- CLIP-style contrastive training (``experiments.clip_contrastive``): :func:`clip_loss_fn`,
+  :func:`clip_optimizer`, :data:`CLIP_STEP` (the step's clamp and extra metrics),
+  :func:`param_groups` (the seed's ``optimizer.param_groups`` check).
+
+Every loss is ``loss_fn(params, batch, step_key) -> (loss, aux)`` on a uint8 batch
+``{"images": [B, H, W, 3], "labels": int32 [B]}``; ``step_key`` is the per-step key
+(``fold_in(key, step)`` inside the train step) and drives augmentation and dropout alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxgrad.contrastive import clip_loss, seed_contrastive_loss, siglip_loss
+from jaxgrad.data.pipeline import augment, normalize
+from jaxgrad.freeze import frozen_mask, optimizer_with_frozen, path_str
+from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, clamp_logit_scale
+
+__all__ = [
+    "CLIP_STEP",
+    "classifier_loss",
+    "classifier_metric",
+    "clip_optimizer",
+    "clip_loss_fn",
+    "param_groups",
+    "tower_grad_norms",
+]
+
+
+def classifier_loss(graphdef: nnx.GraphDef, *, label_smoothing: float, use_augment: bool):
+    """``loss_fn(params, batch, step_key) -> (loss, {"accuracy"})``: the model in training mode
+    (dropout on), ``nn.CrossEntropyLoss(label_smoothing=)``; crop + flip when ``use_augment``.
+    """
+
+    def loss_fn(params, batch, step_key):
+        aug_key, dropout_key = jax.random.split(step_key)
+        images = batch["images"]
+        if use_augment:
+            images = augment(aug_key, images)
+        model = nnx.merge(graphdef, params)
+        logits = model(normalize(images), deterministic=False, rngs=dropout_key)
+        onehot = jax.nn.one_hot(batch["labels"], logits.shape[-1], dtype=logits.dtype)
+        if label_smoothing:
+            onehot = optax.smooth_labels(onehot, label_smoothing)
+        loss = optax.softmax_cross_entropy(logits, onehot).mean()
+        acc = (logits.argmax(-1) == batch["labels"]).mean(dtype=jnp.float32)
+        return loss, {"accuracy": acc}
+
+    return loss_fn
+
+
+def classifier_metric(graphdef: nnx.GraphDef):
+    """Per-example ``{"loss", "correct"}`` of the deterministic model (``model.eval()`` +
+    ``torch.no_grad()``: nothing else is needed in JAX), for ``make_evaluate(reduce="sum")``."""
+
+    def metric(params, images, labels):
+        logits = nnx.merge(graphdef, params)(normalize(images))
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return {"loss": ce, "correct": logits.argmax(-1) == labels}
+
+    return metric
+
+
+def tower_grad_norms(grads, updates, params) -> dict:
+    """Per-tower gradient norms inside the step: does the gradient reach each encoder?"""
+    return {
+        "grad_norm_image": optax.tree.norm(grads[IMAGE_TOWER]),
+        "grad_norm_text": optax.tree.norm(grads[TEXT_TOWER]),
+        "logit_scale": params["logit_scale"][...],
+    }
+
+
+#: the rest of the CLIP step: ``make_run_chunk(loss_fn, optimizer, **CLIP_STEP)`` (or
+#: ``make_train_step``): the ``logit_scale`` clamp after each update, per-tower gradient norms
+CLIP_STEP = {"post_update": clamp_logit_scale, "extra_metrics": tower_grad_norms}
+
+
+def clip_loss_fn(
+    graphdef: nnx.GraphDef, rest: Any, captions: tuple[jax.Array, jax.Array], *, loss: str,
+    freeze_image: bool, use_augment: bool,
+):  # fmt: skip
+    """The CLIP experiment's ``loss_fn(params, batch, step_key) -> (loss, aux)``.
+
+    ``batch = {"images", "labels"}``; ``captions = (ids [T, C, L], mask [T, C, L])``: each
+    image gets a template drawn from the step key, filled with its label. ``loss``: ``clip``
+    (symmetric CE), ``siglip`` or ``seed`` (one-way CE). ``freeze_image`` is the seed's
+    ``.detach()``: the image features enter the loss as constants.
+    """
+    if loss not in ("clip", "siglip", "seed"):
+        raise ValueError(f"--loss must be clip, siglip or seed, got {loss!r}")
+    ids, cmask = captions
+
+    def loss_fn(params, batch, step_key):
+        model = nnx.merge(graphdef, params, rest)
+        tkey, akey = jax.random.split(step_key)
+        labels = batch["labels"]
+        t = jax.random.randint(tkey, labels.shape, 0, ids.shape[0])
+        images = augment(akey, batch["images"]) if use_augment else batch["images"]
+        img, txt = model(normalize(images), ids[t, labels], cmask[t, labels])
+        if freeze_image:
+            img = jax.lax.stop_gradient(img)
+        kw = dict(image_features=img, text_features=txt, logit_scale=model.logit_scale[...])
+        if loss == "clip":
+            return clip_loss(**kw)
+        if loss == "siglip":
+            return siglip_loss(**kw, logit_bias=model.logit_bias[...])
+        return seed_contrastive_loss(**kw)
+
+    return loss_fn
+
+
+def clip_optimizer(
+    params: Any,
+    *,
+    steps: int,
+    lr: float,
+    warmup_steps: int,
+    weight_decay: float,
+    clip_norm: float | None,
+    freeze_image: bool,
+) -> tuple[optax.GradientTransformation, Any]:
+    """``(optimizer, frozen mask)``: clip by global norm (None: off) → AdamW, linear warm-up
+    and cosine decay over ``steps``, decay on ≥2-D weights only (open_clip's rule);
+    ``freeze_image``: the image tower is left out (zero update, no optimizer state)."""
+    total = max(steps, warmup_steps + 1)  # optax needs decay steps > warmup
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, total)
+    decay = lambda p: jax.tree_util.tree_map(lambda x: x.ndim >= 2, p)
+    opt = optax.adamw(sched, weight_decay=weight_decay, mask=decay)
+    if clip_norm is not None:
+        opt = optax.chain(optax.clip_by_global_norm(clip_norm), opt)
+    frozen = frozen_mask(params, [IMAGE_TOWER] if freeze_image else [])
+    if freeze_image:
+        opt = optimizer_with_frozen(opt, frozen)
+    return opt, frozen
+
+
+def param_groups(optimizer, params, frozen) -> list[dict]:
+    """The seed's ``param_groups`` check, per top-level module, without running a step.
+
+    ``frozen`` is the bool mask handed to the optimizer; the optimizer-state size per module
+    comes from ``jax.eval_shape(optimizer.init, params)`` (traced, nothing allocated): Adam
+    holds 2 floats per trainable scalar and none for a frozen one.
+    """
+    state = jax.tree_util.tree_leaves_with_path(jax.eval_shape(optimizer.init, params))
+    rows: dict[str, dict] = {}
+    for (path, x), f in zip(
+        jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(frozen)
+    ):
+        top = path_str(path).split("/")[0]
+        row = rows.setdefault(top, {"module": top, "leaves": 0, "params": 0, "frozen": 0})
+        row["leaves"] += 1
+        row["params"] += int(np.size(x))
+        row["frozen"] += int(np.size(x)) if f else 0
+    for row in rows.values():
+        row["state_floats"] = sum(
+            int(np.prod(x.shape)) for p, x in state if row["module"] in path_str(p).split("/")
+        )
+    return sorted(rows.values(), key=lambda r: r["module"])
