@@ -37,24 +37,18 @@ import numpy as np
 import optax
 
 from jaxgrad.deps import dependence_matrix
+from jaxgrad.tables import render_table
 from jaxgrad.xla import RUN_ONCE
 
 __all__ = ["CoverageReport", "LeafCoverage", "optimizer_coverage", "param_path"]
 
 
-def _key_name(k: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
 def param_path(path: tuple) -> str:
     """A key path → ``'encoder/layers/0/kernel'``; flax NNX's trailing ``.value`` is dropped."""
-    keys = list(path)
+    keys = tuple(path)
     if keys and getattr(keys[-1], "name", None) == "value":
         keys = keys[:-1]
-    return "/".join(_key_name(k) for k in keys) or "<root>"
+    return jax.tree_util.keystr(keys, simple=True, separator="/") or "<root>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,21 +95,11 @@ class CoverageReport:
         return json.dumps(self.to_dict(), indent=2)
 
     def table(self) -> str:
-        heads = ("path", "shape", "optimizer", "state", "group")
         rows = [
-            (
-                leaf.path,
-                str(leaf.shape),
-                leaf.status,
-                ",".join(leaf.slots) or "none",
-                leaf.group or "-",
-            )
+            (leaf.path, leaf.shape, leaf.status, ",".join(leaf.slots) or "none", leaf.group or "-")
             for leaf in self.leaves
         ]
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths)).rstrip()]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        return "\n".join(lines)
+        return render_table(rows, ("path", "shape", "optimizer", "state", "group"))
 
     def __str__(self) -> str:
         return self.table()
@@ -133,7 +117,7 @@ def _state_slots(params: Any, state: Any) -> tuple[list[list[str]], list[str | N
         for start in range(len(keys) + 1):  # longest parameter path first
             i = index.get(keys[start:])
             if i is not None and np.shape(s_leaf) == shapes[i]:
-                prefix = [_key_name(k) for k in s_path[:start]]
+                prefix = [jax.tree_util.keystr((k,), simple=True) for k in s_path[:start]]
                 slot = next((n for n in reversed(prefix) if not n.isdigit()), "state")
                 if slot not in slots[i]:
                     slots[i].append(slot)

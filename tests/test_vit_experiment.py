@@ -17,6 +17,8 @@ from jaxgrad.checkpoint import load_params
 from jaxgrad.cli import parse
 from jaxgrad.io import JsonlLogger
 
+STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"
+
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
