@@ -38,12 +38,19 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 # ---------------------------------------------------------------- the timing helper
 
 
-def test_measure_calls_warmup_plus_runs_times_calls_per_run():
-    calls = []
-    times = measure(lambda: calls.append(1) or jnp.zeros(()), runs=4, warmup=2, calls_per_run=3)
-    assert len(times) == 4
+def test_measure_calls_warmup_plus_runs_times_calls_per_run(monkeypatch):
+    calls, clock = [], [0.0]  # a fake perf_counter: call i takes i + 1 seconds
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+
+    def call():
+        calls.append(1)
+        clock[0] += len(calls)
+        return jnp.zeros(())
+
+    times = measure(call, runs=4, warmup=2, calls_per_run=3)
     assert len(calls) == 2 + 4 * 3
-    assert all(t >= 0 for t in times)
+    # run r times calls 3r+3..3r+5 (after 2 warm-ups), per call: their mean
+    assert times == pytest.approx([4.0, 7.0, 10.0, 13.0])
 
 
 @pytest.mark.parametrize("kw", [{"runs": 0}, {"warmup": -1}, {"calls_per_run": 0}])
