@@ -35,6 +35,7 @@ from jaxgrad.cli import option, parse, positive, to_dict
 from jaxgrad.io import atomic_write_json
 from jaxgrad.models.mlp import MLP
 from jaxgrad.pde import laplacian
+from jaxgrad.tables import print_table
 from jaxgrad.terms import TERM_GRAD_METHODS, term_grads
 
 #: ``wall``: elapsed seconds; ``cpu``: this process's CPU seconds, all threads.
@@ -202,10 +203,13 @@ def main(cfg: Config) -> list[dict]:
     rows = run(k_values=cfg.k, size=cfg.size, runs=cfg.runs, warmup=cfg.warmup,
                with_torch=cfg.torch, clock=cfg.clock)  # fmt: skip
     print(f"clock: {cfg.clock}")
-    print(f"{'K':>2} {'variant':<8} {'median ms':>10} {'p10-p90 ms':>16} {'vs sum':>7}")
-    for r in rows:
-        spread = f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}"
-        print(f"{r['k']:>2} {r['variant']:<8} {r['ms']:>10.3f} {spread:>16} {r['ratio']:>6.2f}x")
+    cells = [
+        (r["k"], r["variant"], f"{r['ms']:.3f}", f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}",
+         f"{r['ratio']:.2f}x")
+        for r in rows
+    ]  # fmt: skip
+    heads = ("K", "variant", "median ms", "p10-p90 ms", "vs sum")
+    print_table(cells, heads, right=("K", "median ms", "p10-p90 ms", "vs sum"))
     if cfg.out:
         atomic_write_json(
             Path(cfg.out), {"config": to_dict(cfg), "device": device_info(), "rows": rows}

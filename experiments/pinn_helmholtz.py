@@ -46,6 +46,7 @@ from jaxgrad.io import atomic_write_json
 from jaxgrad.models.mlp import MLP, ModifiedMLP
 from jaxgrad.pde import laplacian
 from jaxgrad.rng import named_keys
+from jaxgrad.tables import print_table
 from jaxgrad.terms import term_grads
 
 VARIANTS = {  # name -> (architecture, weighting method); run in this order
@@ -230,13 +231,17 @@ def main(cfg: Config) -> dict:
             metrics = {"config": to_dict(cfg), "summary": summarize(results)}
             atomic_write_json(out / "metrics.json", metrics)
     summary = summarize(results)
-    print("\nvariant                 median rel L2   [min, max]              gain vs plain")
-    for v, s in summary.items():
-        gain = f"{s['gain_vs_plain']:.1f}x" if "gain_vs_plain" in s else "-"
-        print(
-            f"{v:<22}  {s['rel_l2_median']:.3e}      [{s['rel_l2_min']:.2e}, "
-            f"{s['rel_l2_max']:.2e}]   {gain}"
+    cells = [
+        (
+            v,
+            f"{s['rel_l2_median']:.3e}",
+            f"[{s['rel_l2_min']:.2e}, {s['rel_l2_max']:.2e}]",
+            f"{s['gain_vs_plain']:.1f}x" if "gain_vs_plain" in s else "-",
         )
+        for v, s in summary.items()
+    ]
+    print()
+    print_table(cells, ("variant", "median rel L2", "[min, max]", "gain vs plain"))
     if out is not None:
         title = f"Helmholtz, seed {cfg.seeds[0]}"
         plot_history(

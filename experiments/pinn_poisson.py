@@ -144,10 +144,25 @@ def terms_fn(params, graphdef, batch) -> dict:
     return {"inside": jnp.mean(r**2), "dirichlet": jnp.mean(d**2), "neumann": jnp.mean(n**2)}
 
 
+def init_model(cfg: Config) -> MLP:
+    """The network every method starts from (same init key)."""
+    layers = (2,) + (cfg.width,) * cfg.depth + (1,)
+    key = named_keys(cfg.seed, "init")["init"]
+    return MLP(layers, rngs=nnx.Rngs(params=key), mean=(0.5, 0.5), std=(STD, STD))
+
+
+def grid_field(model: MLP, cfg: Config) -> tuple:
+    """``(gx, gy, exact, pred)`` on the ``grid × grid`` evaluation grid."""
+    lin = np.linspace(0.0, 1.0, cfg.grid)
+    gx, gy = np.meshgrid(lin, lin)
+    xy = jnp.asarray(np.stack([gx.ravel(), gy.ravel()], -1), jnp.float32)
+    pred = np.asarray(model(xy)).reshape(gx.shape)
+    return gx, gy, np.asarray(exact_u(xy)).reshape(gx.shape), pred
+
+
 def run_method(method: str, cfg: Config) -> dict:
     keys = named_keys(cfg.seed, "init", "data")
-    layers = (2,) + (cfg.width,) * cfg.depth + (1,)
-    model = MLP(layers, rngs=nnx.Rngs(params=keys["init"]), mean=(0.5, 0.5), std=(STD, STD))
+    model = init_model(cfg)
     sched = optax.exponential_decay(cfg.lr, 1000, 0.9)
     out = train(
         [model],
@@ -163,12 +178,8 @@ def run_method(method: str, cfg: Config) -> dict:
         smoothing=cfg.smoothing,
         log_every=cfg.log_every,
     )
-    lin = np.linspace(0.0, 1.0, cfg.grid)
-    gx, gy = np.meshgrid(lin, lin)
-    xy = jnp.asarray(np.stack([gx.ravel(), gy.ravel()], -1), jnp.float32)
     params = jax.tree_util.tree_map(lambda x: x[0], out["params"])  # the one seed
-    pred = np.asarray(nnx.merge(out["graphdef"], params)(xy)).reshape(gx.shape)
-    exact = np.asarray(exact_u(xy)).reshape(gx.shape)
+    gx, gy, exact, pred = grid_field(nnx.merge(out["graphdef"], params), cfg)
     batch = sample(jax.random.fold_in(keys["data"], cfg.steps), cfg)
     grads = jax.jit(term_grads, static_argnums=0)(out["terms"], params, batch)
     stats = grad_stats(grads, weights_only=True)
@@ -219,15 +230,25 @@ def main(cfg: Config) -> dict:
 
 
 def tour() -> list[Row]:
-    """Fixed weights vs annealing on the tiny Poisson problem."""
+    """Fixed weights vs annealing on the tiny Poisson problem.
+
+    The row matches when annealing scaled the boundary term up (α > 1) and its error is below
+    fixed weights', the untrained network's and 1 (predicting u = 0): after 101 steps measured
+    0.69 vs 1.21 (fixed), 1.13 (untrained), α = 35.6.
+    """
     cfg = dataclasses.replace(Config.tiny(), steps=101, methods=("fixed", "annealing"), out_dir="")
+    _, _, exact, pred = grid_field(init_model(cfg), cfg)
+    untrained = relative_l2(pred, exact)
     s = main(cfg)
+    fixed, ann = s["fixed"]["rel_l2"], s["annealing"]["rel_l2"]
+    alpha = s["annealing"]["weights"]["dirichlet"]
     return [
         Row(
             "PINN Poisson (tiny): α, β from per-term grads",
             "autograd.grad(term, retain_graph=True) x3",
-            f"rel L2 fixed {fmt(s['fixed']['rel_l2'])}, annealing {fmt(s['annealing']['rel_l2'])}",
-            bool(np.isfinite(s["annealing"]["rel_l2"]) and s["annealing"]["rel_l2"] < 1),
+            f"rel L2 untrained {fmt(untrained)}, fixed {fmt(fixed)}, annealing {fmt(ann)} "
+            f"(α {fmt(alpha)})",
+            bool(ann < min(fixed, untrained, 1.0) and alpha > 1.0),
         )
     ]
 

@@ -23,6 +23,7 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = _flags.strip()
 
 from experiments.common import Row  # noqa: E402
+from jaxgrad import tables  # noqa: E402
 
 #: experiment modules, in the order a PyTorch user meets the ideas
 TOUR = (
@@ -52,11 +53,8 @@ def run(names: tuple[str, ...] = TOUR) -> list[Row]:
 def print_table(rows: list[Row]) -> None:
     heads = ("scenario", "PyTorch seed prints", "jaxgrad computes", "match")
     cells = [(r.scenario, r.pytorch, r.jaxgrad, "yes" if r.match else "NO") for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
-    line = " | ".join(h.ljust(w) for h, w in zip(heads, widths))
-    print("\n" + line + "\n" + "-+-".join("-" * w for w in widths))
-    for c in cells:
-        print(" | ".join(s.ljust(w) for s, w in zip(c, widths)))
+    print()
+    tables.print_table(cells, heads, width=400)  # never fold a cell
     n_ok = sum(r.match for r in rows)
     print(f"\n{n_ok}/{len(rows)} scenarios match the PyTorch seeds.")
 

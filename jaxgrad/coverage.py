@@ -38,6 +38,7 @@ import optax
 
 from jaxgrad.deps import dependence_matrix
 from jaxgrad.freeze import path_str
+from jaxgrad.tables import render_table
 from jaxgrad.xla import RUN_ONCE
 
 __all__ = ["CoverageReport", "LeafCoverage", "optimizer_coverage"]
@@ -87,21 +88,11 @@ class CoverageReport:
         return json.dumps(self.to_dict(), indent=2)
 
     def table(self) -> str:
-        heads = ("path", "shape", "optimizer", "state", "group")
         rows = [
-            (
-                leaf.path,
-                str(leaf.shape),
-                leaf.status,
-                ",".join(leaf.slots) or "none",
-                leaf.group or "-",
-            )
+            (leaf.path, leaf.shape, leaf.status, ",".join(leaf.slots) or "none", leaf.group or "-")
             for leaf in self.leaves
         ]
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths)).rstrip()]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        return "\n".join(lines)
+        return render_table(rows, ("path", "shape", "optimizer", "state", "group"))
 
     def __str__(self) -> str:
         return self.table()

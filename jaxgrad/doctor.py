@@ -42,6 +42,7 @@ import optax
 from jaxgrad.coverage import CoverageReport, optimizer_coverage
 from jaxgrad.deps import jaxpr_sources
 from jaxgrad.freeze import path_str
+from jaxgrad.tables import render_table
 from jaxgrad.xla import RUN_ONCE
 
 __all__ = ["STATUSES", "FlowReport", "LeafFlow", "diagnose", "grad_flow"]
@@ -254,9 +255,7 @@ def _render_table(leaves: tuple[LeafFlow, ...], *, fold: int) -> str:
 
     walk(_trie(leaves), "")
     heads = ("path", "shape", "status", "|grad|") + (("optimizer", "state") if with_opt else ())
-    widths = [max(len(h), *(len(c[i]) for c in out)) for i, h in enumerate(heads)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [heads, *out]]
-    return "\n".join(lines)
+    return render_table(out, heads)
 
 
 def _split_float(params: Any) -> tuple[list, list[bool], Any]:
@@ -317,7 +316,7 @@ def grad_flow(
     @functools.partial(jax.jit, compiler_options=RUN_ONCE)
     def numbers(float_leaves, *rest):
         (loss, _), g = jax.value_and_grad(loss_of, has_aux=True)(float_leaves, *rest)
-        norms = [jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)))) for x in g]
+        norms = [optax.tree.norm(x.astype(jnp.float32)) for x in g]
         finite = [jnp.all(jnp.isfinite(x)) for x in g]
         zero = [jnp.all(x == 0) for x in g]
         return loss, norms, finite, zero

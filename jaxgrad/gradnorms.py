@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxgrad.freeze import path_str
 from jaxgrad.plots import plot_curves
@@ -92,9 +93,10 @@ def make_grad_norm_metrics(
                 f"grad-norm metrics were built for {n_leaves} leaves but the gradient has "
                 f"{len(leaves)}: build them from the same params the step differentiates."
             )
-        sq = [jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves]
+        f32 = [g.astype(jnp.float32) for g in leaves]
         return {
-            key_prefix + name: jnp.sqrt(sum(sq[i] for i in idx)) for name, idx in groups.items()
+            key_prefix + name: optax.tree.norm([f32[i] for i in idx])
+            for name, idx in groups.items()
         }
 
     return extra_metrics

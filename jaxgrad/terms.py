@@ -30,6 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 __all__ = [
     "TERM_GRAD_METHODS",
@@ -171,11 +172,10 @@ def grad_stats(grads: dict[str, Any], *, weights_only: bool = False) -> dict[str
     stats = {}
     for name, g in grads.items():
         leaves = _leaves(g, weights_only)
-        total = sum(x.size for x in leaves)
         stats[name] = {
-            "mean_abs": sum(jnp.sum(jnp.abs(x)) for x in leaves) / total,
-            "max_abs": jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in leaves])),
-            "l2": jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves)),
+            "mean_abs": optax.tree.norm(leaves, ord=1) / optax.tree.size(leaves),
+            "max_abs": optax.tree.norm(leaves, ord="inf"),
+            "l2": optax.tree.norm(leaves),
         }
     return stats
 
@@ -183,7 +183,7 @@ def grad_stats(grads: dict[str, Any], *, weights_only: bool = False) -> dict[str
 def tree_dot(a: Any, b: Any, *, weights_only: bool = False) -> jax.Array:
     """⟨a, b⟩ summed over all (or only weight-matrix) leaves of two same-structure pytrees."""
     la, lb = _leaves(a, weights_only), _leaves(b, weights_only)
-    return sum(jnp.vdot(x, y) for x, y in zip(la, lb))
+    return optax.tree.vdot(la, lb)
 
 
 def cosine_matrix(grads: dict[str, Any], *, weights_only: bool = False) -> jax.Array:

@@ -32,9 +32,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxgrad.terms import _check_terms, is_weight_matrix, term_values_and_grads, tree_dot
+from jaxgrad.terms import _check_terms, is_weight_matrix, term_values_and_grads
 
 __all__ = [
     "WeightRule",
@@ -170,7 +171,7 @@ def lr_annealing(
 
 def grad_norm_estimate(grads: dict[str, Any]) -> dict[str, jax.Array]:
     """jaxpi's ``ŵ_i = mean_j ‖g_j‖₂ / ‖g_i‖₂`` (norms over all parameters)."""
-    norms = {n: jnp.sqrt(tree_dot(g, g)) for n, g in grads.items()}
+    norms = {n: optax.tree.norm(g) for n, g in grads.items()}
     mean = jnp.mean(jnp.stack(list(norms.values())))
     return {n: mean / v for n, v in norms.items()}
 

@@ -1,9 +1,15 @@
 """Strict test settings (equinox-style) and shared fixtures.
 
-- dtype promotion stays "standard": "strict" would be the equinox choice, but optax itself
-  mixes int32 step counters with floats (Adam's bias correction, MultiSteps' mean), so strict
-  promotion breaks every training test; tests of pure jaxgrad math opt in with the
-  ``strict_dtypes`` fixture;
+- dtype promotion is "strict" and rank promotion "raise" in every test (the autouse
+  ``_strict_promotion`` fixture): no silent int/float or width mixing, no implicit broadcasting
+  of a lower-rank array. A module opts out with a module-level ``STANDARD_PROMOTION = "why"``;
+  the reasons are not jaxgrad's code but the libraries it drives:
+    * optax 0.2.8 mixes int32 step counters with floats (Adam's bias correction ``b ** count``,
+      ``MultiSteps``' ``emit * step``, schedules), so every module that takes real optimizer
+      steps opts out;
+    * flax NNX layers and losses broadcast a ``[F]`` bias against ``[B, F]`` activations, which
+      rank promotion "raise" rejects, so modules that run NNX models opt out;
+  fixtures of module scope are set up before the autouse fixture and run with standard rules;
 - warnings are errors (pyproject's filterwarnings);
 - `key` gives every test its own PRNG key, derived from the test's name;
 - tests in files named ``test_torch_*.py`` are PyTorch parity tests: marked ``torch`` and
@@ -40,10 +46,17 @@ def key(request):
     return jax.random.key(int.from_bytes(digest[:4], "little"))
 
 
-@pytest.fixture
-def strict_dtypes():
-    """Run the test under strict dtype promotion (no silent int/float or width mixing)."""
-    with jax.numpy_dtype_promotion("strict"):
+@pytest.fixture(autouse=True)
+def _strict_promotion(request):
+    """Strict dtype promotion and rank promotion "raise", unless the test's module says
+    ``STANDARD_PROMOTION = "<why>"`` (a non-empty reason)."""
+    reason = getattr(request.module, "STANDARD_PROMOTION", None)
+    if reason is not None and not (isinstance(reason, str) and reason.strip()):
+        raise ValueError(f"{request.module.__name__}.STANDARD_PROMOTION must say why it opts out")
+    if reason:
+        yield
+        return
+    with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
         yield
 
 

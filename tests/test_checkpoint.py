@@ -9,6 +9,8 @@ import pytest
 from jaxgrad.checkpoint import Checkpointer, load_params, save_params
 from jaxgrad.train import init_train_state, make_train_step
 
+STANDARD_PROMOTION = "optax's int32 step counters (Adam); the toy model adds a [2] bias to [8, 2]"
+
 
 def _loss(params, batch, key):
     noise = 0.1 * jax.random.normal(key, batch["x"].shape)  # the step key matters

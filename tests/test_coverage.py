@@ -10,6 +10,8 @@ import pytest
 from jaxgrad.coverage import optimizer_coverage
 from jaxgrad.freeze import frozen_mask, optimizer_with_frozen
 
+STANDARD_PROMOTION = "optax's int32 step counters (Adam, MultiSteps) in the probed update"
+
 PARAMS = {"enc": {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}, "head": {"w": jnp.ones((3, 1))}}
 ENC_FROZEN = {"enc": {"w": True, "b": True}, "head": {"w": False}}
 LABELS = {"enc": {"w": "a", "b": "a"}, "head": {"w": "b"}}

@@ -16,6 +16,10 @@ from jaxgrad.deps import dependence_matrix, grad_dependence, jaxpr_reach, jaxpr_
 from jaxgrad.doctor import FlowReport, diagnose, grad_flow
 from jaxgrad.freeze import frozen_mask, optimizer_with_frozen
 
+STANDARD_PROMOTION = (
+    "the toy losses add [F] biases to [B, F] activations; diagnose() probes optax Adam"
+)
+
 
 @jax.custom_vjp
 def _straight_through(x):

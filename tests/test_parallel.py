@@ -30,6 +30,8 @@ from jaxgrad.parallel import (
 from jaxgrad.rng import named_keys
 from jaxgrad.train import init_train_state, make_multi_step, make_train_step
 
+STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"
+
 N_DEV = 8
 GLOBAL_BATCH = 32
 STEPS = 4

@@ -13,6 +13,10 @@ from experiments import pinn_helmholtz, pinn_poisson
 from jaxgrad.models.mlp import MLP, ModifiedMLP
 from jaxgrad.pde import laplacian, normal_derivative
 
+STANDARD_PROMOTION = (
+    "models.mlp standardises [N, d] points with a [d] mean; optax Adam's int32 counter"
+)
+
 
 def n_params(model) -> int:
     return sum(x.size for x in jax.tree_util.tree_leaves(nnx.state(model, nnx.Param)))

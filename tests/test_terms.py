@@ -16,6 +16,10 @@ from jaxgrad.terms import (
     term_values_and_grads,
 )
 
+STANDARD_PROMOTION = (
+    "jaxgrad.models.mlp standardises [N, d] points with a [d] mean and std (rank promotion)"
+)
+
 A = jnp.array([[1.0, 2.0, 0.0], [0.0, -1.0, 3.0]])
 Y = jnp.array([1.0, -2.0])
 

@@ -10,6 +10,10 @@ from jaxgrad.models.mlp import MLP
 from jaxgrad.pde import laplacian
 from jaxgrad.terms import term_grads
 
+STANDARD_PROMOTION = (
+    "jaxgrad.models.mlp standardises [N, d] points with a [d] mean and std (rank promotion)"
+)
+
 torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[torch]'")
 
 

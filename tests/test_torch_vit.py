@@ -17,6 +17,8 @@ from experiments.torch_vit import from_vit_config
 from jaxgrad.models import ViT, ViTConfig, count_params
 from jaxgrad.models.vit_convert import from_torch_state_dict, load_torch_state_dict
 
+STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"
+
 torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[torch]'")
 
 CFG = ViTConfig(dim=32, depth=2, heads=2, dim_head=16, mlp_dim=48)

@@ -19,6 +19,8 @@ from jaxgrad.io import JsonlLogger
 from jaxgrad.loop import abstract_params
 from jaxgrad.models.vit import ViT
 
+STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"
+
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):

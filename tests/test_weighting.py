@@ -121,12 +121,71 @@ def test_pcgrad_removes_conflicting_component_exactly():
     np.testing.assert_allclose(jnp.vdot(out["b"]["w"], g1), 0.0, atol=1e-6)
 
 
-def test_pcgrad_random_order_three_terms(key):
-    g = {n: {"w": jax.random.normal(jax.random.fold_in(key, i), (5,))} for i, n in enumerate("abc")}
-    fixed, shuffled = pcgrad(g), pcgrad(g, key=key)
-    for out in (fixed, shuffled):
-        for n in g:  # a projection never lengthens a gradient
-            assert jnp.linalg.norm(out[n]["w"]) <= jnp.linalg.norm(g[n]["w"]) + 1e-6
+# Three terms where the projection order matters: a conflicts with both b and c.
+# Order (b, c): a + b/2 = [.5, .5, 0], then ·c = -.5 → + c/4 = [.25, .5, .25];
+# order (c, b): a + c/2 = [.5, 0, .5], then ·b = -.5 → + b/4 = [.25, .25, .5].
+THREE = {"a": [1.0, 0.0, 0.0], "b": [-1.0, 1.0, 0.0], "c": [-1.0, 0.0, 1.0]}
+A_AFTER = {("b", "c"): [0.25, 0.5, 0.25], ("c", "b"): [0.25, 0.25, 0.5]}
+
+
+def _project(g, others):
+    """Yu et al.'s projection of ``g`` off each conflicting gradient, in the given order."""
+    g = np.array(g)
+    for o in map(np.array, others):
+        if g @ o < 0:
+            g = g - (g @ o) / (o @ o) * o
+    return g
+
+
+def _pcgrad_outputs(fn, keys):
+    """``fn(key) -> {name: [3]}`` for each key, as a list of ``{name: tuple}``."""
+    outs = [fn(k) for k in keys]
+    return [{n: tuple(np.round(np.asarray(v), 6)) for n, v in o.items()} for o in outs]
+
+
+def test_pcgrad_random_order_three_terms():
+    for order, want in A_AFTER.items():  # the reference reproduces the hand numbers
+        np.testing.assert_allclose(_project(THREE["a"], [THREE[o] for o in order]), want)
+    g = {n: {"w": jnp.array(v)} for n, v in THREE.items()}
+    fixed = pcgrad(g)
+    np.testing.assert_allclose(fixed["a"]["w"], A_AFTER[("b", "c")], rtol=1e-6)  # sorted order
+    shuffled = jax.jit(lambda k: {n: v["w"] for n, v in pcgrad(g, key=k).items()})
+    seen = _pcgrad_outputs(shuffled, [jax.random.key(i) for i in range(16)])
+    for out in seen:  # every output is the projection in *some* order of the other two terms
+        for n, v in out.items():
+            others = [o for o in THREE if o != n]
+            allowed = [_project(THREE[n], [THREE[o] for o in p]) for p in (others, others[::-1])]
+            assert any(np.allclose(v, w, atol=1e-6) for w in allowed), (n, v, allowed)
+    # ... and the key picks the order: both orders of a's projections occur over 16 keys
+    assert {out["a"] for out in seen} == {tuple(v) for v in A_AFTER.values()}
+
+
+def test_pcgrad_loss_shuffle_draws_the_order_from_the_step_key():
+    def terms(p, batch):
+        return {n: jnp.vdot(p, batch[n]) for n in THREE}  # ∂term/∂p = THREE[term]
+
+    batch = {n: jnp.array(v) for n, v in THREE.items()}
+    keys = [jax.random.key(i) for i in range(16)]
+
+    p0 = jnp.zeros(3)
+
+    def grads(**kw):  # the loss's gradient at p0 for each key, one compiled program
+        loss_fn = pcgrad_loss(terms, **kw)
+        g = jax.jit(lambda k: {"g": jax.grad(lambda p: loss_fn(p, batch, k)[0])(p0)})
+        return _pcgrad_outputs(g, keys)
+
+    surgered = jax.jit(
+        lambda k: {
+            "g": sum(v["w"] for v in pcgrad({n: {"w": batch[n]} for n in THREE}, key=k).values())
+        }
+    )
+    sorted_sum = sum(_project(THREE[n], [THREE[o] for o in sorted(THREE) if o != n]) for n in THREE)
+    for g in grads():
+        np.testing.assert_allclose(g["g"], sorted_sum, atol=1e-6)  # no shuffle: sorted order
+    shuffled = grads(shuffle=True)
+    for g, want in zip(shuffled, _pcgrad_outputs(surgered, keys)):
+        np.testing.assert_allclose(g["g"], want["g"], atol=1e-6)  # the surgered sum, that key
+    assert len({g["g"] for g in shuffled}) > 1  # different keys, different orders
 
 
 def test_pcgrad_loss_gradient_is_the_surgered_sum():
