@@ -134,6 +134,8 @@ def launch(
             p.wait()
         for t in pumps:
             t.join(timeout=5)
+        for p in procs:
+            p.stdout.close()
     codes = [p.returncode for p in procs]
     failed = [(i, c) for i, c in enumerate(codes) if c != 0]
     for i, c in failed:
