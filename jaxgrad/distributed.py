@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -55,6 +54,7 @@ __all__ = [
     "is_main",
     "local_rows",
     "main_print",
+    "process_local",
 ]
 
 #: ``host:port`` of process 0's coordination service (set by the local launcher)
@@ -93,8 +93,11 @@ def detect_cluster(env: Mapping[str, str] | None = None) -> str | None:
 
 def _explicit(coordinator, num_processes, process_id, env) -> tuple | None:
     """(coordinator, num_processes, process_id) from arguments, else the launcher's env."""
-    given = {"--coordinator": coordinator, "--num-processes": num_processes}
-    given["--process-id"] = process_id
+    given = {
+        "--coordinator": coordinator,
+        "--num-processes": num_processes,
+        "--process-id": process_id,
+    }
     if all(v is None for v in given.values()):
         names = (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
         if not any(n in env for n in names):
@@ -222,7 +225,6 @@ def main_print(*args: Any, **kwargs: Any) -> None:
     """``print`` in process 0 only (flushed, so launcher-prefixed output keeps its order)."""
     if is_main():
         print(*args, **kwargs, flush=True)
-        sys.stdout.flush()
 
 
 def local_rows(mesh: Mesh, global_size: int, *, batch_axis: int = 0) -> slice:
@@ -236,12 +238,16 @@ def local_rows(mesh: Mesh, global_size: int, *, batch_axis: int = 0) -> slice:
     sharding = batch_sharding(mesh, batch_axis=batch_axis)
     shape = (1,) * batch_axis + (global_size,)
     idx = sharding.addressable_devices_indices_map(shape).values()
-    starts = sorted({(i[batch_axis].start or 0, i[batch_axis].stop or global_size) for i in idx})
-    lo, hi = starts[0][0], starts[-1][1]
-    covered = sum(b - a for a, b in starts)
-    if covered != hi - lo:
+    spans = sorted({(i[batch_axis].start or 0, i[batch_axis].stop or global_size) for i in idx})
+    if not spans:
         raise ValueError(
-            f"process {jax.process_index()}'s devices hold rows {starts} of the global batch: "
+            f"process {jax.process_index()} has no device in the mesh: in a multi-process run "
+            "the mesh must span every process (leave --devices unset)"
+        )
+    lo, hi = spans[0][0], spans[-1][1]
+    if sum(b - a for a, b in spans) != hi - lo:
+        raise ValueError(
+            f"process {jax.process_index()}'s devices hold rows {spans} of the global batch: "
             "not one contiguous block; build the mesh over jax.devices() in their order"
         )
     return slice(int(lo), int(hi))
