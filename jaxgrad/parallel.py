@@ -22,6 +22,9 @@ Cloud TPU and SLURM; otherwise pass ``coordinator_address``, ``num_processes``, 
 each process passes only *its own* slice of the global batch to :func:`shard_batch` (e.g. its
 ``1 / jax.process_count()`` share of the data order), which assembles the global array with
 ``jax.make_array_from_process_local_data``. Everything else is unchanged.
+:mod:`jaxgrad.distributed` does the joining (explicit, launcher or cluster environment) and
+gives each process its rows (``process_local``); ``python -m experiments.launch`` tries it on
+one machine.
 """
 
 from __future__ import annotations
