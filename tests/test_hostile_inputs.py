@@ -1,0 +1,118 @@
+"""Issue 13, library part: each wrong input, changed config or corrupt state is refused clearly.
+
+One test (or a few) per item of the issue; each was seen failing on the code before the fix.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxgrad.io import JsonlLogger
+from jaxgrad.runs import (
+    LOCK_NAME,
+    ResumeConfigError,
+    RunDirError,
+    check_resumable,
+    compare_configs,
+    open_run_dir,
+    rewind_metrics,
+)
+
+# ---- 1. resume config ------------------------------------------------------------------------
+
+
+def test_resume_refuses_changed_config_listing_each_field_old_to_new():
+    old = {"epochs": 3, "lr": 0.01, "batch_size": 64, "seed": 0, "dim": 32}
+    new = {"epochs": 4, "lr": 0.05, "batch_size": 64, "seed": 1, "dim": 64}
+    with pytest.raises(ResumeConfigError) as e:
+        compare_configs(old, new)
+    msg = str(e.value)
+    assert "lr: 0.01 -> 0.05" in msg and "seed: 0 -> 1" in msg and "dim: 32 -> 64" in msg
+    assert "epochs" not in msg.split("\n", 1)[1].split("Run with")[0]  # growth is allowed
+    assert "--resume-override dim,lr,seed" in msg
+    # named overrides and epoch growth are accepted and returned for the log
+    got = compare_configs(old, new, overrides=["lr", "seed", "dim"])
+    assert [(c.field, c.old, c.new) for c in got] == [
+        ("dim", 32, 64), ("epochs", 3, 4), ("lr", 0.01, 0.05), ("seed", 0, 1)
+    ]  # fmt: skip
+    with pytest.raises(ResumeConfigError, match="epochs: 3 -> 2"):
+        compare_configs(old, {**old, "epochs": 2})  # shrinking is not growth
+    with pytest.raises(ResumeConfigError, match="not config fields"):
+        compare_configs(old, old, overrides=["lrr"])
+    assert compare_configs(old, dict(old)) == []
+
+
+def test_resume_without_checkpoint_is_refused_unless_start_fresh(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint.*--resume-or-start"):
+        check_resumable(None, ckpt_dir=tmp_path)
+    assert check_resumable(None, ckpt_dir=tmp_path, start_fresh=True) is False
+    assert "starting fresh" in capsys.readouterr().err
+    assert check_resumable(3, ckpt_dir=tmp_path) is True
+
+
+@pytest.mark.parametrize(
+    "logged, ckpt_epoch",
+    [
+        ([1], None),  # killed during the first save: no checkpoint
+        ([1, 2], 1),  # killed between logging epoch 2 and committing its checkpoint
+        ([1, 2], 2),  # killed after the save
+    ],
+)
+def test_rewind_leaves_every_epoch_once_in_every_interruption_case(tmp_path, logged, ckpt_epoch):
+    log = JsonlLogger(tmp_path / "metrics.jsonl")
+    for e in logged:
+        log.log(epoch=e, loss=1.0 / e)
+    with open(log.path, "a") as f:
+        f.write('{"epoch": 3, "lo')  # torn by the kill
+    rewind_metrics(log, last_epoch=ckpt_epoch)
+    for e in range((ckpt_epoch or 0) + 1, 4):  # the resumed run logs the rest
+        log.log(epoch=e, loss=1.0 / e)
+    assert [r["epoch"] for r in log.read()] == [1, 2, 3]
+
+
+# ---- 2. out dir lock and re-run policy -------------------------------------------------------
+
+
+def test_second_live_run_refused_stale_lock_taken_over(tmp_path, capsys):
+    out = tmp_path / "run"
+    first = open_run_dir(out)
+    with pytest.raises(RunDirError, match=f"in use by a running process \\(pid {os.getpid()}"):
+        open_run_dir(out)
+    first.release()
+    # a lock left by a process that no longer exists
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    holder = json.loads((out / LOCK_NAME).read_text()) if (out / LOCK_NAME).exists() else None
+    assert holder is None  # released
+    import socket
+
+    (out / LOCK_NAME).write_text(
+        json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": 0})
+    )
+    with open_run_dir(out) as run:
+        assert "taking over stale lock" in capsys.readouterr().err
+        assert json.loads(run.lock.read_text())["pid"] == os.getpid()
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_directory_holding_a_run_needs_resume_or_overwrite(tmp_path):
+    out = tmp_path / "run"
+    with open_run_dir(out):
+        (out / "metrics.jsonl").write_text('{"epoch": 1}\n')
+        (out / "ckpt").mkdir()
+        (out / "ckpt" / "1").mkdir()
+    with pytest.raises(RunDirError, match="--resume.*--out-dir.*--overwrite"):
+        open_run_dir(out)
+    with open_run_dir(out, resume=True):
+        assert (out / "metrics.jsonl").exists()
+    outside = tmp_path / "keep.txt"
+    outside.write_text("x")
+    with open_run_dir(out, overwrite=True):
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+    assert outside.exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirError, match="is a file"):
+        open_run_dir(tmp_path / "file")
