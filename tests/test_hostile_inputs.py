@@ -116,3 +116,66 @@ def test_directory_holding_a_run_needs_resume_or_overwrite(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(RunDirError, match="is a file"):
         open_run_dir(tmp_path / "file")
+
+
+# ---- 3. config validation --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "module, argv, flag",
+    [
+        ("pinn_poisson", ["--lr", "nan"], "--lr must be a finite number"),
+        ("pinn_poisson", ["--smoothing", "1"], "--smoothing must be < 1"),
+        ("pinn_helmholtz", ["--lam", "inf"], "--lam must be a finite number"),
+        ("pinn_helmholtz", ["--decay", "-0.5"], "--decay must be > 0"),
+        ("scalar_derivative", ["--weight-decay=-5"], "--weight-decay must be >= 0"),
+        ("scalar_derivative", ["--x", "nan"], "--x must be a finite number"),
+        ("optimizer_step", ["--lr2=-inf"], "--lr2 must be a finite number"),
+        ("doctor_demo", ["--lr", "inf"], "--lr must be a finite number"),
+        ("vjp", ["--cotangent", "1", "nan"], "--cotangent must be a finite number"),
+    ],
+)
+def test_every_experiment_float_flag_rejects_nonfinite_and_out_of_range(module, argv, flag, capsys):
+    import importlib
+
+    from jaxgrad.cli import parse
+
+    cfg_cls = importlib.import_module(f"experiments.{module}").Config
+    with pytest.raises(SystemExit) as e:
+        parse(cfg_cls, argv)
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+    with pytest.raises(ValueError, match=flag.split(" must")[0]):  # built directly, too
+        cfg_cls(**{argv[0].lstrip("-").split("=")[0].replace("-", "_"): float("nan")})
+
+
+def test_option_bounds_checked_for_any_config():
+    import dataclasses
+
+    from jaxgrad.cli import check_config, option, parse
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        label_smoothing: float = option(0.0, "a probability", ge=0, lt=1)
+        warmup: float | None = option(None, "warm-up epochs", ge=0)
+        scales: tuple[float, ...] = option((1.0,), "scales", gt=0)
+
+    check_config(Config())
+    for argv, msg in [
+        (["--label-smoothing", "2"], "--label-smoothing must be < 1, got 2.0"),
+        (["--label-smoothing", "-0.1"], "--label-smoothing must be >= 0"),
+        (["--warmup", "-2"], "--warmup must be >= 0, got -2.0"),
+        (["--scales", "1", "0"], "--scales must be > 0, got 0.0"),
+        (["--warmup", "nan"], "--warmup must be a finite number"),
+    ]:
+        with pytest.raises(SystemExit):
+            parse(Config, argv)
+        with pytest.raises(ValueError, match=msg.replace("(", "\\(")):
+            check_config(_build(Config, argv))
+
+
+def _build(cls, argv):
+    import dataclasses
+
+    name = argv[0][2:].replace("-", "_")
+    vals = [float(v) for v in argv[1:]]
+    return dataclasses.replace(cls(), **{name: tuple(vals) if len(vals) > 1 else vals[0]})
