@@ -8,6 +8,10 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
 from jaxgrad.io import JsonlLogger
@@ -179,3 +183,47 @@ def _build(cls, argv):
     name = argv[0][2:].replace("-", "_")
     vals = [float(v) for v in argv[1:]]
     return dataclasses.replace(cls(), **{name: tuple(vals) if len(vals) > 1 else vals[0]})
+
+
+# ---- 4. guard: loss, update and new params are watched; no non-finite checkpoint -------------
+
+
+def _linear(params, batch, key):
+    del key
+    return jnp.sum(params["w"] * batch), {}  # gradient = batch: always finite
+
+
+@pytest.mark.parametrize(
+    "opt, loss_fn, what",
+    [
+        (lambda: optax.sgd(float("nan")), _linear, "lr=nan: finite gradient, NaN update"),
+        (lambda: optax.sgd(1e38), _linear, "finite update, -3e38 - 1e38 overflows to -inf"),
+        (
+            lambda: optax.sgd(0.1),
+            lambda p, b, k: (_linear(p, b, k)[0] + jax.lax.stop_gradient(jnp.inf), {}),
+            "non-finite loss with a finite gradient",
+        ),
+    ],
+)
+def test_guard_skips_update_that_would_make_params_or_loss_nonfinite(opt, loss_fn, what):
+    from jaxgrad.guard import NonFiniteError, check_nonfinite, skip_nonfinite
+    from jaxgrad.train import init_train_state, make_train_step
+
+    w0 = jnp.array([1.0, -2.0, -3e38], jnp.float32)
+    optimizer = skip_nonfinite(opt())
+    state = init_train_state({"w": w0}, optimizer)
+    step = make_train_step(loss_fn, optimizer, donate=False)
+    for _ in range(3):
+        state, _ = step(state, jnp.ones(3, jnp.float32), jax.random.key(0))
+    np.testing.assert_array_equal(state.params["w"], w0, err_msg=what)
+    with pytest.raises(NonFiniteError, match="loss, gradient, update or new parameter"):
+        check_nonfinite(state.opt_state, max_in_a_row=3)
+
+
+def test_nonfinite_state_is_refused_before_checkpointing():
+    from jaxgrad.guard import NonFiniteError, check_finite_state
+
+    check_finite_state({"w": jnp.ones(3), "step": jnp.int32(3), "key": jax.random.key(0)})
+    bad = {"w": jnp.ones(3), "layers": [{"b": jnp.array([0.0, jnp.nan])}]}
+    with pytest.raises(NonFiniteError, match=r"\['layers'\]\[0\]\['b'\].*not saved"):
+        check_finite_state(bad)
