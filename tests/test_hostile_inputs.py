@@ -227,3 +227,97 @@ def test_nonfinite_state_is_refused_before_checkpointing():
     bad = {"w": jnp.ones(3), "layers": [{"b": jnp.array([0.0, jnp.nan])}]}
     with pytest.raises(NonFiniteError, match=r"\['layers'\]\[0\]\['b'\].*not saved"):
         check_finite_state(bad)
+
+
+# ---- 5. checkpoints --------------------------------------------------------------------------
+
+
+def test_restore_names_each_leaf_whose_shape_dtype_or_path_differs(tmp_path):
+    from jaxgrad.checkpoint import CheckpointMismatchError, Checkpointer
+
+    with Checkpointer(tmp_path / "c") as ckpt:
+        ckpt.save(1, {"w": jnp.arange(2.0), "b": jnp.zeros(3)})
+        like = {"w": jnp.zeros(3, jnp.int32), "b": jnp.zeros(3), "extra": jnp.zeros(1)}
+        with pytest.raises(CheckpointMismatchError) as e:
+            ckpt.restore(like)
+    msg = str(e.value)
+    assert "w: saved float32[2], expected int32[3]" in msg
+    assert "extra: missing from the checkpoint" in msg and "b:" not in msg
+
+
+def _corrupt(step_dir):
+    for f in step_dir.glob("state/**/d/*"):
+        f.write_bytes(f.read_bytes()[:10])
+
+
+def test_corrupt_latest_checkpoint_is_called_corrupt_and_resume_falls_back(tmp_path, capsys):
+    from jaxgrad.checkpoint import Checkpointer, CorruptCheckpointError
+
+    like = {"w": jnp.zeros(4)}
+    with Checkpointer(tmp_path / "c") as ckpt:
+        ckpt.save(1, {"w": jnp.full(4, 1.0)}, meta={"epoch": 1})
+        ckpt.save(2, {"w": jnp.full(4, 2.0)}, meta={"epoch": 2})
+    _corrupt(tmp_path / "c" / "2")
+    with Checkpointer(tmp_path / "c") as ckpt:  # a fresh process resuming
+        with pytest.raises(CorruptCheckpointError, match=r"c/2 is corrupt"):
+            ckpt.restore(like)
+        tree, meta, step = ckpt.restore_latest(like)
+    assert step == 1 and meta == {"epoch": 1}
+    np.testing.assert_array_equal(tree["w"], np.full(4, 1.0))
+    err = capsys.readouterr().err
+    assert "c/2 is corrupt" in err and "resuming from older checkpoint" in err
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_sigint_during_save_finishes_the_save_then_stops(tmp_path, monkeypatch, async_save):
+    import signal
+
+    from jaxgrad.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(tmp_path / "c", async_save=async_save)
+    real_save = ckpt._mngr.save
+
+    def save_with_signal(*a, **k):  # the signal lands inside the save, deterministically
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_save(*a, **k)
+
+    monkeypatch.setattr(ckpt._mngr, "save", save_with_signal)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save(3, {"w": jnp.ones(5)}, meta={"epoch": 3})
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["3"]  # committed, no tmp
+    assert ckpt.latest_step() == 3
+    ckpt.close()
+
+
+def test_sigterm_during_save_reaches_the_previous_handler(tmp_path, monkeypatch):
+    import signal
+
+    from jaxgrad.checkpoint import Checkpointer
+
+    seen = []
+    old = signal.signal(signal.SIGTERM, lambda s, f: seen.append(s))
+    try:
+        with Checkpointer(tmp_path / "c") as ckpt:
+            real_save = ckpt._mngr.save
+
+            def save_with_signal(*a, **k):
+                os.kill(os.getpid(), signal.SIGTERM)
+                assert not seen  # held while the save runs
+                return real_save(*a, **k)
+
+            monkeypatch.setattr(ckpt._mngr, "save", save_with_signal)
+            ckpt.save(1, {"w": jnp.ones(2)})
+            assert seen == [signal.SIGTERM] and ckpt.latest_step() == 1
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_meta_with_numpy_scalars_is_converted_and_bad_meta_writes_nothing(tmp_path):
+    from jaxgrad.checkpoint import Checkpointer
+
+    with Checkpointer(tmp_path / "c") as ckpt:
+        ckpt.save(1, {"w": jnp.ones(2)}, meta={"x": np.float32(1.5), "n": np.int64(3)})
+        assert ckpt.read_meta(1) == {"x": 1.5, "n": 3}
+        with pytest.raises(TypeError, match="meta is not JSON-able.*nothing was written"):
+            ckpt.save(2, {"w": jnp.ones(2)}, meta={"f": object()})
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["1"]
