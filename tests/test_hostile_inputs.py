@@ -233,7 +233,7 @@ def test_nonfinite_state_is_refused_before_checkpointing():
 
 
 def test_restore_names_each_leaf_whose_shape_dtype_or_path_differs(tmp_path):
-    from jaxgrad.checkpoint import CheckpointMismatchError, Checkpointer
+    from jaxgrad.checkpoint import Checkpointer, CheckpointMismatchError
 
     with Checkpointer(tmp_path / "c") as ckpt:
         ckpt.save(1, {"w": jnp.arange(2.0), "b": jnp.zeros(3)})
