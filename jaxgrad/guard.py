@@ -169,7 +169,9 @@ def check_nonfinite(opt_state: Any, *, max_in_a_row: int, step: int | None = Non
             f"{counts['nonfinite_in_a_row']} consecutive steps{at} had a NaN/inf loss, "
             f"gradient, update or new parameter ({counts['nonfinite_skipped']} skipped in "
             "total); the guard skipped each of them, so the parameters are those of the last "
-            "step that passed its check. Lower the learning rate or clip gradients, "
+            "step that passed its check. A label outside [0, num_classes) makes the "
+            "jaxgrad.losses / contrastive losses NaN: check the labels. Otherwise lower the "
+            "learning rate or clip gradients, "
             "look for NaN/inf in the inputs, run with JAX_DEBUG_NANS=True to find the op that "
             "makes them, or raise the limit (max_in_a_row / --max-nonfinite) to wait longer."
         )

@@ -321,3 +321,46 @@ def test_meta_with_numpy_scalars_is_converted_and_bad_meta_writes_nothing(tmp_pa
         with pytest.raises(TypeError, match="meta is not JSON-able.*nothing was written"):
             ckpt.save(2, {"w": jnp.ones(2)}, meta={"f": object()})
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["1"]
+
+
+# ---- 6. labels outside [0, num_classes) ------------------------------------------------------
+
+
+def test_cross_entropy_matches_torch_definition_and_refuses_bad_labels():
+    from jaxgrad.losses import cross_entropy
+
+    logits = jnp.array([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]], jnp.float32)
+    labels = jnp.array([2, 1])
+    logp = jax.nn.log_softmax(logits)
+    nll = -(logp[0, 2] + logp[1, 1]) / 2
+    smooth = 0.8 * nll + 0.2 * -jnp.mean(logp)  # (1 - s)·nll + s·mean_k(-log p_k)
+    np.testing.assert_allclose(cross_entropy(logits, labels), nll, rtol=1e-6)
+    np.testing.assert_allclose(
+        cross_entropy(logits, labels, label_smoothing=0.2), smooth, rtol=1e-6
+    )
+    for bad in ([2, 3], [-1, 0], [2, 99]):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+            cross_entropy(logits, jnp.array(bad))  # concrete: refused on the host
+        loss, g = jax.jit(jax.value_and_grad(cross_entropy))(logits, jnp.array(bad))
+        assert np.isnan(loss)  # traced: NaN, which the guard stops on
+        assert np.all(np.isfinite(g))  # ...without poisoning the parameters
+    with pytest.raises(TypeError, match="integer class indices"):
+        cross_entropy(logits, jnp.array([0.7, 1.0]))
+
+
+@pytest.mark.parametrize("name", ["seed_contrastive_loss", "clip_loss", "siglip_loss"])
+def test_contrastive_losses_refuse_out_of_range_class_labels(name):
+    import jaxgrad.contrastive as C
+
+    f = jax.random.normal(jax.random.key(0), (4, 8))
+    kw = dict(image_features=f, text_features=f[::-1], logit_scale=jnp.float32(1.0))
+    if name == "siglip_loss":
+        kw["logit_bias"] = jnp.float32(-1.0)
+    loss = getattr(C, name)
+    good, _ = loss(**kw, class_labels=jnp.array([0, 9, 3, 1]), num_classes=10)
+    assert np.isfinite(good) and good == loss(**kw)[0]
+    for bad in ([0, 10, 3, 1], [500, 0, 0, 0], [-1, 0, 0, 0]):
+        with pytest.raises(ValueError, match=r"class_labels must lie in \[0, 10\)"):
+            loss(**kw, class_labels=jnp.array(bad), num_classes=10)
+        traced = jax.jit(lambda lab: loss(**kw, class_labels=lab, num_classes=10)[0])
+        assert np.isnan(traced(jnp.array(bad)))
