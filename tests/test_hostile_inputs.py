@@ -364,3 +364,68 @@ def test_contrastive_losses_refuse_out_of_range_class_labels(name):
             loss(**kw, class_labels=jnp.array(bad), num_classes=10)
         traced = jax.jit(lambda lab: loss(**kw, class_labels=lab, num_classes=10)[0])
         assert np.isnan(traced(jnp.array(bad)))
+
+
+# ---- 7. CIFAR-10 python batches: md5 and a restricted unpickler ------------------------------
+
+
+class _RunsCode:
+    def __reduce__(self):  # what a crafted batches.meta does
+        return (os.system, ("touch MARKER",))
+
+
+def _cifar_dir(tmp_path, meta=None, rows=10, batch=None):
+    import pickle
+
+    from jaxgrad.data import cifar10
+
+    folder = tmp_path / cifar10.FOLDER
+    folder.mkdir(exist_ok=True)
+    meta = {b"label_names": [f"c{i}".encode() for i in range(10)]} if meta is None else meta
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
+    rng = np.random.default_rng(0)
+    for name in (*cifar10.TRAIN_BATCHES, *cifar10.TEST_BATCHES):
+        b = {b"data": rng.integers(0, 256, (rows, 3072), dtype=np.uint8),
+             b"labels": rng.integers(0, 10, rows).tolist()}  # fmt: skip
+        (folder / name).write_bytes(pickle.dumps(batch(b) if batch else b))
+    return folder
+
+
+def test_cifar_batch_with_unofficial_md5_is_not_unpickled(tmp_path, monkeypatch):
+    from jaxgrad.data import cifar10
+
+    monkeypatch.chdir(tmp_path)
+    folder = _cifar_dir(tmp_path, meta={b"label_names": _RunsCode()})
+    with pytest.raises(ValueError, match=r"batches.meta has md5 \w+, not the official 5ff9c5"):
+        cifar10.load_cifar10(tmp_path)
+    assert not (tmp_path / "MARKER").exists()
+    # a re-pickled copy skips the md5; the restricted unpickler still refuses the payload
+    with pytest.raises(ValueError, match=r"batches.meta: refused to load posix.system"):
+        cifar10.load_cifar10(tmp_path, batch_md5=None)
+    assert not (tmp_path / "MARKER").exists()
+    # ...and admits an honest re-pickled copy (numpy arrays, lists, bytes)
+    monkeypatch.setattr(cifar10, "ROWS_PER_BATCH", 10)
+    _cifar_dir(tmp_path)
+    ds = cifar10.load_cifar10(folder, batch_md5=None)
+    assert ds.images.shape == (50, 32, 32, 3) and ds.labels.dtype == np.int32
+
+
+# ---- 9. item 11's messages -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "meta, batch, match",
+    [
+        (None, lambda b: {b"data": b[b"data"]}, r"data_batch_1 has no \[b'labels'\]"),
+        (None, lambda b: {**b, b"data": b[b"data"][:, :3000]}, r"rows of 3072 bytes"),
+        ([b"a"] * 10, None, r"batches.meta holds a list, not a dict"),
+        (None, None, r"data_batch_1 has 100 images, the official batches 10000"),
+        (None, lambda b: {**b, b"labels": [0.7] * 100}, r"labels' is float64.*integer"),
+    ],
+)
+def test_malformed_cifar_batches_name_the_file(tmp_path, meta, batch, match):
+    from jaxgrad.data import cifar10
+
+    _cifar_dir(tmp_path, meta=meta, rows=100, batch=batch)
+    with pytest.raises(ValueError, match=match):
+        cifar10.load_cifar10(tmp_path, batch_md5=None)
