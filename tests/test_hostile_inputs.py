@@ -429,3 +429,69 @@ def test_malformed_cifar_batches_name_the_file(tmp_path, meta, batch, match):
     _cifar_dir(tmp_path, meta=meta, rows=100, batch=batch)
     with pytest.raises(ValueError, match=match):
         cifar10.load_cifar10(tmp_path, batch_md5=None)
+
+
+# ---- 8. gradient bookkeeping: custom_vjp rules, refs -----------------------------------------
+
+
+@jax.custom_vjp
+def _fused_sq(x):
+    return jnp.sum(x**2)
+
+
+_fused_sq.defvjp(lambda x: (_fused_sq(x), x), lambda x, ct: (2 * x,))  # assumes ct == 1
+
+
+@jax.custom_vjp
+def _none_rule(x):
+    return jnp.sum(x)
+
+
+_none_rule.defvjp(lambda x: (jnp.sum(x), None), lambda r, ct: (None,))
+
+
+@jax.custom_vjp
+def _zeros_rule(x):
+    return jnp.sum(x)
+
+
+_zeros_rule.defvjp(lambda x: (jnp.sum(x), None), lambda r, ct: (jnp.zeros(3),))
+
+
+def _five(x, y, z, w, u):
+    return _fused_sq(x) + jax.lax.stop_gradient(y).sum() + _none_rule(w) + _zeros_rule(u)
+
+
+def test_custom_vjp_ignoring_cotangent_counts_as_used_provable_zeros_do_not():
+    import jaxgrad
+    from jaxgrad.doctor import grad_flow
+
+    args = [jnp.arange(3.0) + 1] * 4 + [jnp.ones(3)]
+    want = jax.grad(_five, argnums=(0, 1, 2, 3, 4))(*args)
+    got = jaxgrad.grad(_five, argnums=(0, 1, 2, 3, 4), allow_unused=True)(*args)
+    np.testing.assert_array_equal(got[0], want[0])  # 2x, the real gradient (was None)
+    assert got[1:] == (None, None, None, None)  # stop_gradient, unused, None rule, zeros rule
+    assert all(not np.any(w) for w in want[1:])  # jax.grad agrees: they are zeros
+    np.testing.assert_array_equal(jaxgrad.grad(_fused_sq)(args[0]), 2 * args[0])  # no raise
+    report = grad_flow(lambda p: _five(p["x"], p["y"], p["z"], p["w"], p["u"]),
+                       dict(zip("xyzwu", args)))  # fmt: skip
+    status = {r.path: r.status for r in report.leaves}
+    assert status == {"x": "connected", "y": "blocked", "z": "unused", "w": "blocked",
+                      "u": "blocked"}  # fmt: skip
+
+
+def test_reads_through_refs_count_as_data_dependence():
+    from jaxgrad.deps import data_dependence
+
+    def written_then_read(a, b):
+        r = jax.new_ref(jnp.zeros(3))
+        r[...] = b * 3
+        return a + r[...]
+
+    def accumulated(a, b):
+        r = jax.new_ref(jnp.zeros(3))
+        r[...] += b
+        return a * 2 + r[...]
+
+    assert data_dependence(written_then_read, jnp.ones(3), jnp.ones(3)) == [True, True]
+    assert data_dependence(accumulated, jnp.ones(3), jnp.ones(3)) == [True, True]
