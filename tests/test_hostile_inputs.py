@@ -495,3 +495,63 @@ def test_reads_through_refs_count_as_data_dependence():
 
     assert data_dependence(written_then_read, jnp.ones(3), jnp.ones(3)) == [True, True]
     assert data_dependence(accumulated, jnp.ones(3), jnp.ones(3)) == [True, True]
+
+
+def test_cache_dir_under_a_regular_file_names_it(tmp_path):
+    from PIL import Image
+
+    from jaxgrad.data.imagefolder import load_image_folder
+
+    for c in ("cat", "dog"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / "imgs" / c / "0.png")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match=r"afile is a regular file. Pick another --cache-dir"):
+        load_image_folder(tmp_path / "imgs", cache_dir=tmp_path / "afile" / "cache")
+
+
+def test_one_class_folder_says_two_classes_needed(tmp_path):
+    from PIL import Image
+
+    from jaxgrad.data.imagefolder import load_image_folder
+
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "imgs" / "cat" / "0.png")
+    with pytest.raises(ValueError, match=r"one class folder \(cat\).*at least 2") as e:
+        load_image_folder(tmp_path / "imgs", cache_dir=tmp_path / "cache")
+    assert "resize" not in str(e.value)
+
+
+@pytest.mark.parametrize("content", [b"\x93NUMPY random bytes" * 10, "truncated"])
+def test_load_params_on_garbage_names_the_path_not_allow_pickle(tmp_path, content):
+    from jaxgrad.checkpoint import load_params, save_params
+
+    like = {"w": jnp.ones(3), "b": jnp.zeros(2)}
+    path = tmp_path / "params.npz"
+    if content == "truncated":
+        save_params(path, like)
+        content = path.read_bytes()[:-40]
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        load_params(path, like)
+    assert str(path) in str(e.value) and "allow_pickle" not in str(e.value)
+    assert "not a parameter file written by save_params" in str(e.value)
+
+
+def test_frozen_pattern_matching_nothing_is_an_error():
+    from jaxgrad.freeze import frozen_mask
+
+    params = {"encoder": {"w": jnp.ones(2)}, "head": {"w": jnp.ones(2), "b": jnp.ones(1)}}
+    assert frozen_mask(params, ["encoder", "head/b"]) == {
+        "encoder": {"w": True}, "head": {"w": False, "b": True}
+    }  # fmt: skip
+    with pytest.raises(ValueError, match=r"'typo' matches no parameter.*encoder, head"):
+        frozen_mask(params, ["encoder", "typo"])
+
+
+def test_grad_argnums_out_of_range_is_a_clear_error():
+    import jaxgrad
+
+    g = jaxgrad.grad(lambda x, y: jnp.sum(x * y), argnums=2)
+    with pytest.raises(ValueError, match=r"argnums=2 asks for argument 2.*2 positional"):
+        g(jnp.ones(2), jnp.ones(2))

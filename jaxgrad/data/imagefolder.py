@@ -40,6 +40,11 @@ def _scan(root: Path) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
     )
     if not classes:
         raise ValueError(f"{root} has no class sub-folders: expected root/<class>/<image>.jpg|png")
+    if len(classes) < 2:
+        raise ValueError(
+            f"{root} has one class folder ({classes[0]}): a classifier needs at least 2; "
+            "expected root/<class>/<image>.jpg|png with one sub-folder per class"
+        )
     files = []
     for label, name in enumerate(classes):
         found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -79,6 +84,14 @@ def load_image_folder(
     root = Path(root)
     classes, files = _scan(root)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        blocker = next((p for p in (cache, *cache.parents) if p.is_file()), cache)
+        raise ValueError(
+            f"cache dir {cache} cannot be created: {blocker} is a regular file. Pick another "
+            "--cache-dir (or remove that file)"
+        ) from e
     cache_file = cache / f"imagefolder-{root.name}-{_fingerprint(root, files)}.npz"
     source = f"imagefolder:{root}"
     if cache_file.exists():
