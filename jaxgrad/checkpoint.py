@@ -340,7 +340,7 @@ def load_params(path: str | os.PathLike, like: Any) -> Any:
         raise FileNotFoundError(f"no parameter file {path}")
     want = _flat(like)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             got = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError, TypeError) as e:
         # AttributeError/TypeError: np.load gave an array (.npy), not an .npz archive

@@ -148,7 +148,7 @@ def test_resume_without_checkpoint_says_train_first(tmp_path):
 def test_checkpoint_of_another_model_is_rejected(tmp_path):
     ckpt = Checkpointer(tmp_path / "ckpt")
     ckpt.save(1, {"w": jnp.zeros((2,), jnp.float32)})
-    with pytest.raises(ValueError, match=r"(?s)does not fit the given tree.*different model"):
+    with pytest.raises(ValueError, match=r"(?s)does not match the expected tree.*another model"):
         ckpt.restore({"w": jnp.zeros((3,), jnp.float32), "b": jnp.zeros(1)})
     assert ckpt.all_steps() == [1]
     ckpt.close()

@@ -517,7 +517,7 @@ def test_one_class_folder_says_two_classes_needed(tmp_path):
 
     (tmp_path / "imgs" / "cat").mkdir(parents=True)
     Image.new("RGB", (4, 4)).save(tmp_path / "imgs" / "cat" / "0.png")
-    with pytest.raises(ValueError, match=r"one class folder \(cat\).*at least 2") as e:
+    with pytest.raises(ValueError, match=r"has 1 class folder\(s\) \(cat\).*at least 2") as e:
         load_image_folder(tmp_path / "imgs", cache_dir=tmp_path / "cache")
     assert "resize" not in str(e.value)
 
