@@ -140,8 +140,9 @@ def nonfinite_counts(opt_state: Any) -> dict[str, jax.Array]:
 def grads_finite_metric(grads: Any, updates: Any, params: Any) -> dict[str, jax.Array]:
     """``extra_metrics`` hook for :func:`jaxgrad.train.make_train_step`: ``grads_finite`` per step.
 
-    The same test the guard applies (every gradient leaf finite), as a bool metric, so a
-    ``make_multi_step`` chunk reports *which* of its K steps were skipped (``[K]`` bools).
+    The gradient part of the guard's test (every gradient leaf finite), as a bool metric, so a
+    ``make_multi_step`` chunk reports which of its K steps had a bad gradient (``[K]`` bools).
+    A step skipped for a non-finite loss, update or new parameter still shows True here.
     """
     del updates, params
     leaves = jax.tree_util.tree_leaves(grads)
