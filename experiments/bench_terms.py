@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from jaxgrad.bench import compile_timed, device_info
-from jaxgrad.cli import option, parse, positive, to_dict
+from jaxgrad.cli import check_config, option, parse, positive, to_dict
 from jaxgrad.io import atomic_write_json
 from jaxgrad.models.mlp import MLP
 from jaxgrad.pde import laplacian
@@ -57,6 +57,7 @@ class Config:
     out: str = option("runs/bench_terms/bench_terms.json", "JSON output path ('' = none)")
 
     def __post_init__(self):
+        check_config(self)  # finite floats, bounds of option(...)
         positive(self, "runs")
         if not self.k or min(self.k) < 1:
             raise ValueError(f"--k needs term counts >= 1, got {self.k}")

@@ -37,7 +37,7 @@ import optax
 from flax import nnx
 
 from experiments.common import Row
-from jaxgrad.cli import option, parse, positive
+from jaxgrad.cli import check_config, option, parse, positive
 from jaxgrad.doctor import FlowReport, diagnose
 from jaxgrad.freeze import frozen_mask, optimizer_with_frozen, path_str
 from jaxgrad.gradnorms import GradNormMonitor, make_grad_norm_metrics
@@ -55,11 +55,12 @@ class Config:
     width: int = option(32, "hidden width of every tower")
     depth: int = option(4, "hidden layers per tower (numbered blocks fold in the printout)")
     steps: int = option(200, "training steps of the gradient-norm watch (0: skip it)")
-    lr: float = option(1e-3, "Adam learning rate of the gradient-norm watch")
+    lr: float = option(1e-3, "Adam learning rate of the gradient-norm watch", gt=0)
     steps_per_dispatch: int = option(50, "watch steps scanned per device dispatch")
     out_dir: str = option("runs/doctor_demo", "where report.json and grad_norms.png go")
 
     def __post_init__(self):
+        check_config(self)  # finite floats, bounds of option(...)
         positive(self, "batch_size", "width", "depth", "lr", "steps_per_dispatch")
         if self.steps < 0:
             raise ValueError(f"--steps must be >= 0, got {self.steps}")

@@ -32,16 +32,17 @@ import jax.numpy as jnp
 import optax
 
 from experiments.common import Row, allclose, fmt
-from jaxgrad.cli import option, parse, positive
+from jaxgrad.cli import check_config, option, parse, positive
 from jaxgrad.train import init_train_state, make_train_step
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    lr: float = option(0.001, "SGD learning rate of the first example (the seed's 0.001)")
-    lr2: float = option(0.1, "SGD learning rate of the z = 3x² + y³ example (the seed's 0.1)")
+    lr: float = option(0.001, "SGD learning rate of the first example (the seed's 0.001)", gt=0)
+    lr2: float = option(0.1, "SGD learning rate of the z = 3x² + y³ example (the seed's 0.1)", gt=0)
 
     def __post_init__(self):
+        check_config(self)  # finite floats, bounds of option(...)
         positive(self, "lr", "lr2")
 
     @classmethod

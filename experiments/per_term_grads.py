@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments.common import Row, allclose, fmt
-from jaxgrad.cli import option, parse, positive
+from jaxgrad.cli import check_config, option, parse, positive
 from jaxgrad.rng import named_keys
 
 
@@ -33,6 +33,7 @@ class Config:
     size: int = option(10, "number of entries of x, shape [1, size] (the seed's 10)")
 
     def __post_init__(self):
+        check_config(self)  # finite floats, bounds of option(...)
         positive(self, "size")
 
     @classmethod

@@ -41,7 +41,7 @@ from experiments.pinn_common import (
     relative_l2,
     train,
 )
-from jaxgrad.cli import option, parse, positive, to_dict
+from jaxgrad.cli import check_config, option, parse, positive, to_dict
 from jaxgrad.io import atomic_write_json
 from jaxgrad.models.mlp import MLP, ModifiedMLP
 from jaxgrad.pde import laplacian
@@ -77,16 +77,17 @@ class Config:
     width: int = option(50, "hidden width (the authors' 50)")
     depth: int = option(3, "hidden layers (the authors' 3)")
     batch: int = option(128, "points per edge and residual points per step (the authors' 128)")
-    lr: float = option(1e-3, "Adam learning rate")
-    decay: float = option(0.9, "learning rate x decay every decay_steps (smooth)")
+    lr: float = option(1e-3, "Adam learning rate", gt=0)
+    decay: float = option(0.9, "learning rate x decay every decay_steps (smooth)", gt=0, le=1)
     decay_steps: int = option(1000, "see --decay")
     period: int = option(10, "annealing update every N steps (the authors' 10)")
-    smoothing: float = option(0.9, "λ ← s·λ + (1 - s)·λ̂ (the authors' 0.9)")
+    smoothing: float = option(0.9, "λ ← s·λ + (1 - s)·λ̂ (the authors' 0.9)", ge=0, lt=1)
     grid: int = option(100, "evaluation grid points per axis")
     log_every: int = option(100, "history resolution in steps")
     out_dir: str = option("runs/pinn_helmholtz", "metrics and plots go here ('' = none)")
 
     def __post_init__(self):
+        check_config(self)  # finite floats, bounds of option(...)
         positive(self, "steps", "width", "depth", "batch", "lr", "decay_steps", "period", "grid")
         if not self.seeds:
             raise ValueError("--seeds needs at least one seed")

@@ -42,7 +42,7 @@ from experiments.pinn_common import (
     relative_l2,
     train,
 )
-from jaxgrad.cli import option, parse, positive, to_dict
+from jaxgrad.cli import check_config, option, parse, positive, to_dict
 from jaxgrad.io import atomic_write_json
 from jaxgrad.models.mlp import MLP
 from jaxgrad.pde import check_points, laplacian, normal_derivative
@@ -62,14 +62,15 @@ class Config:
     n_inside: int = option(128, "interior collocation points per step (xy_inside)")
     n_dirichlet: int = option(64, "points per Dirichlet edge per step (xy_dirichlet)")
     n_neumann: int = option(64, "points per Neumann edge per step (xy_neumann)")
-    lr: float = option(1e-3, "Adam learning rate (decayed by 0.9 every 1000 steps)")
+    lr: float = option(1e-3, "Adam learning rate (decayed by 0.9 every 1000 steps)", gt=0)
     period: int = option(10, "weight update every N steps")
-    smoothing: float = option(0.9, "moving-average factor of the weights")
+    smoothing: float = option(0.9, "moving-average factor of the weights", ge=0, lt=1)
     grid: int = option(64, "evaluation grid points per axis")
     log_every: int = option(50, "history resolution in steps")
     out_dir: str = option("runs/pinn_poisson", "metrics and plots go here ('' = none)")
 
     def __post_init__(self):
+        check_config(self)  # finite floats, bounds of option(...)
         positive(self, "steps", "width", "depth", "n_inside", "n_dirichlet", "n_neumann")
         positive(self, "lr", "period", "grid", "log_every")
 

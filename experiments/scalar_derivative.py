@@ -31,7 +31,7 @@ from flax import nnx
 
 import jaxgrad as jg
 from experiments.common import Row, allclose, fmt
-from jaxgrad.cli import option, parse, positive
+from jaxgrad.cli import check_config, option, parse, positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +39,14 @@ class Config:
     x: float = option(2.0, "point where f(x)=3x²+2x+1 is differentiated (the seed's 2.0)")
     repeats: int = option(3, "backward() calls without zero_grad (the seed's 3)")
     steps: int = option(20, "training steps of the frozen-backbone model")
-    lr: float = option(0.05, "adamw learning rate for the trainable head")
-    weight_decay: float = option(0.1, "adamw weight decay (must not touch the frozen backbone)")
+    lr: float = option(0.05, "adamw learning rate for the trainable head", gt=0)
+    weight_decay: float = option(
+        0.1, "adamw weight decay (must not touch the frozen backbone)", ge=0
+    )
     seed: int = option(0, "PRNG seed for the model init and the synthetic data")
 
     def __post_init__(self):
+        check_config(self)  # finite floats, bounds of option(...)
         positive(self, "repeats", "steps", "lr")
         if self.weight_decay < 0:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from experiments.common import Row, allclose, fmt
 from jaxgrad.autograd import backward, grad, hvp, nth_grad, pullback
-from jaxgrad.cli import option, parse
+from jaxgrad.cli import check_config, option, parse
 
 X = ((2.0, 1.0),)  # the seed's x, shape [1, 2]
 Y = ((1.0, 2.0), (3.0, 4.0))  # the seed's y, shape [2, 2]
@@ -42,6 +42,7 @@ class Config:
     )
 
     def __post_init__(self):
+        check_config(self)  # finite floats, bounds of option(...)
         if len(self.cotangent) != 2:
             raise ValueError(
                 f"--cotangent needs 2 numbers (z = x @ y has shape [1, 2]), got {self.cotangent}"

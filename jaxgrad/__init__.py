@@ -26,7 +26,7 @@ from jaxgrad.coverage import optimizer_coverage
 from jaxgrad.deps import data_dependence, dependence_matrix, grad_dependence
 from jaxgrad.doctor import diagnose, grad_flow
 from jaxgrad.freeze import frozen_mask, optimizer_with_frozen
-from jaxgrad.guard import NonFiniteError, check_nonfinite, skip_nonfinite
+from jaxgrad.guard import NonFiniteError, check_finite_state, check_nonfinite, skip_nonfinite
 from jaxgrad.parallel import data_parallel, make_mesh, shard_batch
 from jaxgrad.rng import named_keys
 from jaxgrad.terms import cosine_matrix, grad_stats, term_grads, term_values_and_grads
@@ -50,6 +50,7 @@ __all__ = [
     "accumulating_optimizer",
     "backward",
     "check_cotangent",
+    "check_finite_state",
     "check_nonfinite",
     "cosine_matrix",
     "data_dependence",

@@ -224,6 +224,13 @@ def grad(
     nums = (argnums,) if single else tuple(argnums)
 
     def wrapped(*args):
+        bad = [i for i in nums if not -len(args) <= i < len(args)]
+        if bad:
+            raise ValueError(
+                f"argnums={argnums} asks for argument {bad[0]}, but the function was called "
+                f"with {len(args)} positional argument(s) (valid argnums: 0..{len(args) - 1}); "
+                "pass the argument or fix argnums"
+            )
         diff = [args[i] for i in nums]
         _check_float_inputs(diff)
 

@@ -17,8 +17,14 @@ restored tree has the same key leaves, bit for bit, as the saved one.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
+import signal
+import sys
+import threading
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +32,87 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxgrad.io import atomic_write_bytes
+from jaxgrad.io import atomic_write_bytes, to_jsonable
 from jaxgrad.rng import is_key
 
-__all__ = ["Checkpointer", "load_params", "save_params"]
+__all__ = [
+    "CheckpointMismatchError",
+    "Checkpointer",
+    "CorruptCheckpointError",
+    "load_params",
+    "save_params",
+]
+
+
+class CheckpointMismatchError(ValueError):
+    """The saved tree differs from the expected one (structure, shape or dtype): another config."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint that fits the expected tree could not be read: its files are damaged."""
+
+
+def _name(k: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{"s/params/w": (shape, dtype)}``: NamedTuple fields and dict keys read alike, as orbax
+    stores both as names; key leaves are described by their key data (what is saved)."""
+    out = {}
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if is_key(x):
+            x = jax.eval_shape(jax.random.key_data, x)
+        out["/".join(_name(k) for k in path)] = (tuple(np.shape(x)), str(np.dtype(x.dtype)))
+    return out
+
+
+def _tree_differences(saved: Any, like: Any) -> list[str]:
+    got, want = _leaf_specs(saved), _leaf_specs(like)
+    diffs = [f"{k}: missing from the checkpoint" for k in sorted(set(want) - set(got))]
+    diffs += [f"{k}: in the checkpoint but not expected" for k in sorted(set(got) - set(want))]
+    for k in sorted(set(got) & set(want)):
+        (gs, gd), (ws, wd) = got[k], want[k]
+        if (gs, gd) != (ws, wd):
+            diffs.append(f"{k}: saved {gd}{list(gs)}, expected {wd}{list(ws)}")
+    return diffs
+
+
+def _jsonable_meta(meta: dict | None) -> dict:
+    """Meta converted (numpy/jax scalars -> numbers) and checked *before* orbax starts writing."""
+    if meta is not None and not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict of JSON-able values, got {type(meta).__name__}")
+    out = to_jsonable(dict(meta or {}))
+    try:
+        json.dumps(out)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"checkpoint meta is not JSON-able ({e}); nothing was written") from None
+    return out
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT/SIGTERM until the block ends, then print a notice and re-deliver them to
+    the handlers that were installed before (default: KeyboardInterrupt / termination), so a
+    save is finished, never torn by an exception inside orbax's threads, and never swallowed."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in sigs}
+    try:
+        yield got
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(got):
+            print(f"{signal.Signals(s).name} during a checkpoint save: the save was finished "
+                  "first; stopping now (resume with --resume)", file=sys.stderr)  # fmt: skip
+            signal.raise_signal(s)
 
 
 def _keys_to_data(tree: Any) -> Any:
@@ -77,20 +160,35 @@ class Checkpointer:
                 # delete what a killed save left behind (never read, but it wastes disk)
                 cleanup_tmp_directories=True,
             ),
+            # named handlers: a fresh manager can then read a checkpoint's tree metadata
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
         )
 
     def save(self, step: int, tree: Any, meta: dict | None = None) -> None:
-        """Save ``tree`` (arrays, key arrays) and ``meta`` (JSON-able dict) as checkpoint ``step``."""
+        """Save ``tree`` (arrays, key arrays) and ``meta`` (JSON-able dict) as checkpoint ``step``.
+
+        ``meta`` is converted (numpy scalars -> numbers) and checked first: a value JSON cannot
+        hold is a TypeError before anything is written. SIGINT/SIGTERM arriving during the save
+        are held until it is done (for ``async_save``, until its files are committed), then
+        re-delivered, so the process stops non-zero with the checkpoint complete.
+        """
         if not isinstance(step, int | np.integer) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
-        self._mngr.save(
-            int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_keys_to_data(tree)),
-                meta=ocp.args.JsonSave(dict(meta or {})),
-            ),
-            force=True,
-        )
+        meta = _jsonable_meta(meta)
+        with _signals_deferred() as signals:
+            self._mngr.save(
+                int(step),
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(_keys_to_data(tree)),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                force=True,
+            )
+            if signals:  # about to stop: an async save must be committed first
+                self._mngr.wait_until_finished()
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None when there is none."""
@@ -108,13 +206,36 @@ class Checkpointer:
 
         ``like_tree`` gives structure, shapes and dtypes (concrete arrays or
         ``jax.ShapeDtypeStruct``; key leaves must be key arrays). Raises FileNotFoundError when
-        there is no such checkpoint and ValueError when the saved tree does not fit.
+        there is no such checkpoint, :class:`CheckpointMismatchError` naming every leaf whose
+        path, shape or dtype differs from the saved one, and :class:`CorruptCheckpointError`
+        when a checkpoint that fits cannot be read (see :meth:`restore_latest` to fall back).
         """
         step = self.latest_step() if step is None else step
         if step is None or step not in self.all_steps():
             raise FileNotFoundError(
                 f"no checkpoint {'' if step is None else step} in {self.directory} "
                 f"(complete steps: {self.all_steps()}); train first or drop --resume"
+            )
+        where = self.directory / str(step)
+        try:
+            saved = self._mngr.item_metadata(step)["state"]
+            saved = getattr(saved, "tree", saved)
+            if saved is None:
+                raise ValueError("no tree metadata")
+        except Exception as e:  # orbax/tensorstore raise many types for damaged files
+            raise CorruptCheckpointError(
+                f"checkpoint {where} is corrupt: its metadata cannot be read ({e}). Delete it; "
+                "resume falls back to the newest complete one"
+            ) from e
+        diffs = _tree_differences(saved, like_tree)
+        if diffs:
+            more = f"\n  ... and {len(diffs) - 10} more" if len(diffs) > 10 else ""
+            raise CheckpointMismatchError(
+                f"checkpoint {where} does not match the expected tree:\n  "
+                + "\n  ".join(diffs[:10])
+                + more
+                + "\nIt was written by another model/optimizer config: run with that config, "
+                "or pick another --out-dir."
             )
         try:
             out = self._mngr.restore(
@@ -124,10 +245,11 @@ class Checkpointer:
                     meta=ocp.args.JsonRestore(),
                 ),
             )
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(
-                f"checkpoint {step} in {self.directory} does not fit the given tree ({e}); was "
-                "it written by a different model or optimizer configuration?"
+        except Exception as e:
+            raise CorruptCheckpointError(
+                f"checkpoint {where} is corrupt: it matches the expected tree but its data "
+                f"cannot be read ({str(e)[:300]}). Delete it; resume falls back to the newest "
+                "complete one"
             ) from e
         tree = jax.tree.map(
             lambda like, x: (
@@ -139,6 +261,34 @@ class Checkpointer:
             out["state"],
         )
         return tree, dict(out["meta"] or {})
+
+    def restore_latest(self, like_tree: Any) -> tuple[Any, dict, int]:
+        """Restore the newest checkpoint that can be read: ``(tree, meta, step)``.
+
+        A corrupt one is skipped with a notice on stderr naming it; a mismatching one
+        (:class:`CheckpointMismatchError`) is not skipped (older ones have the same config).
+        Raises FileNotFoundError when there is no checkpoint, CorruptCheckpointError when none
+        can be read.
+        """
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        errors = []
+        for step in reversed(steps):
+            try:
+                tree, meta = self.restore(like_tree, step)
+            except CorruptCheckpointError as e:
+                errors.append(str(e))
+                print(f"warning: {e}", file=sys.stderr)
+                continue
+            if errors:
+                print(f"note: resuming from older checkpoint {self.directory / str(step)}",
+                      file=sys.stderr)  # fmt: skip
+            return tree, meta, step
+        raise CorruptCheckpointError(
+            f"every checkpoint in {self.directory} ({steps}) is corrupt; start fresh in "
+            "another --out-dir or with --overwrite"
+        )
 
     def read_meta(self, step: int | None = None) -> dict:
         """Only the JSON meta of checkpoint ``step`` (default: the latest), without the arrays."""
@@ -186,8 +336,16 @@ def load_params(path: str | os.PathLike, like: Any) -> Any:
     if not path.exists():
         raise FileNotFoundError(f"no parameter file {path}")
     want = _flat(like)
-    with np.load(path) as z:
-        got = {k: z[k] for k in z.files}
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
+            got = {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError, TypeError) as e:
+        # AttributeError/TypeError: np.load gave an array (.npy), not an .npz archive
+        raise ValueError(
+            f"{path} is not a parameter file written by save_params (a .npz archive of arrays): "
+            f"{type(e).__name__}. It is truncated, corrupt or another format; point at the "
+            "params.npz of a finished run"
+        ) from None
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     if missing or extra:
         raise ValueError(

@@ -14,28 +14,55 @@ Declare each field with :func:`option` so its default and its reason sit togethe
 
 ``--tiny`` starts from ``Config.tiny()``; explicit flags override it. A config's
 ``__post_init__`` may raise ValueError; the message is shown as a usage error (exit code 2).
+
+Validation (:func:`check_config`, run by :func:`parse` on every config and callable from
+``__post_init__`` so directly built configs are checked too): every float value (also inside
+an Optional or a tuple) must be finite, and a field declared with bounds must lie in them::
+
+    label_smoothing: float = option(0.0, "...", ge=0, lt=1)   # a probability: [0, 1)
+    weight_decay: float = option(0.05, "...", ge=0)          # a rate or decay: >= 0
+
+The error names the flag: ``--label-smoothing must be < 1, got 2.0``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import types
 import typing
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-__all__ = ["option", "parse", "positive", "to_dict"]
+__all__ = ["check_config", "option", "parse", "positive", "to_dict"]
 
 C = TypeVar("C")
 
 
-def option(default: Any, help: str, *, choices: Sequence[Any] | None = None) -> Any:
-    """A dataclass field with its default, a help text and optional choices."""
-    meta = {"help": help}
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: Sequence[Any] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A dataclass field with its default, a help text, optional choices and optional bounds
+    (``ge``/``gt``/``le``/``lt``: ``>=``, ``>``, ``<=``, ``<``), checked by :func:`check_config`
+    for the value (or each element of a tuple; None always passes)."""
+    meta: dict[str, Any] = {"help": help}
     if choices is not None:
         meta["choices"] = tuple(choices)
+    bounds = {k: v for k, v in {"ge": ge, "gt": gt, "le": le, "lt": lt}.items() if v is not None}
+    if bounds:
+        meta["bounds"] = bounds
     if isinstance(default, list | dict | set):
         raise TypeError("use a tuple for sequence defaults: configs are frozen")
     return dataclasses.field(default=default, metadata=meta)
@@ -48,6 +75,32 @@ def positive(cfg: Any, *names: str) -> None:
         if v is not None and v <= 0:
             flag = "--" + n.replace("_", "-")
             raise ValueError(f"{flag} must be > 0, got {v}")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_value(name: str, v: Any, bounds: dict) -> None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"{_flag(name)} must be a finite number, got {v}")
+    ok = {"ge": v >= bounds.get("ge", v), "gt": "gt" not in bounds or v > bounds["gt"],
+          "le": v <= bounds.get("le", v), "lt": "lt" not in bounds or v < bounds["lt"]}  # fmt: skip
+    for k, good in ok.items():
+        if not good:
+            raise ValueError(f"{_flag(name)} must be {_BOUNDS[k]} {bounds[k]}, got {v}")
+
+
+def check_config(cfg: Any) -> None:
+    """Raise ValueError naming the flag of the first field whose value is a non-finite float
+    or lies outside the bounds given to :func:`option`."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        bounds = f.metadata.get("bounds", {})
+        for x in v if isinstance(v, tuple) else (v,):
+            _check_value(f.name, x, bounds)
 
 
 def to_dict(cfg: Any) -> dict:
@@ -114,7 +167,9 @@ def parse(cls: type[C], argv: Sequence[str] | None = None, description: str | No
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()}
     try:
         base = cls.tiny() if tiny else cls()
-        return dataclasses.replace(base, **overrides)
+        cfg = dataclasses.replace(base, **overrides)
+        check_config(cfg)
+        return cfg
     except ValueError as e:
         parser.error(str(e))
         raise  # unreachable: parser.error exits

@@ -15,6 +15,11 @@ accuracy-style metrics (``i2t_acc``: the fraction of images whose best caption i
 Shapes: ``image_features`` ``[B, D]``, ``text_features`` ``[B, D]``; row ``i`` of one matches
 row ``i`` of the other. ``logit_scale`` and ``logit_bias`` are scalars in log/additive space
 (open_clip's convention: the multiplier is ``exp(logit_scale)``, init ``ln(1/0.07)``).
+
+Class labels: when the captions were looked up from class labels (``ids[template, labels]``,
+a gather that silently clamps label 10, 500 or -1 to a valid row), pass them as
+``class_labels=labels, num_classes=C``: concrete out-of-range labels raise ValueError, traced
+ones make the loss NaN, which the non-finite guard stops on (see :mod:`jaxgrad.losses`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import math
 import jax
 import jax.numpy as jnp
 import optax
+
+from jaxgrad.losses import check_labels, labels_valid
 
 __all__ = [
     "MAX_LOGIT_SCALE",
@@ -57,6 +64,15 @@ def _check_pair(image_features: jax.Array, text_features: jax.Array) -> None:
         )
 
 
+def _refuse_bad_labels(loss: jax.Array, class_labels, num_classes: int | None) -> jax.Array:
+    if class_labels is None:
+        return loss
+    if num_classes is None:
+        raise ValueError("class_labels= needs num_classes= (the number of caption classes)")
+    check_labels(class_labels, num_classes, name="class_labels")
+    return jnp.where(jnp.all(labels_valid(class_labels, num_classes)), loss, jnp.nan)
+
+
 def _scalar(x, name: str) -> jax.Array:
     x = jnp.asarray(x)
     if x.shape != ():
@@ -84,7 +100,12 @@ def _accuracies(logits: jax.Array) -> dict[str, jax.Array]:
 
 
 def seed_contrastive_loss(
-    *, image_features: jax.Array, text_features: jax.Array, logit_scale=None
+    *,
+    image_features: jax.Array,
+    text_features: jax.Array,
+    logit_scale=None,
+    class_labels=None,
+    num_classes: int | None = None,
 ) -> tuple[jax.Array, dict]:
     """The seed's loss: ``CrossEntropyLoss(image_features @ text_features.T, arange(B))``.
 
@@ -98,11 +119,16 @@ def seed_contrastive_loss(
     )
     labels = jnp.arange(logits.shape[0])
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, _accuracies(logits)
+    return _refuse_bad_labels(loss, class_labels, num_classes), _accuracies(logits)
 
 
 def clip_loss(
-    *, image_features: jax.Array, text_features: jax.Array, logit_scale
+    *,
+    image_features: jax.Array,
+    text_features: jax.Array,
+    logit_scale,
+    class_labels=None,
+    num_classes: int | None = None,
 ) -> tuple[jax.Array, dict]:
     """CLIP's symmetric loss ``(CE(logits, arange) + CE(logitsᵀ, arange)) / 2``.
 
@@ -119,11 +145,17 @@ def clip_loss(
     loss_t2i = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
     aux = {"loss_i2t": loss_i2t, "loss_t2i": loss_t2i, **_accuracies(logits)}
     aux["scale"] = jnp.exp(logit_scale)
-    return (loss_i2t + loss_t2i) / 2, aux
+    return _refuse_bad_labels((loss_i2t + loss_t2i) / 2, class_labels, num_classes), aux
 
 
 def siglip_loss(
-    *, image_features: jax.Array, text_features: jax.Array, logit_scale, logit_bias
+    *,
+    image_features: jax.Array,
+    text_features: jax.Array,
+    logit_scale,
+    logit_bias,
+    class_labels=None,
+    num_classes: int | None = None,
 ) -> tuple[jax.Array, dict]:
     """SigLIP's pairwise sigmoid loss: ``−(1/B) Σ_ij log σ(z_ij · (t · xᵢ·yⱼ + b))``.
 
@@ -141,7 +173,7 @@ def siglip_loss(
     z = 2.0 * jnp.eye(b, dtype=logits.dtype) - 1.0
     loss = -jnp.sum(jax.nn.log_sigmoid(z * logits)) / b
     aux = {**_accuracies(logits), "scale": jnp.exp(logit_scale), "bias": logit_bias}
-    return loss, aux
+    return _refuse_bad_labels(loss, class_labels, num_classes), aux
 
 
 def retrieval_metrics(

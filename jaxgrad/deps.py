@@ -12,7 +12,8 @@ that happens to be 0.0 (a dead ReLU) is still *connected*. Two analyses answer i
   gradient does not depend on the cotangent receives a structural zero: PyTorch's ``None``.
 
 Both recurse into ``jit`` (pjit), ``cond``, ``scan``, ``while``, ``remat`` and custom
-JVP/VJP calls; unknown higher-order primitives are treated conservatively (every output
+JVP/VJP calls; a write into a ``jax.new_ref`` ref (``r[...] = b * 3``, ``r[...] += b``) makes
+every later read of that ref depend on what was written; unknown higher-order primitives are treated conservatively (every output
 depends on every input). Reachability is computed for all inputs in one pass, each input a bit
 of a Python-int bitset (:func:`jaxpr_sources`), so large parameter trees cost one walk.
 """
@@ -29,6 +30,7 @@ import numpy as np
 
 __all__ = [
     "data_dependence",
+    "provably_zero",
     "dependence_matrix",
     "grad_dependence",
     "jaxpr_reach",
@@ -93,6 +95,64 @@ def _eqn_sources(eqn: jcore.JaxprEqn, ins: list[int]) -> list[int]:
     return [_union(ins)] * n_out
 
 
+def _is_ref(v: jcore.Var) -> bool:
+    return type(v.aval).__name__ == "AbstractRef"
+
+
+# Primitives whose output is zero when every array operand is zero (shape/dtype plumbing and
+# linear maps); ``mul`` is zero when any operand is.
+_ZERO_PRESERVING = {
+    "broadcast_in_dim", "convert_element_type", "reshape", "squeeze", "expand_dims",
+    "transpose", "copy", "copy_p", "reduce_sum", "neg", "add", "sub", "add_any", "pad",
+    "concatenate", "slice", "dynamic_slice", "select_n", "rev", "reduce_precision",
+}  # fmt: skip
+
+
+def _is_zero_literal(v: Any) -> bool:
+    if isinstance(v, jcore.Var):
+        return False
+    try:
+        return bool(np.all(np.asarray(v.val) == 0))
+    except (TypeError, ValueError):
+        return False
+
+
+def provably_zero(jaxpr: jcore.Jaxpr, in_zero: Sequence[bool] | None = None) -> list[bool]:
+    """For each output of ``jaxpr``: is it zero whatever the inputs (a literal 0, or zeros
+    pushed through broadcasts, conversions, sums, products with zero, nested ``jit``)?
+
+    This is how JAX materialises a symbolic zero (a ``None`` from a custom VJP rule, an
+    unused input, ``stop_gradient``) in a traced pullback. Inputs and constants are never
+    assumed zero (unless ``in_zero`` says so, for nested calls): a value computed from them is
+    not provably zero even if it happens to be.
+    """
+    zero: dict[jcore.Var, bool] = dict(zip(jaxpr.invars, in_zero or ()))
+
+    def z(v: Any) -> bool:
+        return zero.get(v, False) if isinstance(v, jcore.Var) else _is_zero_literal(v)
+
+    for eqn in jaxpr.eqns:
+        name, ins = eqn.primitive.name, [z(v) for v in eqn.invars]
+        if name == "mul":
+            outs = [any(ins)] * len(eqn.outvars)
+        elif name == "select_n":  # the predicate is not a value that flows to the output
+            outs = [all(ins[1:])] * len(eqn.outvars)
+        elif name in _ZERO_PRESERVING:
+            outs = [bool(ins) and all(ins)] * len(eqn.outvars)
+        elif name in ("pjit", "closed_call", "remat", "checkpoint", "custom_jvp_call"):
+            sub = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
+            inner = _as_jaxpr(sub) if sub is not None else None
+            if inner is not None and len(inner.invars) == len(ins):
+                outs = provably_zero(inner, ins)
+            else:
+                outs = [False] * len(eqn.outvars)
+        else:
+            outs = [False] * len(eqn.outvars)
+        for v, b in zip(eqn.outvars, outs):
+            zero[v] = b
+    return [z(v) for v in jaxpr.outvars]
+
+
 def jaxpr_sources(
     jaxpr: jcore.Jaxpr, in_bits: Sequence[int], cut: Callable | None = None
 ) -> list[int]:
@@ -111,6 +171,11 @@ def jaxpr_sources(
         for v, b in zip(eqn.outvars, _eqn_sources(eqn, ins)):
             if b:
                 live[v] = live.get(v, 0) | b
+        # A ref argument may be written (swap, addupdate, a call that writes it): later reads
+        # of the ref see whatever this equation read.
+        for v in eqn.invars:
+            if isinstance(v, jcore.Var) and _is_ref(v):
+                live[v] = live.get(v, 0) | _union(ins)
     return [live.get(v, 0) if isinstance(v, jcore.Var) else 0 for v in jaxpr.outvars]
 
 
@@ -169,11 +234,15 @@ def grad_dependence(vjp_fun: Callable, cotangent: Any) -> Any:
     """Given a pullback and a cotangent, which gradient leaves depend on the cotangent.
 
     Traces the backward pass (``vjp_fun``) with the cotangent as its only input: a gradient leaf
-    that does not depend on it is a structural zero (stop_gradient, integer path, unused).
+    that does not depend on it and is provably zero is a structural zero (stop_gradient, integer
+    path, unused, a custom VJP rule returning None or zeros); one that does not depend on it but
+    is not provably zero (a custom VJP rule ignoring the cotangent) counts as connected.
     Returns a pytree of bools shaped like ``vjp_fun``'s output.
     """
     ct = jax.tree_util.tree_map(lambda c: jnp.zeros(np.shape(c), jnp.result_type(c)), cotangent)
     closed, out_shape = jax.make_jaxpr(vjp_fun, return_shape=True)(ct)
     n_in = len(closed.jaxpr.invars)
     reach = jaxpr_reach(closed.jaxpr, [True] * n_in)
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), reach)
+    zero = provably_zero(closed.jaxpr)
+    used = [r or not z for r, z in zip(reach, zero)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), used)

@@ -40,7 +40,7 @@ import numpy as np
 import optax
 
 from jaxgrad.coverage import CoverageReport, optimizer_coverage
-from jaxgrad.deps import jaxpr_sources
+from jaxgrad.deps import jaxpr_sources, provably_zero
 from jaxgrad.freeze import path_str
 from jaxgrad.tables import render_table
 from jaxgrad.xla import RUN_ONCE
@@ -309,7 +309,10 @@ def grad_flow(
     bits = jaxpr_sources(closed.jaxpr, [1 << i for i in range(n + 1)] + [0] * n_rest)
     loss_bits, grad_bits = bits[0], bits[1:]
     reads = [bool(loss_bits >> i & 1) for i in range(n)]
-    connected = [bool(b >> n & 1) for b in grad_bits]
+    # A gradient that ignores the cotangent (a custom_vjp rule assuming it is 1) is still a
+    # gradient unless it is provably zero (a None / zeros rule, stop_gradient, unused).
+    zero = provably_zero(closed.jaxpr)[1:]
+    connected = [bool(b >> n & 1) or not z for b, z in zip(grad_bits, zero)]
 
     # Numbers: one jitted value_and_grad; only per-leaf summaries come back to the host. It runs
     # once, so XLA's backend optimisation (most of the compile time) is not worth paying for.

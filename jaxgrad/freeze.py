@@ -37,7 +37,8 @@ def frozen_mask(params: Any, frozen: Sequence[str] | Callable[[str], bool]) -> A
     """Pytree of bools, True where the leaf is frozen.
 
     ``frozen`` is a list of path prefixes (``["encoder", "head/bias"]``) or a predicate on the
-    ``'a/b/c'`` path string.
+    ``'a/b/c'`` path string. A prefix that matches no leaf is a ValueError (a typo would
+    otherwise freeze nothing without a word).
     """
     if callable(frozen):
         pred = frozen
@@ -47,7 +48,17 @@ def frozen_mask(params: Any, frozen: Sequence[str] | Callable[[str], bool]) -> A
         def pred(p: str) -> bool:
             return any(p == x or p.startswith(x.rstrip("/") + "/") for x in prefixes)
 
-    return jax.tree_util.tree_map_with_path(lambda path, _: bool(pred(path_str(path))), params)
+    mask = jax.tree_util.tree_map_with_path(lambda path, _: bool(pred(path_str(path))), params)
+    if not callable(frozen):
+        paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        for x in prefixes:
+            if not any(p == x or p.startswith(x.rstrip("/") + "/") for p in paths):
+                tops = sorted({p.split("/")[0] for p in paths})
+                raise ValueError(
+                    f"frozen pattern {x!r} matches no parameter (a typo would freeze nothing); "
+                    f"top-level names: {', '.join(tops[:12])}"
+                )
+    return mask
 
 
 def optimizer_with_frozen(

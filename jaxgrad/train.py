@@ -56,6 +56,8 @@ def make_train_step(
       jit: compile the step (turn off to debug with prints).
       donate: donate the incoming state's buffers (the caller must not reuse ``state``).
     The step key is ``fold_in(key, state.step)``: pass the same base key every step.
+    An optimizer with extra-args support gets the loss as ``value=`` (optax's convention, used
+    by ``reduce_on_plateau`` and by :func:`jaxgrad.guard.skip_nonfinite`).
     Metrics: ``loss``, every aux entry, ``grad_norm``, ``update_norm``, ``param_norm``.
     """
 
@@ -64,7 +66,10 @@ def make_train_step(
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, batch, step_key
         )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        extra = (
+            {"value": loss} if isinstance(optimizer, optax.GradientTransformationExtraArgs) else {}
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, **extra)
         params = optax.apply_updates(state.params, updates)
         if post_update is not None:
             params = post_update(params)

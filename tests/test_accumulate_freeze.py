@@ -94,8 +94,10 @@ def test_frozen_mask_by_prefix_and_predicate():
     }
     m = frozen_mask(p, lambda path: path.endswith("bias"))
     assert m["head"]["bias"] and m["backbone"]["bias"] and not m["head"]["kernel"]
-    # "back" is not a path component: prefixes match whole components only
-    assert not any(jax.tree.leaves(frozen_mask(p, ["back"])))
+    # "back" is not a path component: prefixes match whole components only, so it matches
+    # nothing, which is an error (a typo would otherwise freeze nothing)
+    with pytest.raises(ValueError, match="'back' matches no parameter"):
+        frozen_mask(p, ["back"])
     path, _ = jax.tree_util.tree_flatten_with_path(p)[0][0]
     assert path_str(path) == "backbone/bias"
 

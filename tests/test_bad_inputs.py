@@ -116,7 +116,7 @@ def test_corrupt_cifar_batch_names_the_file(tmp_path):
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a"] * 10}))
     (folder / "data_batch_1").write_bytes(b"\x80\x04truncated")
     with pytest.raises(ValueError, match=r"data_batch_1 is corrupt.*delete the folder"):
-        cifar10.load_cifar10(tmp_path)
+        cifar10.load_cifar10(tmp_path, batch_md5=None)  # a re-pickled copy
 
 
 def test_archive_md5_mismatch_says_delete_and_download_and_extracts_nothing(tmp_path):
@@ -148,7 +148,7 @@ def test_resume_without_checkpoint_says_train_first(tmp_path):
 def test_checkpoint_of_another_model_is_rejected(tmp_path):
     ckpt = Checkpointer(tmp_path / "ckpt")
     ckpt.save(1, {"w": jnp.zeros((2,), jnp.float32)})
-    with pytest.raises(ValueError, match=r"(?s)does not fit the given tree.*different model"):
+    with pytest.raises(ValueError, match=r"(?s)does not match the expected tree.*another model"):
         ckpt.restore({"w": jnp.zeros((3,), jnp.float32), "b": jnp.zeros(1)})
     assert ckpt.all_steps() == [1]
     ckpt.close()

@@ -155,7 +155,18 @@ def fake_url(tmp_path, monkeypatch):
     batches = _fake_cifar_archive(src, np.random.default_rng(0))
     monkeypatch.setattr(cifar, "CIFAR10_URL", src.as_uri())
     monkeypatch.setattr(cifar, "CIFAR10_MD5", hashlib.md5(src.read_bytes()).hexdigest())
+    monkeypatch.setattr(cifar, "CIFAR10_BATCH_MD5", _member_md5s(src))  # the fake set's own
+    monkeypatch.setattr(cifar, "ROWS_PER_BATCH", 3)
     return src, batches
+
+
+def _member_md5s(archive):
+    with tarfile.open(archive) as tar:
+        return {
+            m.name.rsplit("/", 1)[-1]: hashlib.md5(tar.extractfile(m).read()).hexdigest()
+            for m in tar.getmembers()
+            if m.isfile()
+        }
 
 
 def test_cifar10_download_check_extract_load(tmp_path, fake_url):

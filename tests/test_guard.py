@@ -106,7 +106,7 @@ def test_check_nonfinite_stops_after_n_in_a_row_with_finite_params(key):
         "nonfinite_skipped": 3,
         "nonfinite_in_a_row": 3,
     }
-    with pytest.raises(NonFiniteError, match=r"3 consecutive steps at step 4.*Lower the learning"):
+    with pytest.raises(NonFiniteError, match=r"3 consecutive steps at step 4.*lower the learning"):
         check_nonfinite(state.opt_state, max_in_a_row=3, step=4)
     assert np.isfinite(np.asarray(state.params["w"])).all()
 

@@ -6,12 +6,26 @@ extracts it via a temp folder renamed at the end: an interrupted or corrupt down
 leaves a file that a later call would trust. Accepted layouts for ``data_dir``: the archive,
 ``data_dir/cifar-10-batches-py/``, or the batch files directly in ``data_dir``.
 
-The batches are Python pickles; only load copies you trust (the md5 check covers downloads).
+The batches are Python pickles, and unpickling runs code. Two checks stand before any batch is
+used, each refusing with the file's path:
+
+1. **md5.** Each extracted file (``batches.meta``, ``data_batch_1..5``, ``test_batch``) must have
+   the md5 of the official file (:data:`CIFAR10_BATCH_MD5`, the values torchvision pins). A
+   legitimately re-pickled copy (other protocol, same content) passes ``batch_md5=None`` to skip
+   this check, or a dict of its own md5s.
+2. **Restricted unpickler.** Only the types the official files contain are admitted (dicts,
+   lists, bytes, str, int, and numpy's array reconstruction); anything else — ``os.system``, any
+   other callable — is refused before it runs. This holds with ``batch_md5=None`` too.
+
+Then the content is checked: meta is a dict with 10 ``b"label_names"``, every batch holds
+``b"data"`` rows of 3072 bytes and as many integer ``b"labels"`` in [0, 10), and each batch has
+:data:`ROWS_PER_BATCH` rows (10,000 in the official set).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import shutil
@@ -25,7 +39,7 @@ from tqdm.auto import tqdm
 
 from jaxgrad.data.dataset import ImageDataset
 
-__all__ = ["CIFAR10_MD5", "CIFAR10_URL", "load_cifar10"]
+__all__ = ["CIFAR10_BATCH_MD5", "CIFAR10_MD5", "CIFAR10_URL", "load_cifar10"]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -33,6 +47,35 @@ ARCHIVE = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCHES = ("test_batch",)
+#: md5 of each official extracted file (torchvision's CIFAR10.train_list / test_list / meta).
+CIFAR10_BATCH_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+ROWS_PER_BATCH = 10_000
+_USE_DEFAULT = object()
+# What the official pickles reference: numpy's array reconstruction (module moved in numpy 2).
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refused to load {module}.{name}: a CIFAR-10 batch holds only dicts, lists, bytes, "
+            "ints and numpy arrays"
+        )
 
 
 def _md5(path: Path) -> str:
@@ -102,29 +145,87 @@ def _locate(data_dir: Path, download: bool) -> Path:
     return data_dir / FOLDER
 
 
-def _unpickle(path: Path) -> dict:
+def _unpickle(path: Path, md5: str | None) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"CIFAR-10 batch {path} is missing: the copy is incomplete")
+    raw = path.read_bytes()
+    if md5 is not None and hashlib.md5(raw).hexdigest() != md5:
+        raise ValueError(
+            f"CIFAR-10 batch {path} has md5 {hashlib.md5(raw).hexdigest()}, not the official "
+            f"{md5}: it is corrupt or not the official file, and it was not unpickled. Delete "
+            "the folder and extract again; for a re-pickled copy you trust, pass batch_md5=None"
+        )
     try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+        obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        if "refused to load" in str(e):
+            raise ValueError(f"CIFAR-10 batch {path}: {e}; delete it") from None
         raise ValueError(f"CIFAR-10 batch {path} is corrupt ({e}); delete the folder") from e
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f"CIFAR-10 batch {path} is corrupt ({e}); delete the folder") from e
+    if not isinstance(obj, dict):
+        raise ValueError(
+            f"CIFAR-10 batch {path} holds a {type(obj).__name__}, not a dict: not a CIFAR-10 "
+            "python batch"
+        )
+    return obj
+
+
+def _batch(path: Path, md5: str | None, rows: int | None) -> tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle(path, md5)
+    missing = [k for k in (b"data", b"labels") if k not in batch]
+    if missing:
+        raise ValueError(f"CIFAR-10 batch {path} has no {missing} entry (keys: "
+                         f"{sorted(batch)[:5]}): not a CIFAR-10 python batch")  # fmt: skip
+    data = np.asarray(batch[b"data"])
+    labels = np.asarray(batch[b"labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(
+            f"CIFAR-10 batch {path}: b'data' is {data.dtype}{list(data.shape)}, expected uint8 "
+            "rows of 3072 bytes (3 x 32 x 32, channel-major)"
+        )
+    if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(data),):
+        raise ValueError(
+            f"CIFAR-10 batch {path}: b'labels' is {labels.dtype}{list(labels.shape)}, expected "
+            f"{len(data)} integer class indices (one per row of b'data')"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"CIFAR-10 batch {path}: labels outside [0, 10): "
+                         f"{np.unique(labels[(labels < 0) | (labels > 9)])[:5].tolist()}")  # fmt: skip
+    if rows is not None and len(data) != rows:
+        raise ValueError(
+            f"CIFAR-10 batch {path} has {len(data)} images, the official batches {rows}: the "
+            "copy is incomplete or not CIFAR-10"
+        )
+    return data, labels.astype(np.int32)
 
 
 def load_cifar10(
-    data_dir: str | os.PathLike, *, train: bool = True, download: bool = False
+    data_dir: str | os.PathLike,
+    *,
+    train: bool = True,
+    download: bool = False,
+    batch_md5: dict[str, str] | None = _USE_DEFAULT,  # type: ignore[assignment]
 ) -> ImageDataset:
-    """The 50,000 training (or 10,000 test) images as uint8 ``[N, 32, 32, 3]``, int32 labels."""
+    """The 50,000 training (or 10,000 test) images as uint8 ``[N, 32, 32, 3]``, int32 labels.
+
+    ``batch_md5``: expected md5 per file name (default :data:`CIFAR10_BATCH_MD5`); None skips
+    the md5 check (the restricted unpickler and the content checks still apply).
+    """
+    md5s = CIFAR10_BATCH_MD5 if batch_md5 is _USE_DEFAULT else batch_md5
     folder = _locate(Path(data_dir), download)
-    meta = _unpickle(folder / "batches.meta")
-    names = tuple(n.decode() for n in meta[b"label_names"])
+    meta_path = folder / "batches.meta"
+    meta = _unpickle(meta_path, md5s and md5s.get("batches.meta"))
+    label_names = meta.get(b"label_names")
+    if not isinstance(label_names, list) or len(label_names) != 10:
+        raise ValueError(f"{meta_path}: b'label_names' must be a list of 10 class names, got "
+                         f"{type(label_names).__name__}: not CIFAR-10's meta")  # fmt: skip
+    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in label_names)
     images, labels = [], []
     for name in TRAIN_BATCHES if train else TEST_BATCHES:
-        batch = _unpickle(folder / name)
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        data, lab = _batch(folder / name, md5s and md5s.get(name), ROWS_PER_BATCH)
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # CHW rows → HWC
-        labels.append(np.asarray(batch[b"labels"], dtype=np.int32))
+        labels.append(lab)
     return ImageDataset(
         np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), names, "cifar10"
     )

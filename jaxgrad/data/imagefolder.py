@@ -68,23 +68,47 @@ def _decode(path: Path) -> np.ndarray:
         raise ValueError(f"cannot decode image {path}: {e}; remove or replace the file") from e
 
 
+def _check_classes(root: Path, classes: tuple[str, ...], min_classes: int) -> None:
+    if len(classes) < min_classes:
+        raise ValueError(
+            f"{root} has {len(classes)} class folder(s) ({', '.join(classes)}): a classifier "
+            f"needs at least {min_classes}; expected root/<class>/<image>.jpg|png with one "
+            "sub-folder per class"
+        )
+
+
 def load_image_folder(
-    root: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None
+    root: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    min_classes: int = 2,
 ) -> ImageDataset:
     """Load ``root/<class>/<image>`` as an :class:`ImageDataset` (all images the same size).
 
     ``cache_dir`` (default :func:`default_cache_dir`) holds the decoded ``.npz``; delete it to
-    force a re-decode. Raises FileNotFoundError / ValueError naming the folder or file at fault.
+    force a re-decode. Raises FileNotFoundError / ValueError naming the folder or file at fault,
+    also when there are fewer than ``min_classes`` class folders (checked after decoding, so a
+    bad file is named first).
     """
     root = Path(root)
     classes, files = _scan(root)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        blocker = next((p for p in (cache, *cache.parents) if p.is_file()), cache)
+        raise ValueError(
+            f"cache dir {cache} cannot be created: {blocker} is a regular file. Pick another "
+            "--cache-dir (or remove that file)"
+        ) from e
     cache_file = cache / f"imagefolder-{root.name}-{_fingerprint(root, files)}.npz"
     source = f"imagefolder:{root}"
     if cache_file.exists():
         try:
             with np.load(cache_file) as z:
-                return ImageDataset(z["images"], z["labels"], classes, source)
+                ds = ImageDataset(z["images"], z["labels"], classes, source)
+            _check_classes(root, classes, min_classes)
+            return ds
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache (e.g. disk trouble): decode again and rewrite it
     with ThreadPoolExecutor(max_workers=4) as pool:  # Pillow releases the GIL while decoding
@@ -95,6 +119,7 @@ def load_image_folder(
             f"images in {root} have different sizes {sorted(shapes)[:4]}...; resize them to one "
             "size first (e.g. 32x32 for the CIFAR-10 ViT)"
         )
+    _check_classes(root, classes, min_classes)
     images = np.stack(arrays)
     labels = np.asarray([label for _, label in files], dtype=np.int32)
     buf = io.BytesIO()

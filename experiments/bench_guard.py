@@ -1,0 +1,110 @@
+"""Benchmark: the jitted ViT train step with and without issue 13's label check and wider guard.
+
+Run: ``python -m experiments.bench_guard`` (CPU is fine; ``--tiny`` for seconds). Prints
+medians and the new/old ratio of wall and CPU time per step; returns them from ``main``.
+
+- ``old``: one-hot ``optax.softmax_cross_entropy`` (with label smoothing) and
+  ``optax.apply_if_finite`` (the guard before issue 13: gradients only);
+- ``new``: :func:`jaxgrad.losses.cross_entropy` (NaN loss for an out-of-range label) and
+  :func:`jaxgrad.guard.skip_nonfinite` (loss, gradient, update and new params), with the loss
+  passed as ``value=`` by :func:`jaxgrad.train.make_train_step`.
+
+The two steps run interleaved (old, new, new, old, ...), each sample ``--steps`` donated steps
+then ``block_until_ready``, after compilation and warm-up; the PyTorch equivalent is the seed's
+``loss = criterion(model(images), labels); loss.backward(); optimizer.step()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxgrad.cli import check_config, option, parse, positive
+from jaxgrad.data.pipeline import normalize
+from jaxgrad.guard import skip_nonfinite
+from jaxgrad.losses import cross_entropy
+from jaxgrad.models.vit import ViTConfig, init_vit
+from jaxgrad.train import init_train_state, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    dim: int = option(128, "ViT width (small enough for a shared CPU)")
+    depth: int = option(2, "transformer blocks")
+    batch_size: int = option(64, "the seed's batch size")
+    label_smoothing: float = option(0.1, "smoothing of both losses", ge=0, lt=1)
+    samples: int = option(30, "timed samples per variant (medians reported)")
+    steps: int = option(5, "train steps per sample")
+    warmup: int = option(3, "untimed steps after compilation")
+
+    def __post_init__(self):
+        check_config(self)
+        positive(self, "dim", "depth", "batch_size", "samples", "steps")
+
+    @classmethod
+    def tiny(cls) -> Config:
+        return cls(dim=32, depth=1, batch_size=16, samples=4, steps=2, warmup=1)
+
+
+def make_step(cfg: Config, new: bool):
+    vit = ViTConfig(dim=cfg.dim, depth=cfg.depth, heads=4, mlp_dim=2 * cfg.dim, dim_head=32)
+    graphdef, params = nnx.split(init_vit(vit, jax.random.key(0)), nnx.Param)
+
+    def loss_fn(p, batch, key):
+        logits = nnx.merge(graphdef, p)(normalize(batch["images"]), deterministic=False, rngs=key)
+        if new:
+            return cross_entropy(logits, batch["labels"], label_smoothing=cfg.label_smoothing), {}
+        onehot = jax.nn.one_hot(batch["labels"], logits.shape[-1], dtype=logits.dtype)
+        onehot = optax.smooth_labels(onehot, cfg.label_smoothing)
+        return optax.softmax_cross_entropy(logits, onehot).mean(), {}
+
+    opt = optax.adam(1e-3)
+    opt = skip_nonfinite(opt) if new else optax.apply_if_finite(opt, 2**31 - 1)
+    return make_train_step(loss_fn, opt), init_train_state(params, opt)
+
+
+def main(cfg: Config) -> dict:
+    rng = np.random.default_rng(0)
+    batch = {
+        "images": jnp.asarray(rng.integers(0, 256, (cfg.batch_size, 32, 32, 3), np.uint8)),
+        "labels": jnp.asarray(rng.integers(0, 10, (cfg.batch_size,), np.int32)),
+    }
+    key = jax.random.key(1)
+    runs = {}
+    for name in ("old", "new"):
+        step, state = make_step(cfg, name == "new")
+        for _ in range(cfg.warmup):
+            state, _ = step(state, batch, key)
+        runs[name] = [step, jax.block_until_ready(state), []]
+    for i in range(cfg.samples):
+        for name in ("old", "new") if i % 2 == 0 else ("new", "old"):
+            step, state, times = runs[name]
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(cfg.steps):
+                state, _ = step(state, batch, key)
+            jax.block_until_ready(state)
+            times.append(((time.perf_counter() - w0) / cfg.steps,
+                          (time.process_time() - c0) / cfg.steps))  # fmt: skip
+            runs[name][1] = state
+    med = {n: np.median(np.array(r[2]), axis=0) for n, r in runs.items()}
+    out = {
+        "old_ms": {"wall": med["old"][0] * 1e3, "cpu": med["old"][1] * 1e3},
+        "new_ms": {"wall": med["new"][0] * 1e3, "cpu": med["new"][1] * 1e3},
+        "ratio_wall": float(med["new"][0] / med["old"][0]),
+        "ratio_cpu": float(med["new"][1] / med["old"][1]),
+    }
+    for n in ("old", "new"):
+        print(f"{n}: {out[n + '_ms']['wall']:.2f} ms wall, {out[n + '_ms']['cpu']:.2f} ms CPU "
+              "per step (median)")  # fmt: skip
+    print(f"new/old: wall {out['ratio_wall']:.3f}, CPU {out['ratio_cpu']:.3f}")
+    return out
+
+
+if __name__ == "__main__":
+    main(parse(Config))
