@@ -13,8 +13,8 @@ On a terminal it is a tqdm bar (one per run, the epoch in the description, kept 
 when the stream is not a terminal (a log file, CI, a pipe) it prints plain lines -- the first
 chunk, then at most one every ``every_s`` seconds, then the last -- with no ``\\r`` or ANSI codes.
 ``enabled=False`` (an experiment's ``--no-progress``) prints nothing. Rate and ETA come from the
-finished steps and the wall clock since the reporter started, so they are right from the first
-chunk on (the first chunk includes compilation: the rate only improves after it).
+finished steps and the wall clock: after the first chunk over the time since the start (marked
+"compilation included"), from the second report on over the steps since the first one.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ class Progress:
       total: steps in the whole run (all epochs).
       desc: shown before the counts; :meth:`set_epoch` appends ``epoch e/E``.
       unit: what a step is called.
-      show: metric names whose last value in the chunk is shown (``loss 2.301``).
+      show: metric names whose last value in the chunk is shown (``loss 2.301``); ``None``:
+        every metric passed.
       enabled: ``False`` prints nothing (``--no-progress``).
       stream: where to write (default ``sys.stderr``).
       tty: force terminal (tqdm) or plain-line mode; default: ``stream.isatty()``.
@@ -78,7 +79,7 @@ class Progress:
         *,
         desc: str = "",
         unit: str = "step",
-        show: Sequence[str] = ("loss",),
+        show: Sequence[str] | None = ("loss",),
         enabled: bool = True,
         stream: IO | None = None,
         tty: bool | None = None,
@@ -88,7 +89,8 @@ class Progress:
     ):
         if total < 0 or initial < 0 or initial > total:
             raise ValueError(f"need 0 <= initial <= total, got initial={initial}, total={total}")
-        self.total, self.unit, self.show, self.enabled = int(total), unit, tuple(show), enabled
+        self.total, self.unit, self.enabled = int(total), unit, enabled
+        self.show = None if show is None else tuple(show)
         self.stream = stream if stream is not None else sys.stderr
         self.tty = _is_tty(self.stream) if tty is None else tty
         self.every_s, self.clock = every_s, clock
@@ -98,6 +100,7 @@ class Progress:
         self.postfix: dict[str, float] = {}
         self._t0 = clock()
         self._last_print: float | None = None
+        self._first: tuple[int, float] | None = None  # (steps, time) at the first report
         self._closed = False
         self.bar = None
         if enabled and self.tty:
@@ -130,12 +133,14 @@ class Progress:
                 f"progress: {n} steps done is outside [{self._initial}, {self.total}]; "
                 "pass steps done so far in this epoch and call set_epoch with steps_before"
             )
-        for k in self.show:
+        for k in self.show if self.show is not None else (metrics or {}):
             if metrics is not None and k in metrics:
                 v = _last_value(metrics[k])
                 if v is not None:
                     self.postfix[k] = v
         advanced, self.n = n - self.n, n
+        if self._first is None and n > self._initial:
+            self._first = (n, self.clock())
         if not self.enabled:
             return
         if self.bar is not None:
@@ -151,9 +156,15 @@ class Progress:
     # -- reading -------------------------------------------------------------------------------
 
     def rate(self) -> float:
-        """Finished steps per second since the reporter started (``nan`` before any finished)."""
-        elapsed = self.clock() - self._t0
-        done = self.n - self._initial
+        """Finished steps per second (``nan`` before any finished).
+
+        After the first chunk: over the time since the start (compilation included). From the
+        second report on: over the steps since the first report, so compilation stops counting.
+        """
+        now = self.clock()
+        if self._first is not None and self.n > self._first[0] and now > self._first[1]:
+            return (self.n - self._first[0]) / (now - self._first[1])
+        done, elapsed = self.n - self._initial, now - self._t0
         return done / elapsed if done > 0 and elapsed > 0 else math.nan
 
     def eta(self) -> float:
@@ -173,7 +184,7 @@ class Progress:
         parts = [
             f"{self.desc + ': ' if self.desc else ''}{self.n:,}/{self.total:,} {self.unit}s "
             f"({pct:.0f}%)",
-            rate,
+            rate + (" (compilation included)" if self._first and self._first[0] == self.n else ""),
             f"elapsed {format_duration(self.clock() - self._t0)}",
             f"ETA {format_duration(self.eta()) if self.n < self.total else '0 s'}",
         ]

@@ -36,8 +36,10 @@ def test_plain_lines_count_finished_steps_with_rate_eta_and_metrics():
     p.close()
     lines = out.getvalue().splitlines()
     assert lines == [
-        "vit epoch 1/2: 20/100 steps (20%) · 2 step/s · elapsed 10 s · ETA 40 s · loss 2.25",
-        "vit epoch 2/2: 80/100 steps (80%) · 1.78 step/s · elapsed 45 s · ETA 11 s · loss 1.5",
+        # first chunk: 20 steps / 10 s since the start; later: steps since the first report
+        "vit epoch 1/2: 20/100 steps (20%) · 2 step/s (compilation included) · elapsed 10 s · "
+        "ETA 40 s · loss 2.25",
+        "vit epoch 2/2: 80/100 steps (80%) · 1.71 step/s · elapsed 45 s · ETA 12 s · loss 1.5",
         "vit epoch 2/2: 100/100 steps (100%) · 2 step/s · elapsed 50 s · ETA 0 s · loss 1.25",
     ]
     assert "\r" not in out.getvalue() and not ANSI.search(out.getvalue())
