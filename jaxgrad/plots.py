@@ -82,7 +82,7 @@ def run_title(what: str, *, source: str, flags: Sequence[str] = (), **facts: obj
     """
     data = f"data: {source}"
     if "synthetic" in source.lower() and "not" not in source.lower():
-        data += " (synthetic, NOT a real dataset)"
+        data += " — NOT a real dataset"
     parts = [what, data, *(f"{k} {v}" for k, v in facts.items()), *flags]
     return " · ".join(parts)
 
