@@ -176,6 +176,7 @@ class Progress:
         """The plain status line: ``desc: n/total steps (p%) · r step/s · elapsed · ETA · metrics``."""
         pct = 100.0 * self.n / self.total if self.total else 100.0
         r = self.rate()
+        first = self._first is not None and self._first[0] == self.n  # only the first chunk
         rate = (
             "? " + self.unit + "/s"
             if not r > 0
@@ -184,9 +185,11 @@ class Progress:
         parts = [
             f"{self.desc + ': ' if self.desc else ''}{self.n:,}/{self.total:,} {self.unit}s "
             f"({pct:.0f}%)",
-            rate + (" (compilation included)" if self._first and self._first[0] == self.n else ""),
+            rate + " (compilation included)" * first,
             f"elapsed {format_duration(self.clock() - self._t0)}",
-            f"ETA {format_duration(self.eta()) if self.n < self.total else '0 s'}",
+            f"ETA {'at most ' * first}{format_duration(self.eta())}"
+            if self.n < self.total
+            else "ETA 0 s",
         ]
         parts += [f"{k} {v:.4g}" for k, v in self.postfix.items()]
         return " · ".join(parts)

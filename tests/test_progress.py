@@ -38,7 +38,7 @@ def test_plain_lines_count_finished_steps_with_rate_eta_and_metrics():
     assert lines == [
         # first chunk: 20 steps / 10 s since the start; later: steps since the first report
         "vit epoch 1/2: 20/100 steps (20%) · 2 step/s (compilation included) · elapsed 10 s · "
-        "ETA 40 s · loss 2.25",
+        "ETA at most 40 s · loss 2.25",
         "vit epoch 2/2: 80/100 steps (80%) · 1.71 step/s · elapsed 45 s · ETA 12 s · loss 1.5",
         "vit epoch 2/2: 100/100 steps (100%) · 2 step/s · elapsed 50 s · ETA 0 s · loss 1.25",
     ]
