@@ -42,11 +42,11 @@ def plot_curves(
 
     ``logy`` names the panels drawn on a log y-axis; ``ylabels`` maps a panel to its y label
     (default: the panel's name). Series get distinct colours *and* line styles; a legend with
-    more than three entries goes beside the axes, never over the data. ``note`` is printed
+    more than one entry goes beside the axes, never over the data. ``note`` is printed
     under the figure (e.g. series left out).
     """
     ylabels = dict(ylabels or {})
-    wide = any(len(series) > 3 for series in panels.values())
+    wide = any(len(series) > 1 for series in panels.values())
     fig, axes = plt.subplots(
         1,
         len(panels),
@@ -62,10 +62,10 @@ def plot_curves(
         ax.set_ylabel(ylabels.get(name, name))
         if name in logy:
             ax.set_yscale("log")
-        if len(series) > 3:
+        if xlabel in ("step", "epoch"):  # whole steps / epochs on the axis
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        if len(series) > 1:  # beside the axes: a legend never hides data
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-        elif len(series) > 1:
-            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
