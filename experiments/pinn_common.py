@@ -170,7 +170,8 @@ def train(
             shown = {f"L_{n}": history[f"loss_{n}"][-1][0] for n in names}
             if rule is not None:
                 shown |= {f"λ_{n}": history[f"w_{n}"][-1][0] for n in names if n != reference}
-            bar(start, shown)
+            if start > 1 or start == steps:  # a rule's 1-step first chunk: no rate worth showing
+                bar(start, shown)
     jax.block_until_ready(states.params)
     bar.close()
     return {
