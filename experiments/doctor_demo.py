@@ -264,7 +264,10 @@ def watch_grad_norms(cfg: Config, out_dir: Path) -> dict:
         state, metrics = steps(state, jax.tree.map(lambda *b: jnp.stack(b), *batches), keys["step"])
         for alert in monitor.record(start, jax.device_get(metrics)):
             print("  ALERT", alert)
-    png = monitor.plot(out_dir / "grad_norms.png", title="disconnected text tower: norms")
+    png = monitor.plot(
+        out_dir / "grad_norms.png",
+        title="doctor demo, disconnected text tower: gradient norm per module",
+    )
     last = {m: v[-1] for m, (_, v) in monitor.history.items()}
     print(f"  {cfg.steps} steps in {time.perf_counter() - t0:.1f} s; wrote {png}")
     return {"final_loss": float(metrics["loss"][-1]), "last_norms": last, "alerts": monitor.alerts}

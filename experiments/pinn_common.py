@@ -28,15 +28,33 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from matplotlib.lines import Line2D
 
-from jaxgrad.plots import plot_curves, save_figure, subplots
+from jaxgrad.plots import STYLES, save_figure, subplots
+from jaxgrad.progress import Progress
 from jaxgrad.terms import term_grads
 from jaxgrad.train import init_train_state, make_multi_step
 from jaxgrad.weighting import grad_norm_balancing, lr_annealing, pcgrad_loss, weighted_sum
 
-__all__ = ["METHODS", "plot_fields", "plot_grad_histograms", "plot_history", "relative_l2", "train"]
+__all__ = [
+    "METHODS",
+    "PIPELINE_CHECK",
+    "is_pipeline_check",
+    "plot_fields",
+    "plot_grad_histograms",
+    "plot_history",
+    "relative_l2",
+    "train",
+]
 
 METHODS = ("fixed", "annealing", "grad_norm", "pcgrad")
+MIN_RESULT_STEPS = 2000  # shorter runs check the pipeline; their errors and gains mean nothing
+PIPELINE_CHECK = "tiny: checks the pipeline, not the method"
+
+
+def is_pipeline_check(steps: int) -> bool:
+    """True when a run is too short for its errors to compare methods (no gains printed)."""
+    return steps < MIN_RESULT_STEPS
 
 
 def relative_l2(pred: Any, exact: Any) -> float:
@@ -61,6 +79,8 @@ def train(
     chunk: int = 100,
     log_every: int = 100,
     annealing_select: Callable[[str], bool] | None = None,
+    desc: str = "",
+    progress: bool = True,
 ) -> dict:
     """Train one model per seed, all seeds at once (``vmap``: one compilation for every seed).
 
@@ -79,6 +99,9 @@ def train(
         ``fold_in(data_keys[i], s)``.
       chunk: steps per scan when no rule runs (with a rule a chunk is ``period`` steps).
       annealing_select: which weight matrices enter annealing's λ̂, by path (default: all).
+      desc, progress: the progress bar's label (one bar per call) and ``--no-progress``; it
+        advances at each history point (where the loop reads the metrics anyway) and shows the
+        first seed's terms and, with a rule, its weights λ.
     Returns: ``{"graphdef", "params" (leaves [S, ...]), "terms", "seconds",
     "history": {"step": [T], "loss_<n>": [T][S], "w_<n>": [T][S]}}``.
     """
@@ -131,6 +154,7 @@ def train(
         wstates = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (len(models),)), w0)
     span = period if rule is not None else chunk
     history: dict[str, list] = {"step": []}
+    bar = Progress(steps, desc=desc, show=None, enabled=progress)
     t0 = time.perf_counter()
     start, next_log = 0, 0
     while start < steps:
@@ -148,7 +172,13 @@ def train(
                 w = weights0[n] if wstates is None else wstates.weights[n]
                 w = np.broadcast_to(np.asarray(w), (len(models),))
                 history.setdefault(f"w_{n}", []).append(w.tolist())
+            shown = {f"L_{n}": history[f"loss_{n}"][-1][0] for n in names}
+            if rule is not None:
+                shown |= {f"λ_{n}": history[f"w_{n}"][-1][0] for n in names if n != reference}
+            if start > 1 or start == steps:  # a rule's 1-step first chunk: no rate worth showing
+                bar(start, shown)
     jax.block_until_ready(states.params)
+    bar.close()
     return {
         "graphdef": graphdef,
         "params": states.params,
@@ -168,51 +198,112 @@ def plot_grad_histograms(path: Path, grads_by_run: dict[str, dict], *, title: st
         sum(np.ndim(x) >= 2 for x in jax.tree_util.tree_leaves(next(iter(g.values()))))
         for g in grads_by_run.values()
     )
-    fig, axes = subplots(len(runs), n_mats, figsize=(3.2 * n_mats, 2.6 * len(runs)), squeeze=False)
+    fig, axes = subplots(
+        len(runs),
+        n_mats,
+        figsize=(2.6 * n_mats + 0.8, 2.2 * len(runs) + 0.8),
+        squeeze=False,
+        layout="constrained",
+    )
     for r, run in enumerate(runs):
-        for term, g in grads_by_run[run].items():
-            mats = [np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(g) if np.ndim(x) >= 2]
-            for c, vals in enumerate(mats):
-                ax = axes[r, c]
+        for t, (term, g) in enumerate(grads_by_run[run].items()):
+            mats = [np.asarray(x) for x in jax.tree_util.tree_leaves(g) if np.ndim(x) >= 2]
+            for c, w in enumerate(mats):
+                ax, vals = axes[r, c], w.ravel()
                 lim = max(1e-12, float(np.quantile(np.abs(vals), 0.99)))
-                ax.hist(vals, bins=60, range=(-lim, lim), density=True, histtype="step", label=term)
+                ax.hist(vals, bins=60, range=(-lim, lim), density=True, histtype="step",
+                        color=f"C{t}", ls=STYLES[t % 4], label=term)  # fmt: skip
                 ax.set_yscale("log")
-                ax.set_title(f"{run}: W{c + 1}", fontsize=9)
-        axes[r, 0].legend(fontsize=7)
+                ax.tick_params(labelsize=7)
+                ax.set_title(f"W{c + 1} {w.shape[0]}x{w.shape[1]}", fontsize=8)
+                if r == len(runs) - 1:
+                    ax.set_xlabel("∂L_term/∂W", fontsize=8)
+        axes[r, 0].set_ylabel(f"{run}\ndensity (log)", fontsize=8)
         for c in range(len(mats), n_mats):  # a smaller architecture in this row
             axes[r, c].axis("off")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
 
 
-def plot_fields(path: Path, x: np.ndarray, y: np.ndarray, exact: np.ndarray, pred: dict) -> Path:
-    """Exact field, each prediction, and each |error| map on the ``[ny, nx]`` grid."""
-    cols = 1 + 2 * len(pred)
-    fig, axes = subplots(1, cols, figsize=(3.4 * cols, 3.0), squeeze=False)
-    panels = [("exact", exact)]
-    for name, p in pred.items():
-        panels += [(f"{name}: predicted", p), (f"{name}: |error|", np.abs(p - exact))]
-    for ax, (name, z) in zip(axes[0], panels):
-        im = ax.pcolormesh(x, y, z, shading="auto", cmap="jet")
-        fig.colorbar(im, ax=ax, fraction=0.046)
-        ax.set_title(name, fontsize=9)
-        ax.set_aspect("equal")
+def plot_fields(
+    path: Path, x: np.ndarray, y: np.ndarray, exact: np.ndarray, pred: dict, *, title: str = ""
+) -> Path:
+    """A grid: the exact field on top, then one row per method, [prediction, |error|].
+
+    Predictions share the exact field's colour scale, every |error| map one scale; each title
+    gives the method's relative L2 error on the ``[ny, nx]`` grid.
+    """
+    rows = 1 + len(pred)
+    fig, axes = subplots(
+        rows, 2, figsize=(7.0, 3.0 * rows + 0.8), squeeze=False, layout="constrained"
+    )
+    lo = min(float(np.min(exact)), *(float(np.min(p)) for p in pred.values()))
+    hi = max(float(np.max(exact)), *(float(np.max(p)) for p in pred.values()))
+    err_max = max(float(np.max(np.abs(p - exact))) for p in pred.values())
+    span = max(abs(lo), abs(hi))  # a diverging map centred on u = 0
+    field_kw = {"shading": "auto", "cmap": "RdBu_r", "vmin": -span, "vmax": span}
+    err_kw = {"shading": "auto", "cmap": "magma", "vmin": 0.0, "vmax": err_max}
+    im_field = axes[0, 0].pcolormesh(x, y, exact, **field_kw)
+    axes[0, 0].set_title("exact u", fontsize=9)
+    axes[0, 1].axis("off")
+    for r, (name, p) in enumerate(pred.items(), 1):
+        axes[r, 0].pcolormesh(x, y, p, **field_kw)
+        axes[r, 0].set_title(
+            f"{name}: prediction (rel. L2 {relative_l2(p, exact):.2e})", fontsize=9
+        )
+        im_err = axes[r, 1].pcolormesh(x, y, np.abs(p - exact), **err_kw)
+        axes[r, 1].set_title(f"{name}: |error|", fontsize=9)
+    for ax in axes.ravel():
+        if ax.axison:
+            ax.set_aspect("equal")
+            ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("x", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("y", fontsize=8)
+    for ax, im, label in (
+        (axes[:, 0], im_field, "u: exact and predictions (one scale)"),
+        (axes[:, 1], im_err, "|u_pred − u| (one scale for every method)"),
+    ):
+        fig.colorbar(im, ax=ax, location="bottom", shrink=0.85, aspect=30, label=label)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
 
 
 def plot_history(path: Path, histories: dict[str, dict], *, seed: int = 0, title: str = "") -> Path:
-    """Loss curves per term and the term weights over training, one series per run.
+    """Loss per term and term weights over training: colour = run, line style = term.
 
     ``histories[run]`` is :func:`train`'s history; ``seed`` picks the model (index) to draw.
+    Weights that stay at their start value (fixed, pcgrad) are left out of the weights panel.
     """
-    losses, weights = {}, {}
-    for run, h in histories.items():
-        for k, v in h.items():
-            if k.startswith("loss_"):
-                losses[f"{run} {k[5:]}"] = (h["step"], [x[seed] for x in v])
-            elif k.startswith("w_"):
-                weights[f"{run} {k[2:]}"] = (h["step"], [x[seed] for x in v])
-    return plot_curves(
-        path, {"loss terms": losses, "term weights": weights}, title=title, logy=("loss terms",)
-    )
+    terms = sorted({k[5:] for h in histories.values() for k in h if k.startswith("loss_")})
+    fig, (ax_loss, ax_w) = subplots(1, 2, figsize=(11.5, 4.0), layout="constrained")
+    for i, h in enumerate(histories.values()):
+        for t, term in enumerate(terms):
+            kw = {"color": f"C{i % 10}", "ls": STYLES[t % 4], "lw": 1.2}
+            if f"loss_{term}" in h:
+                ax_loss.plot(h["step"], [v[seed] for v in h[f"loss_{term}"]], **kw)
+            w = [v[seed] for v in h.get(f"w_{term}", [])]
+            if w and max(w) != min(w):
+                ax_w.plot(h["step"], w, **kw)
+    for ax, ylabel in ((ax_loss, "loss term (log)"), (ax_w, "term weight λ (log)")):
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    ax_loss.set_title("loss per term")
+    ax_w.set_title("adaptive term weights (constant ones left out)")
+    if not ax_w.lines:
+        ax_w.text(0.5, 0.5, "no adaptive weights in these runs", ha="center",
+                  transform=ax_w.transAxes)  # fmt: skip
+    runs = [Line2D([], [], color=f"C{i % 10}", lw=2) for i in range(len(histories))]
+    styles = [Line2D([], [], color="0.2", ls=STYLES[t % 4]) for t in range(len(terms))]
+    fig.legend(runs + styles, [*histories, *(f"term: {t}" for t in terms)],
+               loc="outside right center", fontsize=8)  # fmt: skip
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)

@@ -117,19 +117,45 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _show(value: Any) -> str:
+    """A default or choice as it is typed on the command line."""
+    if isinstance(value, tuple):
+        return " ".join(_show(v) for v in value) if value else "(empty)"
+    if value is None:
+        return "none"
+    if value == "":
+        return "''"
+    return str(value)
+
+
+def _help_text(f: dataclasses.Field, tp: Any, optional: bool) -> str:
+    """The field's help, then its choices, its default and how to unset it; ``%`` escaped."""
+    text = f.metadata.get("help", "")
+    if "choices" in f.metadata:
+        text += f" [choices: {', '.join(_show(c) for c in f.metadata['choices'])}]"
+    text += f" (default: {_show(f.default)}"
+    if optional and tp is not bool:
+        text += "; 'none' to unset"
+    return (text + ")").replace("%", "%%")
+
+
 def _parser_for(cls: type, description: str | None) -> argparse.ArgumentParser:
+    # raw description: module docstrings keep their lines (PyTorch snippets stay readable)
     parser = argparse.ArgumentParser(
         description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--tiny", action="store_true", help="start from the tiny() config (seconds on CPU)"
+        "--tiny",
+        action="store_true",
+        help="start from the tiny() config: checks the pipeline on CPU in seconds to a few "
+        "minutes; its numbers are not results",
     )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         tp, optional = _unwrap_optional(hints[f.name])
-        kw: dict[str, Any] = {"help": f.metadata.get("help", ""), "default": argparse.SUPPRESS}
+        kw: dict[str, Any] = {"help": _help_text(f, tp, optional), "default": argparse.SUPPRESS}
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         if tp is bool:
@@ -137,6 +163,7 @@ def _parser_for(cls: type, description: str | None) -> argparse.ArgumentParser:
             continue
         if typing.get_origin(tp) is tuple:
             inner = typing.get_args(tp)[0]
+            kw["metavar"] = getattr(inner, "__name__", "VALUE").upper()  # choices: in the help
             parser.add_argument(flag, nargs="*", type=inner, **kw)
             continue
         conv = tp if tp in (int, float, str) else str
@@ -146,7 +173,6 @@ def _parser_for(cls: type, description: str | None) -> argparse.ArgumentParser:
             def conv(s: str, base=base):
                 return None if s.lower() == "none" else base(s)
 
-            kw["help"] += " ('none' to unset)"
         kw["type"] = conv
         kw["metavar"] = getattr(tp, "__name__", "VALUE").upper()
         parser.add_argument(flag, **kw)

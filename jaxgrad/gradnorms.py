@@ -178,14 +178,26 @@ class GradNormMonitor:
         return out
 
     def plot(self, path: str | os.PathLike, *, title: str = "gradient norm per module") -> Path:
-        """A PNG (log y) of every module's gradient norm over steps; non-positive values are gaps."""
+        """A PNG (log y) of every module's gradient norm over steps; non-positive values are gaps.
+
+        A module whose norm is always 0 (or never finite) cannot be drawn on a log axis: it is
+        left out of the legend and named under the plot instead.
+        """
         if not self.history:
             raise ValueError("nothing recorded yet: call record(step, metrics) first")
-        series = {}
+        series, undrawable = {}, []
         for m, (s, vals) in self.history.items():
-            # A module whose norm is always 0 has no line on a log axis: say so in the legend.
-            label = m if any(v != 0 for v in vals) else f"{m} (always 0)"
-            series[label] = (s, [v if v > 0 and math.isfinite(v) else math.nan for v in vals])
+            drawn = [v if v > 0 and math.isfinite(v) else math.nan for v in vals]
+            if all(math.isnan(v) for v in drawn):
+                undrawable.append(m)
+            else:
+                series[m] = (s, drawn)
+        note = f"always 0 or non-finite (not drawable on a log axis): {', '.join(undrawable)}"
         return plot_curves(
-            path, {"gradient L2 norm": series}, title=title, logy=("gradient L2 norm",)
+            path,
+            {"gradient L2 norm": series},
+            title=title,
+            logy=("gradient L2 norm",),
+            ylabels={"gradient L2 norm": "gradient L2 norm (log)"},
+            note=note if undrawable else "",
         )

@@ -253,3 +253,16 @@ def test_epoch_and_eval_indices():
     assert sorted(idx[mask].tolist()) == list(range(10)) and mask.sum() == 10
     with pytest.raises(ValueError, match="larger than the dataset"):
         epoch_indices(jax.random.key(0), 3, 4)
+
+
+def test_image_folder_reports_decoding_and_the_cache_on_stderr(tmp_path, capsys):
+    _write_folder(tmp_path / "imgs", np.random.default_rng(1))
+    load_image_folder(tmp_path / "imgs", cache_dir=tmp_path / "cache")
+    err = capsys.readouterr().err  # pytest's stderr is not a terminal: plain lines
+    assert f"decoding {tmp_path / 'imgs'} (first load only): 1/7 images (14%)" in err
+    assert "7/7 images (100%)" in err and "decoded 7 images in" in err and "cached as" in err
+    assert "\r" not in err and "\x1b[" not in err
+    load_image_folder(tmp_path / "imgs", cache_dir=tmp_path / "cache")
+    assert "7 images from the cache" in capsys.readouterr().err
+    load_image_folder(tmp_path / "imgs", cache_dir=tmp_path / "cache", progress=False)
+    assert capsys.readouterr().err == ""

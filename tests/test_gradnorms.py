@@ -109,3 +109,18 @@ def test_monitor_bad_inputs():
         GradNormMonitor(patience=0)
     with pytest.raises(ValueError, match="nothing recorded yet"):
         GradNormMonitor().plot("unused.png")
+
+
+def test_plot_leaves_always_zero_series_out_of_the_log_legend(tmp_path, monkeypatch):
+    import jaxgrad.plots
+
+    figs = []
+    monkeypatch.setattr(jaxgrad.plots, "save_figure", lambda fig, path: figs.append(fig))
+    mon = GradNormMonitor(warn=False)
+    for i in range(3):
+        mon.record(i, {"grad_norm/image": 1.0 + i, "grad_norm/text": 0.0, "grad_norm/head": 0.5})
+    mon.plot(tmp_path / "norms.png")
+    (ax,) = figs[0].axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["image", "head"]
+    assert "text" in figs[0]._supxlabel.get_text()  # named under the plot instead
+    assert len({(line.get_color(), line.get_linestyle()) for line in ax.lines}) == 2

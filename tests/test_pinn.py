@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -137,7 +138,7 @@ def test_short_poisson_run_with_annealing_reaches_threshold():
     assert s["annealing"]["weights"]["dirichlet"] > 1.0  # the boundary term was scaled up
 
 
-def test_helmholtz_code_form_annealing_leaves_the_encoders_out(monkeypatch):
+def test_helmholtz_code_form_annealing_leaves_the_encoders_out(monkeypatch, tmp_path, capsys):
     seen = []
     real = pinn_helmholtz.train
 
@@ -150,10 +151,20 @@ def test_helmholtz_code_form_annealing_leaves_the_encoders_out(monkeypatch):
         pinn_helmholtz.Config.tiny(),
         steps=21,
         seeds=(0,),
-        variants=("annealed", "improved_code_annealed"),
-        out_dir="",
+        variants=("plain", "annealed", "improved_code_annealed"),
+        out_dir=str(tmp_path),
     )
     summary = pinn_helmholtz.main(cfg)
-    assert seen[0] is None
-    assert not seen[1]("['encoder_u']['kernel'].value") and seen[1]("['gates'][0]['kernel'].value")
+    assert seen[1] is None
+    assert not seen[2]("['encoder_u']['kernel'].value") and seen[2]("['gates'][0]['kernel'].value")
     assert summary["improved_code_annealed"]["final_weight_bc"][0] > 1.0  # annealing ran
+    # what a person sees: no gain figures from 21 steps, a progress line per variant (plain:
+    # stderr is not a terminal under pytest), the three figures
+    out, err = capsys.readouterr()
+    assert "tiny: checks the pipeline, not the method (21 steps)" in out
+    assert not re.search(r"\d\.\dx", out), out  # with "plain" run, a gain would be printed
+    assert re.search(r"^annealed \(1 seed\): 21/21 steps \(100%\) .* L_bc .* λ_bc ", err, re.M)
+    assert re.search(r"^improved_code_annealed \(1 seed\): 21/21 steps", err, re.M), err
+    assert "\r" not in err and "\x1b[" not in err
+    pngs = {p.name for p in tmp_path.glob("*.png")}
+    assert pngs == {"fields.png", "history.png", "grad_histograms.png"}

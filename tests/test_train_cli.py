@@ -159,3 +159,30 @@ def test_parse_bad_value_exits_2_with_message(argv, message, capsys):
 def test_option_rejects_mutable_default():
     with pytest.raises(TypeError, match="use a tuple"):
         option([1, 2], "bad")
+
+
+def test_help_keeps_description_lines_and_shows_every_default_and_choice(capsys):
+    @dataclasses.dataclass(frozen=True)
+    class HelpConfig:
+        lr: float = option(1e-3, "Adam learning rate")
+        recipe: str = option("seed", "training recipe", choices=("seed", "strong"))
+        seeds: tuple[int, ...] = option((0, 1), "seeds")
+        limit: int | None = option(None, "train on N images only")
+        progress: bool = option(True, "show progress")
+        out_dir: str = option("", "where outputs go ('' = none), 5% of disk")
+
+    description = "Title.\n\n    print(t.grad)   # tensor(14.)\n    for i in range(3): ..."
+    with pytest.raises(SystemExit):
+        parse(HelpConfig, ["--help"], description=description)
+    text = capsys.readouterr().out
+    assert "    print(t.grad)   # tensor(14.)\n    for i in range(3): ..." in text
+    flat = " ".join(text.split())  # argparse wraps option help at the terminal width
+    for expected in (
+        "--lr FLOAT Adam learning rate (default: 0.001)",
+        "--recipe STR training recipe [choices: seed, strong] (default: seed)",
+        "--seeds [INT ...] seeds (default: 0 1)",
+        "--limit INT train on N images only (default: none; 'none' to unset)",
+        "show progress (default: True)",
+        "where outputs go ('' = none), 5% of disk (default: '')",
+    ):
+        assert expected in flat, expected

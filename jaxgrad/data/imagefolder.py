@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from jaxgrad.data.dataset import ImageDataset
 from jaxgrad.io import atomic_write_bytes
+from jaxgrad.progress import track
 
 __all__ = ["IMAGE_EXTENSIONS", "default_cache_dir", "load_image_folder"]
 
@@ -82,13 +85,15 @@ def load_image_folder(
     *,
     cache_dir: str | os.PathLike | None = None,
     min_classes: int = 2,
+    progress: bool = True,
 ) -> ImageDataset:
     """Load ``root/<class>/<image>`` as an :class:`ImageDataset` (all images the same size).
 
     ``cache_dir`` (default :func:`default_cache_dir`) holds the decoded ``.npz``; delete it to
-    force a re-decode. Raises FileNotFoundError / ValueError naming the folder or file at fault,
-    also when there are fewer than ``min_classes`` class folders (checked after decoding, so a
-    bad file is named first).
+    force a re-decode. ``progress`` reports the decoding (a bar on a terminal, plain lines in a
+    log; on stderr) and the cache written or read. Raises FileNotFoundError / ValueError naming
+    the folder or file at fault, also when there are fewer than ``min_classes`` class folders
+    (checked after decoding, so a bad file is named first).
     """
     root = Path(root)
     classes, files = _scan(root)
@@ -108,11 +113,16 @@ def load_image_folder(
             with np.load(cache_file) as z:
                 ds = ImageDataset(z["images"], z["labels"], classes, source)
             _check_classes(root, classes, min_classes)
+            if progress:
+                print(f"{root}: {len(files):,} images from the cache {cache_file}", file=sys.stderr)
             return ds
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache (e.g. disk trouble): decode again and rewrite it
+    t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=4) as pool:  # Pillow releases the GIL while decoding
-        arrays = list(pool.map(_decode, (p for p, _ in files)))
+        decoded = pool.map(_decode, (p for p, _ in files))
+        desc = f"decoding {root} (first load only)"
+        arrays = list(track(decoded, len(files), desc=desc, unit="image", enabled=progress))
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise ValueError(
@@ -125,4 +135,10 @@ def load_image_folder(
     buf = io.BytesIO()
     np.savez(buf, images=images, labels=labels)
     atomic_write_bytes(cache_file, buf.getvalue())
+    if progress:
+        print(
+            f"{root}: decoded {len(files):,} images in {time.perf_counter() - t0:.0f} s; cached "
+            f"as {cache_file} ({buf.tell() / 2**20:.0f} MiB; later loads read it)",
+            file=sys.stderr,
+        )
     return ImageDataset(images, labels, classes, source)
