@@ -426,7 +426,9 @@ def compare_layers(
         abs_err, rel_err = _errors(j, ta)
         ok = bool(np.all(np.abs(j - ta) <= atol + rtol * np.abs(ta)))
         label = name or f"({type(torch_module).__name__})"
-        rows.append((label, path or "(root)", str(tuple(j.shape)), f"{abs_err:.2e}", f"{rel_err:.2e}", ok))
+        rows.append(
+            (label, path or "(root)", str(tuple(j.shape)), f"{abs_err:.2e}", f"{rel_err:.2e}", ok)
+        )
         if not ok and first_bad is None:
             first_bad = label
     text = render_table(
@@ -463,7 +465,9 @@ def _compare_grads(torch_module, nnx_module, t_inputs, j_inputs, rules, t_loss, 
 
     j_vals = {
         _path_str(p): np.asarray(v)
-        for p, v in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(jax.grad(loss)(params)))[0]
+        for p, v in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(jax.grad(loss)(params)))[
+            0
+        ]
     }
     rows, first_bad = [], None
     for key, g in t_grads.items():

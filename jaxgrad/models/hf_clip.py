@@ -77,7 +77,9 @@ class CLIPVisionConfig:
                 f"one of {sorted(_ACTS)}"
             )
         if not (np.isfinite(self.layer_norm_eps) and self.layer_norm_eps > 0):
-            raise ValueError(f"CLIPVisionConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps}")
+            raise ValueError(
+                f"CLIPVisionConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps}"
+            )
 
     @classmethod
     def vit_b32(cls) -> CLIPVisionConfig:
@@ -153,7 +155,9 @@ class Attention(nnx.Module):
     def __call__(self, x):
         b, n, d = x.shape
         hd = d // self.heads
-        q, k, v = (f(x).reshape(b, n, self.heads, hd) for f in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            f(x).reshape(b, n, self.heads, hd) for f in (self.q_proj, self.k_proj, self.v_proj)
+        )
         out = jax.nn.dot_product_attention(q, k, v, scale=hd**-0.5)
         return self.out_proj(out.reshape(b, n, d))
 
@@ -204,9 +208,7 @@ class CLIPVisionTower(nnx.Module):
         self.pre_layrnorm = _norm(cfg, rngs=rngs)  # sic: transformers' spelling
         self.encoder = Encoder(cfg, rngs=rngs)
         self.post_layernorm = _norm(cfg, rngs=rngs)
-        self.visual_projection = _linear(
-            cfg.hidden_size, cfg.projection_dim, rngs=rngs, bias=False
-        )
+        self.visual_projection = _linear(cfg.hidden_size, cfg.projection_dim, rngs=rngs, bias=False)
 
     def _check(self, pixel_values) -> None:
         c, s = self.cfg.num_channels, self.cfg.image_size
@@ -245,7 +247,10 @@ def rules(prefix: str = "vision_model.") -> list[Rule]:
         Rule("visual_projection.weight", "visual_projection.kernel", "linear"),
     ]
     for ln in ("pre_layrnorm", "post_layernorm"):
-        out += [Rule(f"{prefix}{ln}.weight", f"{ln}.scale"), Rule(f"{prefix}{ln}.bias", f"{ln}.bias")]
+        out += [
+            Rule(f"{prefix}{ln}.weight", f"{ln}.scale"),
+            Rule(f"{prefix}{ln}.bias", f"{ln}.bias"),
+        ]
     for ln in ("layer_norm1", "layer_norm2"):
         out += [
             Rule(f"{lay}.{ln}.weight", f"encoder.layers.{{i}}.{ln}.scale"),
