@@ -144,7 +144,8 @@ def cached_features(
     path = cache_dir / f"features-{key[:24]}.npz"
     if path.exists():
         try:
-            with np.load(path, allow_pickle=False) as z:
+            # our own handle: np.load leaks its file when the zip is broken
+            with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
                 stored = json.loads(str(z["meta"]))
                 feats = z["features"]
         except Exception as e:  # truncated zip, missing member, bad JSON
