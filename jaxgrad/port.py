@@ -84,7 +84,9 @@ class PortError(ValueError):
 
     def __init__(self, message: str, *, unmapped=(), unfilled=(), mismatched=()):
         super().__init__(message)
-        self.unmapped, self.unfilled, self.mismatched = list(unmapped), list(unfilled), mismatched
+        # mismatched: (torch key, its shape, nnx path, the nnx shape expected)
+        self.unmapped, self.unfilled = list(unmapped), list(unfilled)
+        self.mismatched = list(mismatched)
 
 
 def to_numpy(v: Any) -> np.ndarray:
@@ -189,19 +191,23 @@ def convert(
         target = tuple(want[path].shape)
         arr = LAYOUTS[rule.layout][0](arr, target)
         if tuple(arr.shape) != target:
-            mismatched.append(
-                f"{k} {tuple(np.shape(value))} -> {path} expects {target}"
-                + (f" after the {rule.layout!r} layout" if rule.layout != "copy" else "")
-            )
+            mismatched.append((k, tuple(np.shape(value)), path, target, rule.layout))
             continue
         out[path] = np.ascontiguousarray(arr)
         filled.add(path)
         mapped_from[path] = k
-    unfilled = sorted(set(want) - filled - {m.split(" -> ")[1].split(" ")[0] for m in mismatched})
+    unfilled = sorted(set(want) - filled - {m[2] for m in mismatched})
     if unmapped or unfilled or mismatched or twice:
         lines = [f"{source} does not fit {type(like).__name__}:"]
         if mismatched:
-            lines.append(f"  shape mismatches ({len(mismatched)}): " + "; ".join(mismatched))
+            lines.append(
+                f"  shape mismatches ({len(mismatched)}): "
+                + "; ".join(
+                    f"{k} {s} -> {p} expects {t}"
+                    + (f" after the {lay!r} layout" if lay != "copy" else "")
+                    for k, s, p, t, lay in mismatched
+                )
+            )
         if unmapped:
             lines.append(f"  unmapped keys ({len(unmapped)}): " + ", ".join(unmapped))
         if unfilled:
@@ -213,7 +219,10 @@ def convert(
             "field's tensor), or add a Rule / an ignore pattern for keys that are not params"
         )
         raise PortError(
-            "\n".join(lines), unmapped=unmapped, unfilled=unfilled, mismatched=mismatched
+            "\n".join(lines),
+            unmapped=unmapped,
+            unfilled=unfilled,
+            mismatched=[m[:4] for m in mismatched],
         )
     return _nest(out)
 

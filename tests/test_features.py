@@ -78,12 +78,18 @@ def test_a_tampered_or_truncated_cache_is_refused_with_its_path(tower, images, t
         meta, feats = json.loads(str(z["meta"])), z["features"]
     meta["data"] = "0" * 64  # written for other data
     np.savez(res.path, features=feats, meta=np.asarray(json.dumps(meta, sort_keys=True)))
-    with pytest.raises(ValueError, match=rf"{res.path}: feature cache was written for other \['data'\]"):
-        cached_features(tower, images, tmp_path, batch_size=8, preprocess=PRE, preprocess_id="clip32")
+    with pytest.raises(
+        ValueError, match=rf"{res.path}: feature cache was written for other \['data'\]"
+    ):
+        cached_features(
+            tower, images, tmp_path, batch_size=8, preprocess=PRE, preprocess_id="clip32"
+        )
 
     res.path.write_bytes(res.path.read_bytes()[:100])
     with pytest.raises(ValueError, match=rf"{res.path}: unreadable feature cache"):
-        cached_features(tower, images, tmp_path, batch_size=8, preprocess=PRE, preprocess_id="clip32")
+        cached_features(
+            tower, images, tmp_path, batch_size=8, preprocess=PRE, preprocess_id="clip32"
+        )
 
 
 def test_bad_arguments_are_refused(tower, images, tmp_path):

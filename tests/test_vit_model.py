@@ -163,3 +163,28 @@ def test_state_dict_errors_name_the_problem(model):
         from_torch_state_dict(bad, CFG)
     with pytest.raises(ValueError, match="mlp_dim"):
         from_torch_state_dict(sd, dataclasses.replace(CFG, mlp_dim=32))
+
+
+def test_pool_is_validated_and_mean_averages_every_token(model):
+    with pytest.raises(ValueError, match="ViTConfig.pool must be 'cls' or 'mean'"):
+        ViTConfig(pool="max")
+    mean = nnx.merge(nnx.graphdef(init_vit(dataclasses.replace(CFG, pool="mean"), jax.random.key(0))),
+                     nnx.state(model))  # fmt: skip
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+    # one token in place of the mean: the final LayerNorm's outputs, by hand
+    tokens = []
+    orig = type(model.norm).__call__
+
+    def spy(self, y):
+        out = orig(self, y)
+        if self is mean.norm:
+            tokens.append(out)
+        return out
+
+    type(model.norm).__call__ = spy
+    try:
+        pooled = mean.embed(x)
+    finally:
+        type(model.norm).__call__ = orig
+    np.testing.assert_allclose(pooled, tokens[0].mean(axis=1), rtol=1e-6, atol=1e-6)
+    assert np.abs(pooled - model.embed(x)).max() > 1e-2  # cls pooling is something else

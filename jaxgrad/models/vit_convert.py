@@ -76,23 +76,32 @@ def rules(cfg: ViTConfig) -> list[Rule]:
     return out
 
 
-# which ViTConfig fields decide each key's shape: a mismatch names them
-_FIELDS = [
-    ("cls_token", "dim"),
-    ("pos_embedding", "image_size / patch_size (num_patches + 1 positions), dim"),
-    ("to_patch_embedding.1", "patch_size / channels (patch_dim)"),
-    ("to_patch_embedding.2", "patch_size / channels (patch_dim), dim"),
-    ("to_qkv", "heads * dim_head, dim"),
-    ("to_out", "heads * dim_head, dim"),
-    ("net.1", "mlp_dim, dim"),
-    ("net.4", "mlp_dim, dim"),
-    ("mlp_head", "num_classes, dim"),
+# the ViTConfig fields behind each axis of a vit-pytorch tensor, trailing axes last
+_AXES = [
+    ("mlp_head.weight", ("num_classes", "dim")),
+    ("mlp_head.bias", ("num_classes",)),
+    ("net.1.weight", ("mlp_dim", "dim")),
+    ("net.1.bias", ("mlp_dim",)),
+    ("net.4.weight", ("dim", "mlp_dim")),
+    ("to_qkv.weight", ("heads * dim_head", "dim")),
+    ("to_out.0.weight", ("dim", "heads * dim_head")),
+    ("pos_embedding", ("image_size / patch_size (num_patches + 1 positions)", "dim")),
+    ("cls_token", ("dim",)),
+    ("to_patch_embedding.1", ("patch_size / channels (patch_dim)",)),
+    ("to_patch_embedding.2.weight", ("dim", "patch_size / channels (patch_dim)")),
+    ("", ("dim",)),  # every other LayerNorm and bias
 ]
 
 
-def _fields_for(message: str) -> str:
-    hits = [fields for key, fields in _FIELDS if key in message]
-    return "; ".join(dict.fromkeys(hits)) or "dim"
+def _fields_for(mismatched) -> list[str]:
+    """The fields whose axes differ between the torch tensor and what the config expects."""
+    out = []
+    for key, got, _, want in mismatched:
+        want_t = tuple(reversed(want)) if len(want) == 2 and not key.endswith("embedding") else want
+        names = next(axes for k, axes in _AXES if k in key)
+        got, want_t = got[-len(names) :], want_t[-len(names) :]
+        out += [n for n, g, w in zip(names, got, want_t) if g != w] or list(names)
+    return list(dict.fromkeys(out))
 
 
 def from_torch_state_dict(state_dict: dict, cfg: ViTConfig) -> dict:
@@ -119,8 +128,9 @@ def from_torch_state_dict(state_dict: dict, cfg: ViTConfig) -> dict:
         return convert(sd, rules(cfg), like, source="vit-pytorch state_dict")
     except PortError as e:
         raise PortError(
-            f"{e}\n  the ViTConfig fields that decide the mis-shaped keys: "
-            f"{_fields_for(' '.join(e.mismatched))}; config given: {cfg}",
+            f"{e}\n  ViTConfig fields that differ from the torch model's: "
+            f"{', '.join(_fields_for(e.mismatched)) or '(none: keys missing or extra)'}; "
+            f"config given: {cfg}",
             unmapped=e.unmapped,
             unfilled=e.unfilled,
             mismatched=e.mismatched,
