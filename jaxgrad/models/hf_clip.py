@@ -15,7 +15,8 @@ token; ``visual_projection`` without bias. LayerNorm eps is the config's (1e-5).
 
 Module names follow transformers' (``embeddings.patch_embedding``, ``encoder.layers[i].
 self_attn.q_proj``, ...), so the port rules (:func:`rules`) read like the keys, and
-:func:`jaxgrad.port.compare_layers` pairs every layer with its torch twin.
+:func:`jaxgrad.port.compare_layers` pairs every layer with its torch twin. The model itself
+imports only jax, flax and numpy; the loader imports the port kit when called.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
-from jaxgrad.port import PortError, Rule, convert
 
 __all__ = ["CLIPVisionConfig", "CLIPVisionTower", "load_pretrained", "rules"]
 
@@ -236,9 +235,12 @@ class CLIPVisionTower(nnx.Module):
         return self.visual_projection(self.pooled(pixel_values))
 
 
-def rules(prefix: str = "vision_model.") -> list[Rule]:
-    """transformers key → tower param, for ``CLIPModel`` / ``CLIPVisionModelWithProjection``
-    (``prefix="vision_model."``) or a bare ``CLIPVisionTransformer`` (``prefix=""``)."""
+def rules(prefix: str = "vision_model.") -> list:
+    """transformers key → tower param (:class:`jaxgrad.port.Rule` s), for ``CLIPModel`` /
+    ``CLIPVisionModelWithProjection`` (``prefix="vision_model."``) or a bare
+    ``CLIPVisionTransformer`` (``prefix=""``)."""
+    from jaxgrad.port import Rule
+
     e, lay = f"{prefix}embeddings", f"{prefix}encoder.layers.{{i}}"
     out = [
         Rule(f"{e}.class_embedding", "embeddings.class_embedding"),
@@ -342,6 +344,8 @@ def load_pretrained(path: str | Path) -> CLIPVisionTower:
     mis-shaped keys (:class:`jaxgrad.port.PortError`).
     """
     from safetensors.numpy import load_file
+
+    from jaxgrad.port import PortError, convert
 
     path = Path(path).expanduser()
     if not path.is_dir():
