@@ -25,6 +25,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 
 
 def _parse(argv):
@@ -91,12 +92,18 @@ def main(argv=None) -> dict:
             return tm(pixel_values=xt).image_embeds
 
     diff = float(np.abs(np.asarray(run_jax()) - run_torch().numpy()).max())
-    jt, tt = [], []
+    jt, tt, jc, tc = [], [], [], []
     measure(run_jax, runs=1, warmup=args.warmup)
     measure(run_torch, runs=1, warmup=args.warmup, sync=lambda _: None)
     for _ in range(args.runs):  # interleaved: one sample each, in turn
+        # wall seconds (jaxgrad.bench.measure) and this process's CPU seconds around them: on
+        # a loaded machine the CPU time is what the call itself cost
+        c0 = time.process_time()
         jt += measure(run_jax, runs=1, warmup=0)
+        c1 = time.process_time()
         tt += measure(run_torch, runs=1, warmup=0, sync=lambda _: None)
+        jc.append(c1 - c0)
+        tc.append(time.process_time() - c1)
     j_med, t_med = statistics.median(jt), statistics.median(tt)
     res = {
         "size": args.size,
@@ -109,6 +116,9 @@ def main(argv=None) -> dict:
         "jax_ms": [1e3 * t for t in jt],
         "torch_ms": [1e3 * t for t in tt],
         "jax_over_torch_speed": t_med / j_med,
+        "jax_cpu_s": jc,
+        "torch_cpu_s": tc,
+        "jax_over_torch_cpu": statistics.median(tc) / statistics.median(jc),
         # each torch sample over the JAX sample just before it: robust to slow load drifts
         "paired_ratio_median": statistics.median(t / j for t, j in zip(tt, jt)),
         "loadavg_before": load_before,
@@ -126,7 +136,9 @@ def main(argv=None) -> dict:
         f"  JAX (jit):        {res['jax_img_per_s']:8.1f} img/s  (median {1e3 * j_med:.0f} ms)\n"
         f"  PyTorch (eager):  {res['torch_img_per_s']:8.1f} img/s  (median {1e3 * t_med:.0f} ms)\n"
         f"  JAX / PyTorch speed: {res['jax_over_torch_speed']:.2f}x of medians, "
-        f"{res['paired_ratio_median']:.2f}x median of paired samples; load average "
+        f"{res['paired_ratio_median']:.2f}x median of paired samples, "
+        f"{res['jax_over_torch_cpu']:.2f}x in CPU seconds per call "
+        f"({statistics.median(jc):.2f} vs {statistics.median(tc):.2f}); load average "
         f"{load_before[0]:.1f} before, {res['loadavg_after'][0]:.1f} after",
         flush=True,
     )
