@@ -40,6 +40,7 @@ __all__ = [
     "from_torch_state_dict",
     "load_checkpoint",
     "load_torch_state_dict",
+    "read_config",
     "rules",
     "to_torch_state_dict",
 ]
@@ -210,4 +211,6 @@ def load_checkpoint(weights: str | Path, config: str | Path | None = None) -> Vi
     try:
         return load_torch_state_dict(model, sd)
     except PortError as e:
-        raise PortError(f"{weights}: {e}", mismatched=e.mismatched) from None
+        raise PortError(
+            f"{weights}: {e}", unmapped=e.unmapped, unfilled=e.unfilled, mismatched=e.mismatched
+        ) from None
