@@ -28,8 +28,9 @@ from flax import nnx
 from jaxgrad.cli import check_config, option, parse, positive
 from jaxgrad.data.pipeline import normalize
 from jaxgrad.guard import skip_nonfinite
+from jaxgrad.loop import init_params
 from jaxgrad.losses import cross_entropy
-from jaxgrad.models.vit import ViTConfig, init_vit
+from jaxgrad.models.vit import ViT, ViTConfig
 from jaxgrad.train import init_train_state, make_train_step
 
 
@@ -54,7 +55,7 @@ class Config:
 
 def make_step(cfg: Config, new: bool):
     vit = ViTConfig(dim=cfg.dim, depth=cfg.depth, heads=4, mlp_dim=2 * cfg.dim, dim_head=32)
-    graphdef, params = nnx.split(init_vit(vit, jax.random.key(0)), nnx.Param)
+    graphdef, params, _ = init_params(ViT, vit, jax.random.key(0))
 
     def loss_fn(p, batch, key):
         logits = nnx.merge(graphdef, p)(normalize(batch["images"]), deterministic=False, rngs=key)

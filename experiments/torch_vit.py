@@ -118,9 +118,12 @@ def _classes():
             dim_head=64,
             dropout=0.0,
             emb_dropout=0.0,
+            pool="cls",
         ):
             super().__init__()
             assert image_size % patch_size == 0, "Image dimensions must be divisible by patch"
+            assert pool in {"cls", "mean"}, "pool type must be either cls or mean"
+            self.pool = pool
             num_patches = (image_size // patch_size) ** 2
             patch_dim = channels * patch_size * patch_size
             self.to_patch_embedding = nn.Sequential(
@@ -144,7 +147,7 @@ def _classes():
             x += self.pos_embedding[:, : (n + 1)]
             x = self.dropout(x)
             x = self.transformer(x)
-            x = x[:, 0]  # pool = 'cls'
+            x = x.mean(dim=1) if self.pool == "mean" else x[:, 0]
             x = self.to_latent(x)
             return self.mlp_head(x)
 
@@ -152,7 +155,7 @@ def _classes():
 
 
 def build(**kwargs):
-    """``vit_pytorch.ViT(**kwargs)`` (pool='cls'): a torch ``nn.Module`` taking ``[B, C, H, W]``."""
+    """``vit_pytorch.ViT(**kwargs)``: a torch ``nn.Module`` taking ``[B, C, H, W]``."""
     return _classes()(**kwargs)
 
 
@@ -170,4 +173,5 @@ def from_vit_config(cfg):
         dim_head=cfg.dim_head,
         dropout=cfg.dropout,
         emb_dropout=cfg.emb_dropout,
+        pool=cfg.pool,
     )

@@ -5,6 +5,7 @@ Weights go torch → flax through ``jaxgrad.models.vit_convert`` (the same path 
 """
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -111,3 +112,69 @@ def test_a_saved_torch_checkpoint_loads(tmp_path):
         model.layers[1].attn.to_qkv.kernel[...],
         sd["transformer.layers.1.0.to_qkv.weight"].numpy().T,
     )
+
+
+# ---- vit-pytorch's pool (issue 13 item 10): same keys for 'cls' and 'mean', so the config rules
+
+
+MEAN = dataclasses.replace(CFG, pool="mean")
+
+
+def test_pool_mean_converts_and_matches_torch_layer_by_layer():
+    from jaxgrad.models.vit_convert import rules
+    from jaxgrad.port import compare_layers
+
+    tm, model = _pair(MEAN, seed=3)
+    x = _images(seed=3)
+    y = torch.tensor([1, 2, 3, 4])
+    report = compare_layers(
+        tm, model, [x.transpose(0, 3, 1, 2)], nnx_inputs=[x], rules=rules(MEAN),
+        torch_loss=lambda o: torch.nn.functional.cross_entropy(o, y),
+        nnx_loss=lambda o: optax.softmax_cross_entropy_with_integer_labels(o, jnp.asarray(y)).mean(),
+        print_table=False,
+    )  # fmt: skip
+    assert report.first_bad is None and report.first_bad_param is None
+    assert report.rows[-1][0] == "(ViT)"  # the logits are compared too
+    # the same weights read as pool='cls' give other logits: the field matters
+    _, as_cls = _pair(CFG, seed=3)
+    with torch.no_grad():
+        t_logits = tm(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    assert np.abs(np.asarray(as_cls(jnp.asarray(x))) - t_logits).max() > 1e-2
+
+
+def test_converter_needs_the_config_beside_the_weights(tmp_path):
+    from jaxgrad.models.vit_convert import load_checkpoint
+
+    torch.manual_seed(0)
+    tm = from_vit_config(MEAN).eval()
+    torch.save(tm.state_dict(), tmp_path / "vit_model.pth")
+    with pytest.raises(FileNotFoundError, match=r"vit_config.json: not found.*pool"):
+        load_checkpoint(tmp_path / "vit_model.pth")
+    fields = {k: getattr(MEAN, k) for k in ("image_size", "patch_size", "num_classes", "dim",
+                                            "depth", "heads", "mlp_dim", "dim_head")}  # fmt: skip
+    (tmp_path / "vit_config.json").write_text(json.dumps(fields))
+    with pytest.raises(ValueError, match=r"vit_config.json: missing fields \['pool'\]"):
+        load_checkpoint(tmp_path / "vit_model.pth")
+    (tmp_path / "vit_config.json").write_text(json.dumps({**fields, "pool": "mean"}))
+    model = load_checkpoint(tmp_path / "vit_model.pth")
+    assert model.cfg.pool == "mean"
+    x = _images(seed=4)
+    with torch.no_grad():
+        want = tm(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    np.testing.assert_allclose(model(jnp.asarray(x)), want, rtol=1e-4, atol=1e-5)
+
+
+def test_converter_errors_name_the_field_that_differs():
+    sd = from_vit_config(CFG).state_dict()
+    with pytest.raises(
+        ValueError, match=r"(?s)mlp_head.weight.*differ from the torch model's: num_classes;"
+    ):
+        from_torch_state_dict(sd, dataclasses.replace(CFG, num_classes=7))
+    with pytest.raises(
+        ValueError, match=r"(?s)net.1.weight.*differ from the torch model's: mlp_dim;"
+    ):
+        from_torch_state_dict(sd, dataclasses.replace(CFG, mlp_dim=40))
+    # newer vit-pytorch: pool='mean' keeps no class token (cls_token [0, dim], n positions)
+    newer = dict(sd, cls_token=torch.zeros(0, CFG.dim), pos_embedding=torch.zeros(64, CFG.dim))
+    with pytest.raises(ValueError, match=r"cls_token has no class token.*pool='mean'"):
+        from_torch_state_dict(newer, MEAN)

@@ -14,7 +14,7 @@ from flax import nnx
 
 from jaxgrad.loop import init_params
 from jaxgrad.models import ViT, ViTConfig, count_params
-from jaxgrad.models.vit_convert import from_torch_state_dict, key_map, to_torch_state_dict
+from jaxgrad.models.vit_convert import from_torch_state_dict, to_torch_state_dict
 
 CFG = ViTConfig.tiny()
 
@@ -156,14 +156,39 @@ def test_state_dict_round_trip_and_key_names(model):
         assert k in sd
     back = from_torch_state_dict({"module." + k: v for k, v in sd.items()}, CFG)
     jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(params), back)
-    assert len(key_map(CFG)) == len(jax.tree.leaves(params))
+    assert len(sd) == len(jax.tree.leaves(params))
 
 
 def test_state_dict_errors_name_the_problem(model):
     sd = to_torch_state_dict(_params(model), CFG)
     bad = dict(sd)
     del bad["mlp_head.bias"]
-    with pytest.raises(ValueError, match="missing keys.*mlp_head.bias"):
+    with pytest.raises(ValueError, match=r"unfilled params \(1\): mlp_head.bias"):
         from_torch_state_dict(bad, CFG)
     with pytest.raises(ValueError, match="mlp_dim"):
         from_torch_state_dict(sd, dataclasses.replace(CFG, mlp_dim=32))
+
+
+def test_pool_is_validated_and_mean_averages_every_token(model):
+    with pytest.raises(ValueError, match="ViTConfig.pool must be 'cls' or 'mean'"):
+        ViTConfig(pool="max")
+    mean_graphdef = init_params(ViT, dataclasses.replace(CFG, pool="mean"), jax.random.key(0))[0]
+    mean = nnx.merge(mean_graphdef, nnx.state(model))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+    # one token in place of the mean: the final LayerNorm's outputs, by hand
+    tokens = []
+    orig = type(model.norm).__call__
+
+    def spy(self, y):
+        out = orig(self, y)
+        if self is mean.norm:
+            tokens.append(out)
+        return out
+
+    type(model.norm).__call__ = spy
+    try:
+        pooled = mean.embed(x)
+    finally:
+        type(model.norm).__call__ = orig
+    np.testing.assert_allclose(pooled, tokens[0].mean(axis=1), rtol=1e-6, atol=1e-6)
+    assert np.abs(pooled - model.embed(x)).max() > 1e-2  # cls pooling is something else

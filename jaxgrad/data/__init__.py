@@ -2,6 +2,7 @@
 batching with explicit keys."""
 
 from jaxgrad.data.cifar10 import CIFAR10_MD5, CIFAR10_URL, load_cifar10
+from jaxgrad.data.clip_preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
 from jaxgrad.data.dataset import ImageDataset, train_val_split
 from jaxgrad.data.imagefolder import load_image_folder
 from jaxgrad.data.pipeline import (
@@ -16,11 +17,14 @@ from jaxgrad.data.pipeline import (
 from jaxgrad.data.synthetic import SYNTHETIC_SOURCE, make_synthetic
 
 __all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
     "CIFAR10_MD5",
     "CIFAR10_URL",
     "SYNTHETIC_SOURCE",
     "ImageDataset",
     "augment",
+    "clip_preprocess",
     "epoch_indices",
     "eval_indices",
     "load_cifar10",

@@ -42,7 +42,7 @@ _EPS = 1e-5  # torch.nn.LayerNorm's default eps
 
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
-    """vit-pytorch ``ViT(...)`` keyword arguments (pool='cls'), plus the compute dtype."""
+    """vit-pytorch ``ViT(...)`` keyword arguments, plus the compute dtype."""
 
     image_size: int = 32
     patch_size: int = 4
@@ -55,6 +55,10 @@ class ViTConfig:
     dropout: float = 0.1
     emb_dropout: float = 0.1
     channels: int = 3
+    # vit-pytorch's pool: "cls" reads the class token, "mean" averages every token (class
+    # token included, as vit-pytorch 1.x with a [1, 1, dim] cls_token); same keys and shapes,
+    # so a converted checkpoint must say which (vit_config.json)
+    pool: str = "cls"
     dtype: str = "float32"  # compute dtype: "float32" or "bfloat16"; params are always float32
 
     def __post_init__(self):
@@ -71,6 +75,8 @@ class ViTConfig:
         for name in ("dropout", "emb_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ViTConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.pool not in ("cls", "mean"):
+            raise ValueError(f"ViTConfig.pool must be 'cls' or 'mean', got {self.pool!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"ViTConfig.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
 
@@ -238,7 +244,8 @@ class ViT(nnx.Module):
             )
 
     def embed(self, images, *, deterministic: bool = True, rngs=None):
-        """``[B, H, W, C]`` float → ``[B, dim]``: the cls token after the final LayerNorm."""
+        """``[B, H, W, C]`` float → ``[B, dim]``: after the final LayerNorm, the cls token
+        (``pool="cls"``) or the mean over all tokens (``pool="mean"``)."""
         self._check(images)
         if not deterministic and rngs is None:
             raise ValueError(
@@ -260,7 +267,8 @@ class ViT(nnx.Module):
         x = self.emb_drop(x, deterministic=deterministic, rngs=rngs)
         for block in self.layers:
             x = block(x, deterministic=deterministic, rngs=rngs)
-        return self.norm(x)[:, 0]
+        x = self.norm(x)
+        return x.mean(axis=1) if cfg.pool == "mean" else x[:, 0]
 
     def __call__(self, images, *, deterministic: bool = True, rngs=None):
         """``[B, H, W, C]`` float → logits ``[B, num_classes]`` (float32 whatever the dtype)."""

@@ -1,0 +1,153 @@
+"""Image-feature extraction speed: the CLIP image tower in JAX vs transformers' PyTorch model.
+
+    python -m experiments.bench_clip_features --size b32 --batch 16 --threads 1 --runs 5
+
+One random-initialised ``CLIPVisionModelWithProjection`` (ViT-B/32 at 224 by default) is saved
+with ``save_pretrained`` to a temp folder and loaded on both sides: by transformers (eager fp32,
+``torch.inference_mode``) and by :func:`jaxgrad.models.hf_clip.load_pretrained` (one jitted
+forward). Both get the same ``[B, 3, 224, 224]`` pixel_values; the embeddings are checked equal
+first (max abs difference printed), then timed **interleaved** (one JAX sample, one torch
+sample, repeated) with :func:`jaxgrad.bench.measure`: warm-up apart, ``block_until_ready`` on
+the JAX side, medians. Threads: ``--threads N`` pins both (XLA's Eigen pool via ``XLA_FLAGS``,
+set before jax is imported, and ``torch.set_num_threads``). The load average before and after
+is printed beside the figures: on a shared CPU they are noisy.
+
+The PyTorch code being timed::
+
+    with torch.inference_mode():
+        model(pixel_values=x).image_embeds     # CLIPVisionModelWithProjection, eval, fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", choices=("b32", "b16", "tiny"), default="b32",
+                   help="tower shape (default: b32, ViT-B/32 at 224)")  # fmt: skip
+    p.add_argument("--batch", type=int, default=16, help="images per call (default: 16)")
+    p.add_argument("--runs", type=int, default=5, help="timed samples per side (default: 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per side (default: 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads for both frameworks (default: 1; 0 = each its own default)")  # fmt: skip
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    for name in ("batch", "runs"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0 or args.threads < 0:
+        p.error("--warmup and --threads must be >= 0")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = _parse(argv)
+    if args.threads:
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + f" --xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'}"
+            + f" intra_op_parallelism_threads={args.threads}"
+        ).strip()
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    import transformers as T
+    from flax import nnx
+
+    from jaxgrad.bench import measure
+    from jaxgrad.models.hf_clip import CLIPVisionConfig, load_pretrained
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = {
+        "b32": CLIPVisionConfig.vit_b32(),
+        "b16": CLIPVisionConfig.vit_b16(),
+        "tiny": CLIPVisionConfig.tiny(),
+    }[args.size]
+    load_before = os.getloadavg()
+    torch.manual_seed(0)
+    tm = T.CLIPVisionModelWithProjection(T.CLIPVisionConfig(**vars(shape))).eval()
+    with tempfile.TemporaryDirectory() as d:
+        tm.save_pretrained(d)
+        tower = load_pretrained(d)
+    s = shape.image_size
+    x = np.random.default_rng(0).normal(size=(args.batch, 3, s, s)).astype(np.float32)
+    xt, xj = torch.from_numpy(x), jnp.asarray(x)
+    graphdef, state = nnx.split(tower)
+    fwd = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x))
+
+    def run_jax():
+        return fwd(state, xj)
+
+    def run_torch():
+        with torch.inference_mode():
+            return tm(pixel_values=xt).image_embeds
+
+    diff = float(np.abs(np.asarray(run_jax()) - run_torch().numpy()).max())
+    jt, tt, jc, tc = [], [], [], []
+    measure(run_jax, runs=1, warmup=args.warmup)
+    measure(run_torch, runs=1, warmup=args.warmup, sync=lambda _: None)
+    for _ in range(args.runs):  # interleaved: one sample each, in turn
+        # wall seconds (jaxgrad.bench.measure) and this process's CPU seconds around them: on
+        # a loaded machine the CPU time is what the call itself cost
+        c0 = time.process_time()
+        jt += measure(run_jax, runs=1, warmup=0)
+        c1 = time.process_time()
+        tt += measure(run_torch, runs=1, warmup=0, sync=lambda _: None)
+        jc.append(c1 - c0)
+        tc.append(time.process_time() - c1)
+    j_med, t_med = statistics.median(jt), statistics.median(tt)
+    res = {
+        "size": args.size,
+        "batch": args.batch,
+        "threads": args.threads,
+        "runs": args.runs,
+        "max_abs_diff": diff,
+        "jax_img_per_s": args.batch / j_med,
+        "torch_img_per_s": args.batch / t_med,
+        "jax_ms": [1e3 * t for t in jt],
+        "torch_ms": [1e3 * t for t in tt],
+        "jax_over_torch_speed": t_med / j_med,
+        "jax_cpu_s": jc,
+        "torch_cpu_s": tc,
+        "jax_over_torch_cpu": statistics.median(tc) / statistics.median(jc),
+        # each torch sample over the JAX sample just before it: robust to slow load drifts
+        "paired_ratio_median": statistics.median(t / j for t, j in zip(tt, jt)),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "versions": {
+            "jax": jax.__version__,
+            "torch": torch.__version__,
+            "transformers": T.__version__,
+        },  # fmt: skip
+        "device": str(jax.devices()[0]),
+    }
+    print(
+        f"CLIP image tower {args.size}, batch {args.batch}, {args.threads or 'default'} "
+        f"thread(s), {args.runs} interleaved samples each; max |jax - torch| {diff:.1e}\n"
+        f"  JAX (jit):        {res['jax_img_per_s']:8.1f} img/s  (median {1e3 * j_med:.0f} ms)\n"
+        f"  PyTorch (eager):  {res['torch_img_per_s']:8.1f} img/s  (median {1e3 * t_med:.0f} ms)\n"
+        f"  JAX / PyTorch speed: {res['jax_over_torch_speed']:.2f}x of medians, "
+        f"{res['paired_ratio_median']:.2f}x median of paired samples, "
+        f"{res['jax_over_torch_cpu']:.2f}x in CPU seconds per call "
+        f"({statistics.median(jc):.2f} vs {statistics.median(tc):.2f}); load average "
+        f"{load_before[0]:.1f} before, {res['loadavg_after'][0]:.1f} after",
+        flush=True,
+    )
+    if args.out:
+        from jaxgrad.io import atomic_write_json
+
+        atomic_write_json(args.out, res)
+    return res
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
