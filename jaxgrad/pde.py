@@ -202,8 +202,11 @@ def _eval(jaxpr, consts, args):
     for eqn in jaxpr.eqns:
         ins = [read(x) for x in eqn.invars]
         name, f = eqn.primitive.name, _bind(eqn.primitive, eqn.params)
+        inexact = any(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in eqn.outvars)
         if not any(isinstance(a, _Jet) for a in ins):
             outs = f(*ins)
+        elif not inexact or name == "stop_gradient":  # comparisons, is_finite, ...: no derivative
+            outs = f(*[a.v if isinstance(a, _Jet) else a for a in ins])
         elif name in _CALLS:
             sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
             if isinstance(sub, jex.core.ClosedJaxpr):
