@@ -1,20 +1,26 @@
-"""Benchmark: K per-term gradients vs one gradient of the summed loss (and PyTorch's loop).
+"""Benchmark: K per-term gradients vs one gradient of the summed loss, in JAX and in PyTorch.
 
 Run: ``python -m experiments.bench_terms`` (CPU is fine; ``--tiny`` for seconds). Output: a
 printed table and ``runs/bench_terms/bench_terms.json``.
 
 The network is the Helmholtz PINN ([2, 50, 50, 50, 1], tanh). Term 0 is the PDE residual
-(Laplacian by forward-over-forward jvp) on 128 points; terms 1..K-1 are boundary mean squares
-on 128 points each. Timed, jitted, same inputs, compile apart, warm-up, ``block_until_ready``,
-median of ``--runs`` samples (:func:`jaxgrad.bench.bench_jit`):
+(Laplacian by :func:`jaxgrad.pde.forward_laplacian`, ``--laplacian jvp`` for jvp of jvp) on
+128 points; terms 1..K-1 are boundary mean squares on 128 points each. Jitted, same inputs,
+compile apart, warm-up, ``block_until_ready``; every variant of both frameworks is timed in
+turns (round-robin, one call each per round), median of ``--runs`` rounds. Each framework's
+per-term gradients are compared with *its own* summed gradient:
 
-- ``sum``: ``jax.grad`` of ``Σ_i L_i`` (one gradient; the baseline of every ratio);
-- ``split`` / ``vmap`` / ``jacrev``: :func:`jaxgrad.terms.term_grads` with that method;
-- ``torch``: the PyTorch answer of seed 002 on the same network, weights and points::
+- ``jax sum``: ``jax.grad`` of ``Σ_i L_i`` (one gradient; the JAX rows' baseline);
+- ``jax split`` / ``jax vmap`` / ``jax jacrev``: :func:`jaxgrad.terms.term_grads`;
+- ``torch sum``: ``torch.autograd.grad(Σ_i L_i, params)`` (the PyTorch rows' baseline);
+- ``torch loop``: the PyTorch answer of seed 002 on the same network, weights and points::
 
       u = net(x_all)                   # one forward (residual needs create_graph=True)
       for i, term in enumerate(terms):  # K backward passes
           g_i = torch.autograd.grad(term, params, retain_graph=i < K - 1)
+
+PyTorch runs on ``--torch-threads`` threads (default 1: idle OpenMP workers otherwise spin
+and, on a busy machine, slow down whatever runs next).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import os
 import time
 from pathlib import Path
 
@@ -34,9 +41,21 @@ from jaxgrad.bench import compile_timed, device_info
 from jaxgrad.cli import check_config, option, parse, positive, to_dict
 from jaxgrad.io import atomic_write_json
 from jaxgrad.models.mlp import MLP
-from jaxgrad.pde import laplacian
+from jaxgrad.pde import forward_laplacian, laplacian
 from jaxgrad.tables import print_table
 from jaxgrad.terms import TERM_GRAD_METHODS, term_grads
+
+LAPLACIANS = ("forward", "jvp")
+
+#: what each variant computes (printed beside the numbers)
+ALGORITHMS = {
+    "jax sum": "jax.grad(Σ L_i): one gradient",
+    "jax split": "term_grads(method='split'): K jax.grad, forward shared by XLA CSE",
+    "jax vmap": "term_grads(method='vmap'): one vjp, vmap over K one-hot cotangents",
+    "jax jacrev": "term_grads(method='jacrev'): jax.jacrev over the dict of terms",
+    "torch sum": "autograd.grad(Σ L_i, params): one gradient",
+    "torch loop": "K x autograd.grad(L_i, params, retain_graph=True)",
+}
 
 #: ``wall``: elapsed seconds; ``cpu``: this process's CPU seconds, all threads.
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -51,6 +70,10 @@ class Config:
     runs: int = option(50, "timed samples (median reported)")
     warmup: int = option(5, "untimed calls after compilation")
     torch: bool = option(True, "also time PyTorch's retain_graph loop when torch is installed")
+    torch_threads: int = option(1, "torch.set_num_threads (0 = leave torch's default)")
+    laplacian: str = option(
+        "forward", "the residual's Laplacian: forward_laplacian or jvp of jvp", choices=LAPLACIANS
+    )
     clock: str = option(
         "wall", "wall seconds, or this process's CPU seconds (shared machines)", choices=CLOCKS
     )
@@ -71,7 +94,7 @@ def _shapes(size: str) -> tuple[tuple[int, ...], int]:
     return ((2, 50, 50, 50, 1), 128) if size == "seed" else ((2, 8, 8, 1), 16)
 
 
-def problem(k: int, size: str, key: jax.Array):
+def problem(k: int, size: str, key: jax.Array, lap: str = "forward"):
     """``(terms_fn, params, points [K, N, 2], targets [K, N], graphdef)`` for K terms."""
     layers, n = _shapes(size)
     k_init, k_pts, k_tgt = jax.random.split(key, 3)
@@ -82,7 +105,8 @@ def problem(k: int, size: str, key: jax.Array):
     def terms_fn(p, pts, tgt):
         model = nnx.merge(graphdef, p)
         u = lambda q: model(q[None])[0, 0]
-        out = {"t0": jnp.mean((laplacian(u, pts[0]) - tgt[0]) ** 2)}
+        delta = forward_laplacian(u, pts[0])[2] if lap == "forward" else laplacian(u, pts[0])
+        out = {"t0": jnp.mean((delta - tgt[0]) ** 2)}
         for i in range(1, pts.shape[0]):
             out[f"t{i}"] = jnp.mean((model(pts[i])[:, 0] - tgt[i]) ** 2)
         return out
@@ -90,8 +114,9 @@ def problem(k: int, size: str, key: jax.Array):
     return terms_fn, params, pts, tgt, graphdef
 
 
-def torch_loop(params, pts, tgt):
-    """The seed's PyTorch answer as a callable, on a CPU copy of the same weights and points."""
+def torch_loop(params, pts, tgt, *, summed: bool = False):
+    """The seed's PyTorch answer as a callable, on a CPU copy of the same weights and points
+    (``summed``: one ``autograd.grad`` of the summed loss instead, PyTorch's own baseline)."""
     import torch
 
     ws = [
@@ -116,6 +141,8 @@ def torch_loop(params, pts, tgt):
         )
         terms = [((lap - y[0]) ** 2).mean()]
         terms += [((net(x[i])[:, 0] - y[i]) ** 2).mean() for i in range(1, len(x))]
+        if summed:
+            return torch.autograd.grad(sum(terms), leaves)
         # the residual does not depend on the output bias: allow_unused, as the seed would need
         return [
             torch.autograd.grad(
@@ -128,16 +155,16 @@ def torch_loop(params, pts, tgt):
     return call
 
 
-def programs(k: int, size: str) -> tuple[dict, tuple]:
+def programs(k: int, size: str, lap: str = "forward") -> tuple[dict, tuple]:
     """``({variant: compiled program}, args)`` for K terms; compile time is not timed later."""
-    terms_fn, params, pts, tgt, _ = problem(k, size, jax.random.key(k))
+    terms_fn, params, pts, tgt, _ = problem(k, size, jax.random.key(k), lap)
 
     def summed(p, pts, tgt):
         return sum(terms_fn(p, pts, tgt).values())
 
-    jitted = {"sum": jax.jit(jax.grad(summed))}
+    jitted = {"jax sum": jax.jit(jax.grad(summed))}
     for m in TERM_GRAD_METHODS:
-        jitted[m] = jax.jit(functools.partial(term_grads, terms_fn, method=m))
+        jitted[f"jax {m}"] = jax.jit(functools.partial(term_grads, terms_fn, method=m))
     args = (params, pts, tgt)
     return {name: compile_timed(f, *args)[0] for name, f in jitted.items()}, args
 
@@ -172,27 +199,30 @@ def run(
     warmup: int = 5,
     with_torch: bool = True,
     clock: str = "wall",
+    torch_threads: int = 1,
+    lap: str = "forward",
 ) -> list[dict]:
-    """One row per (K, variant): median ms, p10/p90 and the ratio to ``sum`` (the general bench
-    calls this with ``size``, ``runs`` and ``warmup``)."""
+    """One row per (K, variant): median ms, p10/p90 and the ratio to the same framework's
+    summed gradient (the general bench calls this with ``size``, ``runs`` and ``warmup``)."""
     rows = []
     has_torch = with_torch and importlib.util.find_spec("torch") is not None
+    if has_torch and torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
     for k in k_values:
-        compiled, args = programs(k, size)
+        compiled, args = programs(k, size, lap)
         calls = {name: functools.partial(c, *args) for name, c in compiled.items()}
         sync = {name: jax.block_until_ready for name in calls}
+        if has_torch:  # in the same round-robin: load hits both frameworks alike
+            calls |= {"torch sum": torch_loop(*args, summed=True), "torch loop": torch_loop(*args)}
+            sync |= {"torch sum": lambda _: None, "torch loop": lambda _: None}
         times = interleaved(calls, runs=runs, warmup=warmup, sync=sync, clock=clock)
-        if has_torch:
-            # timed apart: PyTorch's OpenMP workers keep spinning after each call and would
-            # slow down whichever JAX program ran next in the round-robin
-            times |= interleaved(
-                {"torch": torch_loop(*args)}, runs=runs, warmup=warmup,
-                sync={"torch": lambda _: None}, clock=clock,
-            )  # fmt: skip
-        base = float(np.median(times["sum"]))
         for name, t in times.items():
+            base = float(np.median(times[name.split()[0] + " sum"]))
             rows.append(
-                {"scenario": "terms", "k": k, "variant": name, "ms": 1e3 * float(np.median(t)),
+                {"scenario": "terms", "k": k, "variant": name, "algorithm": ALGORITHMS[name],
+                 "ms": 1e3 * float(np.median(t)),
                  "p10_ms": 1e3 * float(np.percentile(t, 10)),
                  "p90_ms": 1e3 * float(np.percentile(t, 90)),
                  "ratio": float(np.median(t)) / base, "runs": runs, "clock": clock}
@@ -202,15 +232,21 @@ def run(
 
 def main(cfg: Config) -> list[dict]:
     rows = run(k_values=cfg.k, size=cfg.size, runs=cfg.runs, warmup=cfg.warmup,
-               with_torch=cfg.torch, clock=cfg.clock)  # fmt: skip
-    print(f"clock: {cfg.clock}")
-    cells = [
-        (r["k"], r["variant"], f"{r['ms']:.3f}", f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}",
-         f"{r['ratio']:.2f}x")
+               with_torch=cfg.torch, clock=cfg.clock, torch_threads=cfg.torch_threads,
+               lap=cfg.laplacian)  # fmt: skip
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    table = [
+        [r["k"], r["variant"], f"{r['ms']:.3f}", f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}",
+         f"{r['ratio']:.2f}x", r["algorithm"]]
         for r in rows
     ]  # fmt: skip
-    heads = ("K", "variant", "median ms", "p10-p90 ms", "vs sum")
-    print_table(cells, heads, right=("K", "median ms", "p10-p90 ms", "vs sum"))
+    print_table(
+        table,
+        ["K", "variant", "median ms", "p10-p90 ms", "vs own sum", "algorithm"],
+        title=f"per-term gradients vs the same framework's summed gradient ({cfg.clock} clock, "
+        f"{cfg.runs} interleaved rounds, torch threads {cfg.torch_threads}, load {load})",
+        right=("K", "median ms", "p10-p90 ms", "vs own sum"),
+    )
     if cfg.out:
         atomic_write_json(
             Path(cfg.out), {"config": to_dict(cfg), "device": device_info(), "rows": rows}

@@ -62,7 +62,16 @@ def print_table(rows: list[Row]) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="*", choices=TOUR, help="run only these experiments")
+    parser.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="compile everything afresh, keep nothing (see jaxgrad.xla.enable_compile_cache)",
+    )
     args = parser.parse_args(argv)
+    if not args.no_compile_cache:
+        from jaxgrad.xla import enable_compile_cache
+
+        print(f"compilation cache: {enable_compile_cache() or 'off'}")
     t0 = time.perf_counter()
     rows = run(tuple(args.only) if args.only else TOUR)
     print_table(rows)

@@ -12,7 +12,9 @@ Declare each field with :func:`option` so its default and its reason sit togethe
 
     cfg = parse(Config)   # --lr 0.01 --recipe strong --tiny --help
 
-``--tiny`` starts from ``Config.tiny()``; explicit flags override it. A config's
+``--tiny`` starts from ``Config.tiny()``; explicit flags override it. Parsing also turns on
+the persistent compilation cache (:func:`jaxgrad.xla.enable_compile_cache`) unless
+``--no-compile-cache`` is given. A config's
 ``__post_init__`` may raise ValueError; the message is shown as a usage error (exit code 2).
 
 Validation (:func:`check_config`, run by :func:`parse` on every config and callable from
@@ -35,6 +37,8 @@ import types
 import typing
 from collections.abc import Sequence
 from typing import Any, TypeVar
+
+from jaxgrad.xla import enable_compile_cache
 
 __all__ = ["check_config", "option", "parse", "positive", "to_dict"]
 
@@ -151,6 +155,12 @@ def _parser_for(cls: type, description: str | None) -> argparse.ArgumentParser:
         help="start from the tiny() config: checks the pipeline on CPU in seconds to a few "
         "minutes; its numbers are not results",
     )
+    parser.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="do not keep compiled programs in the persistent cache (jaxgrad.xla; the env var "
+        "JAXGRAD_COMPILE_CACHE=off does the same, =PATH moves it)",
+    )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -190,6 +200,8 @@ def parse(cls: type[C], argv: Sequence[str] | None = None, description: str | No
     parser = _parser_for(cls, description)
     ns = vars(parser.parse_args(argv))
     tiny = ns.pop("tiny", False)
+    if not ns.pop("no_compile_cache", False):
+        enable_compile_cache()
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()}
     try:
         base = cls.tiny() if tiny else cls()

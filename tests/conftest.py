@@ -14,6 +14,8 @@
 - `key` gives every test its own PRNG key, derived from the test's name;
 - tests in files named ``test_torch_*.py`` are PyTorch parity tests: marked ``torch`` and
   skipped, with a reason, when torch is not importable;
+- the persistent compilation cache is off (JAXGRAD_COMPILE_CACHE=off), so tests leave the
+  user's cache alone;
 - `spawn` starts a Python script in the background for a test module (a second process, or
   one with other XLA flags) and reaps it when the module ends.
 """
@@ -26,6 +28,10 @@ import sys
 
 import jax
 import pytest
+
+# Tests never write into the user's compilation cache (jaxgrad.xla.enable_compile_cache, called
+# by every experiment's CLI parse); subprocesses the tests start inherit this.
+os.environ["JAXGRAD_COMPILE_CACHE"] = "off"
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
