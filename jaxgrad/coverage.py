@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from typing import Any
 
 import jax
@@ -83,9 +82,6 @@ class CoverageReport:
                 for leaf in self.leaves
             ],
         }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
 
     def table(self) -> str:
         rows = [
@@ -172,12 +168,7 @@ def optimizer_coverage(optimizer: optax.GradientTransformation, params: Any) -> 
 
     leaves = []
     for i, (path, x) in enumerate(jax.tree_util.tree_leaves_with_path(params)):
-        if same[i]:
-            status = "passthrough"
-        elif live[i] or moved[i]:
-            status = "updated"
-        else:
-            status = "frozen"
+        status = "passthrough" if same[i] else "updated" if live[i] or moved[i] else "frozen"
         leaves.append(
             LeafCoverage(
                 path=path_str(path),
