@@ -258,12 +258,6 @@ def _render_table(leaves: tuple[LeafFlow, ...], *, fold: int) -> str:
     return render_table(out, heads)
 
 
-def _split_float(params: Any) -> tuple[list, list[bool], Any]:
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    is_float = [bool(jnp.issubdtype(jnp.result_type(x), jnp.inexact)) for x in leaves]
-    return leaves, is_float, tree
-
-
 def grad_flow(
     loss_fn: Callable[..., Any], params: Any, *args: Any, has_aux: bool = False
 ) -> FlowReport:
@@ -279,7 +273,8 @@ def grad_flow(
     ``report.to_dict()``.
     Raises ValueError if the loss is not a scalar.
     """
-    leaves, is_float, tree = _split_float(params)
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    is_float = [bool(jnp.issubdtype(jnp.result_type(x), jnp.inexact)) for x in leaves]
     fl = [x for x, f in zip(leaves, is_float) if f]
 
     def loss_of(float_leaves, *rest):
