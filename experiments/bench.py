@@ -87,10 +87,9 @@ class Config:
     precision: tuple[str, ...] = option(PRECISIONS, "JAX precisions to time", choices=PRECISIONS)
     scenarios: tuple[str, ...] = option(SCENARIOS, "what to run", choices=SCENARIOS)
     torch: tuple[str, ...] = option(
-        TORCH_VARIANTS,
-        "PyTorch variants (torch.compile is slow to compile on CPU)",
+        TORCH_VARIANTS, "PyTorch variants (torch.compile is slow to compile on CPU)",
         choices=TORCH_VARIANTS,
-    )
+    )  # fmt: skip
     torch_threads: int = option(
         0, "torch.set_num_threads on CPU (0: torch's default); 1 stops OpenMP spin-waiting on a "
         "shared, oversubscribed CPU (10-20x slower steps otherwise)", ge=0,
@@ -268,9 +267,10 @@ def run_epoch(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]
         with matmul_precision(precision):  # a trace-time setting: the calls must be inside
             t = bench_loop(one_epoch, name=f"epoch {precision}", items=n_steps * b,
                            steps_per_call=n_steps, runs=cfg.epochs,
-                           flops=3 * fwd * n_steps * b + fwd * cfg.eval_images, peak_tflops=peak)  # fmt: skip
+                           flops=3 * fwd * n_steps * b + fwd * cfg.eval_images,
+                           peak_tflops=peak)  # fmt: skip
         _add(rows, "epoch", "jax", precision, b, t, chunks=chunk_plan(n_steps, cfg.chunk),
-                         seed_recipe_10_epochs_s=10 * t.median_s)  # fmt: skip
+             seed_recipe_10_epochs_s=10 * t.median_s)  # fmt: skip
     return rows
 
 
@@ -323,7 +323,7 @@ def run_torch(cfg: Config, peak: float | None, skipped: list[dict]) -> list[dict
         flops_per_image=forward_flops(vit), peak_tflops=peak, skipped=skipped,
     ):  # fmt: skip
         _add(rows, "step", "torch", TORCH_PRECISION[variant], b, t, variant=variant,
-                         h100_anchor_ms=H100_TORCH_ANCHOR_MS.get((variant, b)))  # fmt: skip
+             h100_anchor_ms=H100_TORCH_ANCHOR_MS.get((variant, b)))  # fmt: skip
     return rows
 
 

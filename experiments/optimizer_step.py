@@ -83,9 +83,7 @@ def main(cfg: Config) -> dict:
 
     params = {"x": jnp.array([1.0], jnp.float32), "y": jnp.array([2.0], jnp.float32)}
     grads = jax.grad(lambda p: z_fn(p)[0])(params)
-    out["z"] = z_fn(params)
-    out["grads"] = grads
-    out["after"] = sgd_by_hand(params, grads, optax.sgd(cfg.lr2))
+    out.update(z=z_fn(params), grads=grads, after=sgd_by_hand(params, grads, optax.sgd(cfg.lr2)))
     print(
         f"z = 3x² + y³ at x=1, y=2: z = {fmt(out['z'])}; x.grad {fmt(grads['x'])}, y.grad {fmt(grads['y'])}"
     )

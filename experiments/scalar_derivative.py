@@ -77,12 +77,8 @@ def accumulated_grads(x: jax.Array, repeats: int) -> dict[str, list[float]]:
     for _ in range(repeats):
         pb.accumulate_into((ref,))
         refs.append(float(jg.read_refs(ref)))
-    return {
-        "pure": pure,
-        "functional": functional,
-        "refs": refs,
-        "zeroed": float(jg.zero_grad(acc)),
-    }
+    zeroed = float(jg.zero_grad(acc))
+    return {"pure": pure, "functional": functional, "refs": refs, "zeroed": zeroed}
 
 
 def detach_examples(x: jax.Array) -> dict[str, float]:
@@ -127,9 +123,8 @@ def freeze_backbone(cfg: Config) -> dict:
     state = jg.init_train_state(params, opt)
     before = jax.tree_util.tree_map(np.asarray, params)  # host copies: the step donates buffers
     # Only the optimizer state: state.params has backbone paths too, and those are the params.
-    state_paths = [
-        jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state.opt_state)
-    ]
+    opt_leaves = jax.tree_util.tree_leaves_with_path(state.opt_state)
+    n_backbone_state = sum("backbone" in jax.tree_util.keystr(p) for p, _ in opt_leaves)
     step = jg.make_train_step(make_loss_fn(graphdef), opt)
     losses = []
     for _ in range(cfg.steps):
@@ -140,7 +135,7 @@ def freeze_backbone(cfg: Config) -> dict:
     return {
         "backbone_identical": not any(jax.tree_util.tree_leaves(changed["backbone"])),
         "head_changed": all(jax.tree_util.tree_leaves(changed["head"])),
-        "backbone_state_arrays": sum("backbone" in p for p in state_paths),
+        "backbone_state_arrays": n_backbone_state,
         "loss_first": losses[0],
         "loss_last": losses[-1],
     }

@@ -53,16 +53,6 @@ class Config:
         return cls()
 
 
-def matmul(x: jax.Array, y: jax.Array) -> jax.Array:
-    """``torch.mm``: ``[1, 2] @ [2, 2] → [1, 2]``."""
-    return x @ y
-
-
-def mm_grads_by_hand(x, y, ct):
-    """Closed form of the VJP of ``x @ y``: ``(ct @ yᵀ, xᵀ @ ct)``."""
-    return ct @ y.T, x.T @ ct
-
-
 def scalar_example() -> dict:
     """``z = x**2 + y`` at (1, 2): z = 3, dz/dx = 2x = 2, dz/dy = 1."""
     res = backward(lambda x, y: x**2 + y, jnp.float32(1.0), jnp.float32(2.0))
@@ -70,9 +60,8 @@ def scalar_example() -> dict:
 
 
 def main(cfg: Config) -> dict:
-    out: dict = {}
     s = scalar_example()
-    out["scalar"] = s
+    out: dict = {"scalar": s}
     print(
         f"z = x**2 + y at (1, 2): z = {s['z']:g}, x.grad = {s['x_grad']:g}, y.grad = {s['y_grad']:g}"
     )
@@ -94,9 +83,10 @@ def main(cfg: Config) -> dict:
     # z = x @ y with grad_tensors, via one reusable pullback (retain_graph=True).
     x, y = jnp.array(X, jnp.float32), jnp.array(Y, jnp.float32)
     ct = jnp.array([cfg.cotangent], jnp.float32)
-    pb = pullback(matmul, x, y)
+    pb = pullback(jnp.matmul, x, y)  # torch.mm: [1, 2] @ [2, 2] -> [1, 2]
     gx, gy = pb(ct)
-    out.update(z=pb.out, x_grad=gx, y_grad=gy, by_hand=mm_grads_by_hand(x, y, ct))
+    by_hand = (ct @ y.T, x.T @ ct)  # the closed-form VJP of x @ y
+    out.update(z=pb.out, x_grad=gx, y_grad=gy, by_hand=by_hand)
     print(f"z = x @ y = {fmt(pb.out)}; cotangent {fmt(ct)}")
     print(f"  x.grad = {fmt(gx)}   (ct @ yᵀ = {fmt(out['by_hand'][0])})")
     print(f"  y.grad = {fmt(gy)}   (xᵀ @ ct = {fmt(out['by_hand'][1])})")

@@ -62,11 +62,9 @@ def _check_scalar(out: Any, what: str = "the output") -> None:
     leaves = jax.tree_util.tree_leaves(out)
     if len(leaves) != 1 or _shape(leaves[0]) != ():
         shapes = [_shape(x) for x in leaves]
-        hint = (
-            " A shape-(1,) result is not a scalar in JAX: use out[0] or out.reshape(())."
-            if shapes == [(1,)]
-            else ""
-        )
+        hint = ""
+        if shapes == [(1,)]:
+            hint = " A shape-(1,) result is not a scalar in JAX: use out[0] or out.reshape(())."
         raise ValueError(
             f"grad can be implicitly created only for scalar outputs: {what} has shape(s) "
             f"{shapes}. Either pass cotangent= (PyTorch's grad_tensors=) with the output's "

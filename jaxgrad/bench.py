@@ -141,17 +141,9 @@ class Timing:
     def _pct(self, q: float) -> float:
         return float(np.percentile(np.asarray(self.times_s), q))
 
-    @property
-    def median_s(self) -> float:
-        return self._pct(50)
-
-    @property
-    def p10_s(self) -> float:
-        return self._pct(10)
-
-    @property
-    def p90_s(self) -> float:
-        return self._pct(90)
+    median_s = property(lambda self: self._pct(50))
+    p10_s = property(lambda self: self._pct(10))
+    p90_s = property(lambda self: self._pct(90))
 
     @property
     def ms_per_step(self) -> float:
@@ -354,16 +346,11 @@ def device_info(device: jax.Device | None = None) -> dict:
         "jaxlib": jaxlib.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
-        "cpu_count": _cpu_count(),
+        "cpu_count": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-
-
-def _cpu_count() -> int | None:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count()
 
 
 def vit_forward_flops(

@@ -169,14 +169,7 @@ def optimizer_coverage(optimizer: optax.GradientTransformation, params: Any) -> 
     leaves = []
     for i, (path, x) in enumerate(jax.tree_util.tree_leaves_with_path(params)):
         status = "passthrough" if same[i] else "updated" if live[i] or moved[i] else "frozen"
-        leaves.append(
-            LeafCoverage(
-                path=path_str(path),
-                shape=tuple(np.shape(x)),
-                status=status,
-                slots=tuple(slots[i]),
-                group=groups[i],
-                probe_moved=moved[i],
-            )
-        )
+        leaves.append(LeafCoverage(path=path_str(path), shape=tuple(np.shape(x)), status=status,
+                                   slots=tuple(slots[i]), group=groups[i],
+                                   probe_moved=moved[i]))  # fmt: skip
     return CoverageReport(tuple(leaves))

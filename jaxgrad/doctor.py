@@ -225,11 +225,8 @@ def _norm_cell(rows: list[LeafFlow]) -> str:
 
 
 def _cells(path: str, rows: list[LeafFlow], folded: bool, with_opt: bool) -> tuple[str, ...]:
-    r0 = rows[0]
-    if folded:
-        shape = f"{len(rows)} leaves"
-    else:
-        shape = str(r0.shape) + (f" x{len(rows)}" if len(rows) > 1 else "")
+    r0, many = rows[0], f" x{len(rows)}" if len(rows) > 1 else ""
+    shape = f"{len(rows)} leaves" if folded else str(r0.shape) + many
     cells = (path, shape, r0.status, _norm_cell(rows))
     if with_opt:
         slots = "-" if r0.slots is None else ",".join(r0.slots) or "none"

@@ -187,11 +187,6 @@ class GradNormMonitor:
             else:
                 series[m] = (s, drawn)
         note = f"always 0 or non-finite (not drawable on a log axis): {', '.join(undrawable)}"
-        return plot_curves(
-            path,
-            {"gradient L2 norm": series},
-            title=title,
-            logy=("gradient L2 norm",),
-            ylabels={"gradient L2 norm": "gradient L2 norm (log)"},
-            note=note if undrawable else "",
-        )
+        y = "gradient L2 norm"
+        return plot_curves(path, {y: series}, title=title, logy=(y,), ylabels={y: f"{y} (log)"},
+                           note=note if undrawable else "")  # fmt: skip
