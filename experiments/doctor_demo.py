@@ -172,8 +172,7 @@ class Case:
 
 
 def _models(size: tuple[int, int], *, rngs: nnx.Rngs) -> tuple[TwoTower, GatedMLP]:
-    """Both models of the cases, ``size = (width, depth)``: built together by
-    ``jaxgrad.loop.init_params`` in one jitted program."""
+    """Both models of the cases, ``size = (width, depth)``, for one jitted ``init_params``."""
     width, depth = size
     return TwoTower(12, 10, width, depth, rngs=rngs), GatedMLP(12, width, 3, rngs=rngs)
 
@@ -181,10 +180,7 @@ def _models(size: tuple[int, int], *, rngs: nnx.Rngs) -> tuple[TwoTower, GatedML
 def create(cfg: Config, key: jax.Array) -> tuple[TwoTower, GatedMLP]:
     """The two models, initialised in one program compiled at XLA opt level 0 (it runs once,
     so compiling dominates: 1.5 s instead of 3.7 s of CPU)."""
-    graphdef, params, rest = init_params(
-        _models, (cfg.width, cfg.depth), key, compiler_options=RUN_ONCE
-    )
-    return nnx.merge(graphdef, params, rest)
+    return nnx.merge(*init_params(_models, (cfg.width, cfg.depth), key, compiler_options=RUN_ONCE))
 
 
 def build_cases(cfg: Config) -> list[Case]:

@@ -120,9 +120,7 @@ class Pullback:
     """
 
     def __init__(self, out: Any, vjp_fun: Callable, aux: Any = None):
-        self.out = out
-        self.aux = aux
-        self.vjp_fun = vjp_fun
+        self.out, self.vjp_fun, self.aux = out, vjp_fun, aux
 
     def _cotangent(self, cotangent: Any) -> Any:
         """``cotangent`` checked against the output; None means 1.0 for a scalar output."""

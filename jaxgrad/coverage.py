@@ -139,8 +139,7 @@ def optimizer_coverage(optimizer: optax.GradientTransformation, params: Any) -> 
     state_sds = jax.eval_shape(optimizer.init, sds)
     slots, groups = _state_slots(params, state_sds)
 
-    def update(g, s, p):
-        return optimizer.update(g, s, p)[0]
+    update = lambda g, s, p: optimizer.update(g, s, p)[0]  # the updates only
 
     dep = dependence_matrix(update, sds, state_sds, sds)
     if dep.shape[0] != n:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -142,14 +141,28 @@ class FlowReport:
             ],
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
     def table(self, *, fold: int = 4) -> str:
         """The printout: grouped by module path; subtrees of more than ``fold`` leaves that
         share one diagnosis become one line, and identical numbered blocks
         (``layers/0``, ``layers/1``...) fold into ``layers/[0-5]``."""
-        return _render_table(self.leaves, fold=fold)
+        with_opt = any(leaf.update is not None for leaf in self.leaves)
+        out: list[tuple[str, ...]] = []
+
+        def walk(node: dict, prefix: str) -> None:
+            for name, child in node.items():
+                path = f"{prefix}/{name}" if prefix else name
+                if isinstance(child, list):
+                    out.append(_cells(path, child, False, with_opt))
+                    continue
+                rows = _rows_under(child)
+                if len(rows) > fold and len({(r.status, r.update, r.slots) for r in rows}) == 1:
+                    out.append(_cells(f"{path}/...", rows, True, with_opt))
+                else:
+                    walk(child, path)
+
+        walk(_trie(self.leaves), "")
+        heads = ("path", "shape", "status", "|grad|") + (("optimizer", "state") if with_opt else ())
+        return render_table(out, heads)
 
     def __str__(self) -> str:
         counts = " · ".join(f"{n} {s}" for s, n in self.counts().items())
@@ -232,27 +245,6 @@ def _cells(path: str, rows: list[LeafFlow], folded: bool, with_opt: bool) -> tup
         slots = "-" if r0.slots is None else ",".join(r0.slots) or "none"
         cells += (r0.update or "-", slots)
     return cells
-
-
-def _render_table(leaves: tuple[LeafFlow, ...], *, fold: int) -> str:
-    with_opt = any(leaf.update is not None for leaf in leaves)
-    out: list[tuple[str, ...]] = []
-
-    def walk(node: dict, prefix: str) -> None:
-        for name, child in node.items():
-            path = f"{prefix}/{name}" if prefix else name
-            if isinstance(child, list):
-                out.append(_cells(path, child, False, with_opt))
-                continue
-            rows = _rows_under(child)
-            if len(rows) > fold and len({(r.status, r.update, r.slots) for r in rows}) == 1:
-                out.append(_cells(f"{path}/...", rows, True, with_opt))
-            else:
-                walk(child, path)
-
-    walk(_trie(leaves), "")
-    heads = ("path", "shape", "status", "|grad|") + (("optimizer", "state") if with_opt else ())
-    return render_table(out, heads)
 
 
 def grad_flow(

@@ -48,8 +48,7 @@ OnChunk = Callable[[int, dict[str, np.ndarray]], None]
 def abstract_params(model_cls: type, cfg: Any) -> tuple[nnx.GraphDef, Any, Any]:
     """``(graphdef, params, rest)`` of ``model_cls(cfg, rngs=...)`` as shapes (nothing
     allocated): templates to restore checkpoints or load saved params into."""
-    model = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
-    return nnx.split(model, nnx.Param, ...)
+    return nnx.split(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)
 
 
 def init_params(
@@ -63,8 +62,7 @@ def init_params(
     """
     opts = tuple(sorted((compiler_options or {}).items()))
     graphdef, init = _jitted_init(model_cls, cfg, opts)
-    params, rest = init(key)
-    return graphdef, params, rest
+    return graphdef, *init(key)
 
 
 @functools.lru_cache(maxsize=16)
