@@ -15,9 +15,10 @@ Scenarios (``--scenarios``): ``step`` one jitted train step per dispatch (donate
 ``--batch`` × ``--precision``; ``scan`` ``--chunk`` steps per dispatch (``lax.scan`` via
 ``make_multi_step``); ``epoch`` a full epoch from a device-resident dataset, shuffled on the
 device, scanned in chunks, plus the evaluation pass (the seed's loop body); ``eval`` the
-forward pass over the eval set; ``terms`` the per-term gradient ratio (experiments.bench_terms);
-``clip`` a CLIP train step; ``torch`` the PyTorch twin (experiments.torch_vit) for each batch and
-``--torch`` variant (eager fp32, AMP bf16, torch.compile + AMP bf16).
+forward pass over the eval set; ``clip`` a CLIP train step; ``torch`` the PyTorch twin
+(experiments.torch_vit) for each batch and ``--torch`` variant (eager fp32, AMP bf16,
+torch.compile + AMP bf16). The per-term gradient ratio has its own benchmark:
+``python -m experiments.bench_terms``.
 
 Precisions: ``highest`` float32 matmuls at full precision (parity with PyTorch fp32 eager);
 ``default`` JAX's default (TF32 on NVIDIA GPUs: changes numerics); ``bf16`` bf16 compute with
@@ -38,7 +39,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from experiments import bench_terms
 from experiments.bench_torch import (
     H100_TORCH_ANCHOR_MS,
     TORCH_PRECISION,
@@ -52,11 +52,10 @@ from jaxgrad.bench import (
     bench_loop,
     default_peak_tflops,
     device_info,
-    op_time_shares,
-    profile_ops,
+    profile_jit,
     vit_forward_flops,
 )
-from jaxgrad.cli import option, parse, positive, to_dict
+from jaxgrad.cli import check_config, option, parse, to_dict
 from jaxgrad.data.captions import caption_table
 from jaxgrad.data.synthetic import CLASS_NAMES
 from jaxgrad.io import atomic_write_json
@@ -76,7 +75,7 @@ from jaxgrad.tables import print_table
 from jaxgrad.train import init_train_state, make_multi_step, make_train_step
 
 PRECISIONS = ("highest", "default", "bf16")
-SCENARIOS = ("step", "scan", "epoch", "eval", "terms", "clip", "torch")
+SCENARIOS = ("step", "scan", "epoch", "eval", "clip", "torch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,32 +83,31 @@ class Config:
     size: str = option(
         "seed", "ViT size: the seed's (12.7M params) or tiny", choices=("seed", "tiny")
     )
-    batch: tuple[int, ...] = option((64, 512), "batch sizes of the step/scan/torch scenarios")
+    batch: tuple[int, ...] = option((64, 512), "batch sizes of the step/scan/torch scenarios", gt=0)
     precision: tuple[str, ...] = option(PRECISIONS, "JAX precisions to time", choices=PRECISIONS)
     scenarios: tuple[str, ...] = option(SCENARIOS, "what to run", choices=SCENARIOS)
     torch: tuple[str, ...] = option(
-        TORCH_VARIANTS,
-        "PyTorch variants (torch.compile is slow to compile on CPU)",
+        TORCH_VARIANTS, "PyTorch variants (torch.compile is slow to compile on CPU)",
         choices=TORCH_VARIANTS,
-    )
+    )  # fmt: skip
     torch_threads: int = option(
         0, "torch.set_num_threads on CPU (0: torch's default); 1 stops OpenMP spin-waiting on a "
-        "shared, oversubscribed CPU (10-20x slower steps otherwise)",
+        "shared, oversubscribed CPU (10-20x slower steps otherwise)", ge=0,
     )  # fmt: skip
-    runs: int = option(30, "timed samples per scenario (median and p10/p90 reported)")
-    warmup: int = option(3, "untimed calls after compilation")
+    runs: int = option(30, "timed samples per scenario (median and p10/p90 reported)", gt=0)
+    warmup: int = option(3, "untimed calls after compilation", ge=0)
     calls_per_sample: int = option(
         1, "back-to-back step calls per timed sample, one sync at its end (>1: dispatch overlaps "
-        "compute, as in a training loop; 1: per-step latency)",
+        "compute, as in a training loop; 1: per-step latency)", gt=0,
     )  # fmt: skip
-    scan_runs: int = option(5, "timed samples of the scan scenario (each is --chunk steps)")
-    chunk: int = option(100, "training steps per dispatch in the scan and epoch scenarios")
-    epoch_images: int = option(50_000, "training images per epoch (CIFAR-10's 50,000)")
-    epoch_batch: int = option(64, "batch of the epoch scenario (the seed's DataLoader: 64)")
-    epochs: int = option(3, "timed epochs (after one untimed warm-up epoch)")
-    eval_images: int = option(10_000, "evaluation images (CIFAR-10's test set)")
+    scan_runs: int = option(5, "timed samples of the scan scenario (each is --chunk steps)", gt=0)
+    chunk: int = option(100, "training steps per dispatch in the scan and epoch scenarios", gt=0)
+    epoch_images: int = option(50_000, "training images per epoch (CIFAR-10's 50,000)", gt=0)
+    epoch_batch: int = option(64, "batch of the epoch scenario (the seed's DataLoader: 64)", gt=0)
+    epochs: int = option(3, "timed epochs (after one untimed warm-up epoch)", gt=0)
+    eval_images: int = option(10_000, "evaluation images (CIFAR-10's test set)", gt=0)
     eval_batch: int = option(
-        1000, "evaluation batch (forward only: any size gives the same result)"
+        1000, "evaluation batch (forward only: any size gives the same result)", gt=0
     )
     prng: str = option(
         "threefry2x32", "PRNG for dropout masks (rbg is cheaper on GPU; changes the masks)",
@@ -127,14 +125,7 @@ class Config:
     out: str = option("runs/bench/bench.json", "JSON output path")
 
     def __post_init__(self):
-        positive(self, "runs", "calls_per_sample", "scan_runs", "chunk", "epoch_images",
-                 "epoch_batch", "epochs", "eval_images", "eval_batch")  # fmt: skip
-        if any(b <= 0 for b in self.batch):
-            raise ValueError(f"--batch sizes must be > 0, got {self.batch}")
-        if self.warmup < 0 or self.torch_threads < 0:
-            raise ValueError(
-                f"--warmup and --torch-threads must be >= 0, got {self.warmup}, {self.torch_threads}"
-            )
+        check_config(self)  # finite floats, bounds of option(...)
         if self.epoch_images < self.epoch_batch:
             raise ValueError(
                 f"--epoch-images {self.epoch_images} < --epoch-batch {self.epoch_batch}"
@@ -162,9 +153,9 @@ def matmul_precision(precision: str):
 
 
 def forward_flops(vit: ViTConfig) -> float:
-    names = ("image_size", "patch_size", "dim", "depth", "heads", "dim_head", "mlp_dim")
-    kw = {n: getattr(vit, n) for n in names}
-    return vit_forward_flops(**kw, num_classes=vit.num_classes, channels=vit.channels)
+    names = ("image_size", "patch_size", "dim", "depth", "heads", "dim_head", "mlp_dim",
+             "num_classes", "channels")  # fmt: skip
+    return vit_forward_flops(**{n: getattr(vit, n) for n in names})
 
 
 def optimizer(cfg: Config) -> optax.GradientTransformation:
@@ -178,22 +169,18 @@ def vit_graphdef(vit: ViTConfig) -> nnx.GraphDef:
 
 
 def vit_params(vit: ViTConfig, key: jax.Array) -> Any:
-    """Float32 params (``jaxgrad.loop.init_params``, as the experiment): the same for every
-    compute dtype, so one compiled init serves all."""
+    """Float32 params (as the experiment): one compiled init serves every compute dtype."""
     return init_params(ViT, dataclasses.replace(vit, dtype="float32"), key)[1]
 
 
 def vit_loss(vit: ViTConfig):
-    """The ViT experiment's own loss (``jaxgrad.tasks.classifier_loss``): the seed's
-    ``CrossEntropyLoss`` in training mode (dropout on), no augmentation, no smoothing."""
+    """The ViT experiment's loss: the seed's ``CrossEntropyLoss``, dropout on, no augmentation."""
     return tasks.classifier_loss(vit_graphdef(vit), label_smoothing=0.0, use_augment=False)
 
 
 @functools.cache
 def vit_evaluate(vit: ViTConfig, batch_size: int):
-    """The ViT experiment's evaluation pass (``jaxgrad.loop.make_evaluate`` of
-    ``jaxgrad.tasks.classifier_metric``), one per (config, batch): compiled once per run,
-    shared by the epoch and eval scenarios."""
+    """The ViT experiment's evaluation pass, compiled once per (config, batch) and run."""
     return make_evaluate(tasks.classifier_metric(vit_graphdef(vit)), batch_size=batch_size)
 
 
@@ -205,9 +192,13 @@ def synthetic(key: jax.Array, shape: tuple[int, ...], vit: ViTConfig) -> dict:
     return {"images": images, "labels": jax.random.randint(k_lbl, shape, 0, vit.num_classes)}
 
 
-def _row(scenario: str, framework: str, precision: str, batch: int, t: Timing, **extra) -> dict:
-    return {"scenario": scenario, "framework": framework, "precision": precision, "batch": batch,
-            **t.to_dict(), **extra}  # fmt: skip
+def _add(
+    rows: list[dict], scenario: str, framework: str, precision: str, batch: int, t: Timing, **extra
+) -> None:
+    """Append one result row and print it as a progress line (the table comes at the end)."""
+    keys = {"scenario": scenario, "framework": framework, "precision": precision, "batch": batch}
+    rows.append({**keys, **t.to_dict(), **extra})
+    print(" ".join(_cells(rows[-1])), flush=True)
 
 
 def run_step(cfg: Config, params, keys: dict, peak: float | None, *, scan: bool) -> list[dict]:
@@ -228,41 +219,31 @@ def run_step(cfg: Config, params, keys: dict, peak: float | None, *, scan: bool)
                               calls_per_run=1 if scan else cfg.calls_per_sample,
                               warmup=cfg.warmup, flops=3 * forward_flops(vit) * k * b,
                               peak_tflops=peak)  # fmt: skip
-            rows.append(_row("scan" if scan else "step", "jax", precision, b, t))
-            print(_line(rows[-1]), flush=True)
+            _add(rows, "scan" if scan else "step", "jax", precision, b, t)
             if cfg.profile and not scan:
                 rows[-1]["profile"] = profile_step(step, params, opt, data, keys, precision)
     return rows
 
 
 def profile_step(step, params, opt, data, keys: dict, precision: str) -> dict:
-    """The step's top XLA ops by time (jaxgrad.bench.profile_ops), printed and returned."""
-    state = [init_train_state(jax.tree.map(jnp.copy, params), opt)]
+    """The step's top XLA ops by time (jaxgrad.bench.profile_jit), printed and returned."""
+    state = init_train_state(jax.tree.map(jnp.copy, params), opt)
     with matmul_precision(precision):
-        compiled = step.lower(state[0], data, keys["step"]).compile()
-
-    def call():
-        state[0], metrics = compiled(state[0], data, keys["step"])
-        return metrics
-
-    call()  # warm-up
-    ops = profile_ops(call, hlo_text=compiled.as_text(), top=None)
-    shares = op_time_shares(ops)
-    print("    op time: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()))
-    for op in ops[:8]:
+        prof = profile_jit(step, state, data, keys["step"], carry=True)
+    print(
+        "    op time: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in prof["op_time_share"].items())
+    )
+    for op in prof["top_ops"][:8]:
         print(f"    {op['ms_per_call']:9.3f} ms/step  {op['op']:<28} {op['label'][:90]}")
-    return {"op_time_share": shares, "top_ops": ops[:15]}
+    return prof
 
 
 def run_epoch(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]:
-    """The seed's loop body, one epoch + evaluation, through ``jaxgrad.loop`` (as the ViT
-    experiment runs it).
-
-    The dataset is device-resident; each epoch is a permutation drawn on the device; each
-    dispatch gathers and runs up to ``--chunk`` steps in one ``lax.scan``; the last partial
-    batch is dropped (the seed's DataLoader keeps its 16 images: 0.03% of the data). The
-    compile time is the first epoch's time minus the median of the next ``--epochs``.
-    """
+    """The seed's loop body, one epoch + evaluation, through ``jaxgrad.loop`` as the ViT
+    experiment runs it: a device-resident dataset, a permutation drawn on the device, up to
+    ``--chunk`` gathered steps per ``lax.scan`` dispatch; the last partial batch is dropped (the
+    seed's DataLoader keeps its 16 images: 0.03% of the data). Compile time: the first epoch's
+    time minus the median of the next ``--epochs``."""
     rows, opt, b = [], optimizer(cfg), cfg.epoch_batch
     n_steps = steps_per_epoch(cfg.epoch_images, b)
     for precision in cfg.precision:
@@ -286,10 +267,10 @@ def run_epoch(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]
         with matmul_precision(precision):  # a trace-time setting: the calls must be inside
             t = bench_loop(one_epoch, name=f"epoch {precision}", items=n_steps * b,
                            steps_per_call=n_steps, runs=cfg.epochs,
-                           flops=3 * fwd * n_steps * b + fwd * cfg.eval_images, peak_tflops=peak)  # fmt: skip
-        rows.append(_row("epoch", "jax", precision, b, t, chunks=chunk_plan(n_steps, cfg.chunk),
-                         seed_recipe_10_epochs_s=10 * t.median_s))  # fmt: skip
-        print(_line(rows[-1]), flush=True)
+                           flops=3 * fwd * n_steps * b + fwd * cfg.eval_images,
+                           peak_tflops=peak)  # fmt: skip
+        _add(rows, "epoch", "jax", precision, b, t, chunks=chunk_plan(n_steps, cfg.chunk),
+             seed_recipe_10_epochs_s=10 * t.median_s)  # fmt: skip
     return rows
 
 
@@ -304,8 +285,7 @@ def run_eval(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]:
         with matmul_precision(precision):
             t = bench_loop(call, name=f"eval {precision}", items=cfg.eval_images, runs=cfg.runs,
                            flops=forward_flops(vit) * cfg.eval_images, peak_tflops=peak)  # fmt: skip
-        rows.append(_row("eval", "jax", precision, cfg.eval_batch, t))
-        print(_line(rows[-1]), flush=True)
+        _add(rows, "eval", "jax", precision, cfg.eval_batch, t)
     return rows
 
 
@@ -329,8 +309,7 @@ def run_clip(cfg: Config, keys: dict, peak: float | None) -> list[dict]:
         state = init_train_state(jax.tree.map(jnp.copy, params), opt)
         t = bench_jit(step, state, data, keys["step"], name=f"clip b{b}", items=b, carry=True,
                       runs=cfg.runs, warmup=cfg.warmup, peak_tflops=peak)  # fmt: skip
-        rows.append(_row("clip", "jax", "default", b, t))
-        print(_line(rows[-1]), flush=True)
+        _add(rows, "clip", "jax", "default", b, t)
     return rows
 
 
@@ -343,9 +322,8 @@ def run_torch(cfg: Config, peak: float | None, skipped: list[dict]) -> list[dict
         calls_per_sample=cfg.calls_per_sample, threads=cfg.torch_threads, seed=cfg.seed,
         flops_per_image=forward_flops(vit), peak_tflops=peak, skipped=skipped,
     ):  # fmt: skip
-        rows.append(_row("step", "torch", TORCH_PRECISION[variant], b, t, variant=variant,
-                         h100_anchor_ms=H100_TORCH_ANCHOR_MS.get((variant, b))))  # fmt: skip
-        print(_line(rows[-1]), flush=True)
+        _add(rows, "step", "torch", TORCH_PRECISION[variant], b, t, variant=variant,
+             h100_anchor_ms=H100_TORCH_ANCHOR_MS.get((variant, b)))  # fmt: skip
     return rows
 
 
@@ -355,17 +333,11 @@ COMPARE = {"highest": ("eager",), "default": ("eager",), "bf16": ("amp", "compil
 
 def add_ratios(rows: list[dict]) -> None:
     """``vs_torch`` on JAX step rows: best matching torch ms ÷ JAX ms (> 1: JAX is faster)."""
-    torch_ms = {
-        (r["variant"], r["batch"]): r["ms_per_step"] for r in rows if r["framework"] == "torch"
-    }
-    for r in rows:
-        if r["framework"] != "jax" or r["scenario"] not in ("step", "scan"):
-            continue
-        ref = [
-            torch_ms[(v, r["batch"])]
-            for v in COMPARE[r["precision"]]
-            if (v, r["batch"]) in torch_ms
-        ]
+    torch_ms = {(r["variant"], r["batch"]): r["ms_per_step"] for r in rows
+                if r["framework"] == "torch"}  # fmt: skip
+    for r in (r for r in rows if r["framework"] == "jax" and r["scenario"] in ("step", "scan")):
+        b = r["batch"]
+        ref = [torch_ms[v, b] for v in COMPARE[r["precision"]] if (v, b) in torch_ms]
         r["vs_torch"] = min(ref) / r["ms_per_step"] if ref else None
 
 
@@ -384,23 +356,8 @@ def _cells(r: dict) -> list[str]:
             f"{r['compile_s']:.2f}", "-" if vs is None else f"{vs:.2f}x"]  # fmt: skip
 
 
-def _line(r: dict) -> str:
-    """One finished result as a progress line (the table comes at the end)."""
-    return " ".join(_cells(r))
-
-
-def run_terms(cfg: Config) -> list[dict]:
-    """The per-term gradient ratio benchmark (experiments.bench_terms)."""
-    rows = bench_terms.run(size=cfg.size, runs=cfg.runs, warmup=cfg.warmup)
-    for r in rows:
-        print(f"terms  K={r['k']} {r['variant']:<8} {r['ms']:>9.3f} ms  {r['ratio']:.2f}x one grad")
-    return rows
-
-
 def main(cfg: Config) -> dict:
     """Run the selected scenarios; print the table; write and return the JSON report."""
-    if "torch" in cfg.scenarios and importlib.util.find_spec("torch") is None:
-        print("torch is not installed: the PyTorch side is skipped (pip install -e '.[torch]')")
     key = jax.random.key(cfg.seed, impl=cfg.prng)
     keys = named_keys(key, "init", "step", "data")
     peak = cfg.peak_tflops if cfg.peak_tflops is not None else default_peak_tflops()
@@ -409,6 +366,9 @@ def main(cfg: Config) -> dict:
           f"ViT size {cfg.size}, prng {cfg.prng}, MFU peak {peak or 'n/a'} TFLOP/s")  # fmt: skip
     rows: list[dict] = []
     skipped: list[dict] = []
+    if no_torch := "torch" in cfg.scenarios and importlib.util.find_spec("torch") is None:
+        print("torch is not installed: the PyTorch side is skipped (pip install -e '.[torch]')")
+        skipped.append({"scenario": "torch", "reason": "torch is not installed"})
     params = vit_params(vit_config(cfg, "highest"), keys["init"])
     if "step" in cfg.scenarios:
         rows += run_step(cfg, params, keys, peak, scan=False)
@@ -420,18 +380,14 @@ def main(cfg: Config) -> dict:
         rows += run_eval(cfg, params, keys, peak)
     if "clip" in cfg.scenarios:
         rows += run_clip(cfg, keys, peak)
-    terms = run_terms(cfg) if "terms" in cfg.scenarios else []
-    if "torch" in cfg.scenarios:
-        if importlib.util.find_spec("torch") is None:
-            skipped.append({"scenario": "torch", "reason": "torch is not installed"})
-        else:
-            rows += run_torch(cfg, peak, skipped)
+    if "torch" in cfg.scenarios and not no_torch:
+        rows += run_torch(cfg, peak, skipped)
     add_ratios(rows)
     print_table([_cells(r) for r in rows], COLUMNS, right=COLUMNS[3:])
     for s in skipped:
         print(f"skipped {s['scenario']}: {s['reason']}")
     report = {"config": to_dict(cfg), "device": info, "peak_tflops": peak, "results": rows,
-              "terms": terms, "skipped": skipped,
+              "skipped": skipped,
               "h100_torch_anchor_ms": [{"variant": v, "batch": b, "ms": ms}
                                        for (v, b), ms in H100_TORCH_ANCHOR_MS.items()]}  # fmt: skip
     atomic_write_json(cfg.out, report)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Row", "allclose", "fmt"]
+__all__ = ["Row", "allclose", "close_row", "fmt"]
 
 
 @dataclass(frozen=True)
@@ -31,3 +31,8 @@ def fmt(x) -> str:
 def allclose(a, b, *, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
     """float32-tolerance comparison (0.4 is 0.39999998 in float32)."""
     return bool(np.allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol, atol))
+
+
+def close_row(scenario: str, pytorch: str, got, want) -> Row:
+    """The tour's usual row: ``got`` printed by :func:`fmt`, a match when close to ``want``."""
+    return Row(scenario, pytorch, fmt(got), allclose(got, want))

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from experiments.common import Row, allclose, fmt
-from jaxgrad.cli import check_config, option, parse, positive
+from experiments.common import Row, allclose, close_row, fmt
+from jaxgrad.cli import check_config, option, parse
 from jaxgrad.train import init_train_state, make_train_step
 
 
@@ -43,7 +43,6 @@ class Config:
 
     def __post_init__(self):
         check_config(self)  # finite floats, bounds of option(...)
-        positive(self, "lr", "lr2")
 
     @classmethod
     def tiny(cls) -> Config:
@@ -84,9 +83,7 @@ def main(cfg: Config) -> dict:
 
     params = {"x": jnp.array([1.0], jnp.float32), "y": jnp.array([2.0], jnp.float32)}
     grads = jax.grad(lambda p: z_fn(p)[0])(params)
-    out["z"] = z_fn(params)
-    out["grads"] = grads
-    out["after"] = sgd_by_hand(params, grads, optax.sgd(cfg.lr2))
+    out.update(z=z_fn(params), grads=grads, after=sgd_by_hand(params, grads, optax.sgd(cfg.lr2)))
     print(
         f"z = 3x² + y³ at x=1, y=2: z = {fmt(out['z'])}; x.grad {fmt(grads['x'])}, y.grad {fmt(grads['y'])}"
     )
@@ -107,35 +104,17 @@ def main(cfg: Config) -> dict:
 
 
 def tour() -> list[Row]:
-    cfg = Config()
-    r = main(cfg)
-    a, ts = r["after"], r["train_step"]
+    r = main(Config())
+    a, ts, g = r["after"], r["train_step"], r["grads"]
+    sgd = f"{float(a['x'][0]):.8g}, {float(a['y'][0]):.8g}"
     return [
-        Row(
-            "004 grad of sum(100x)",
-            "[100., 100.]",
-            fmt(r["x_grad"]),
-            allclose(r["x_grad"], [100, 100]),
-        ),
-        Row(
-            "004 SGD lr 0.001",
-            "[0.9000, 1.9000]",
-            fmt(r["x_new"]),
-            allclose(r["x_new"], [0.9, 1.9]),
-        ),
-        Row(
-            "004 z=3x²+y³ grads",
-            "[6.], [12.]",
-            f"{fmt(r['grads']['x'])}, {fmt(r['grads']['y'])}",
-            allclose(r["grads"]["x"], [6.0]) and allclose(r["grads"]["y"], [12.0]),
-        ),
-        Row(
-            "004 SGD lr 0.1",
-            "[0.4000], [0.8000]",
-            f"{float(a['x'][0]):.8g}, {float(a['y'][0]):.8g}",
-            allclose(a["x"], [0.4]) and allclose(a["y"], [0.8]) and allclose(ts["x"], a["x"]),
-        ),
-    ]
+        close_row("004 grad of sum(100x)", "[100., 100.]", r["x_grad"], [100, 100]),
+        close_row("004 SGD lr 0.001", "[0.9000, 1.9000]", r["x_new"], [0.9, 1.9]),
+        Row("004 z=3x²+y³ grads", "[6.], [12.]", f"{fmt(g['x'])}, {fmt(g['y'])}",
+            allclose(g["x"], [6.0]) and allclose(g["y"], [12.0])),
+        Row("004 SGD lr 0.1", "[0.4000], [0.8000]", sgd,
+            allclose(a["x"], [0.4]) and allclose(a["y"], [0.8]) and allclose(ts["x"], a["x"])),
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ torch is imported inside :func:`build`, so importing this module never needs tor
 
 from __future__ import annotations
 
-__all__ = ["build", "from_vit_config"]
+__all__ = ["VIT_ARGS", "build", "from_vit_config"]
 
 
 def _classes():
@@ -74,14 +74,9 @@ def _classes():
             self.norm = nn.LayerNorm(dim)
             self.layers = nn.ModuleList([])
             for _ in range(depth):
-                self.layers.append(
-                    nn.ModuleList(
-                        [
-                            Attention(dim, heads=heads, dim_head=dim_head, dropout=dropout),
-                            FeedForward(dim, mlp_dim, dropout=dropout),
-                        ]
-                    )
-                )
+                attn = Attention(dim, heads=heads, dim_head=dim_head, dropout=dropout)
+                ff = FeedForward(dim, mlp_dim, dropout=dropout)
+                self.layers.append(nn.ModuleList([attn, ff]))
 
         def forward(self, x):
             for attn, ff in self.layers:
@@ -104,22 +99,9 @@ def _classes():
             return x.reshape(b, h * w, self.p1 * self.p2 * c)
 
     class ViT(nn.Module):
-        def __init__(
-            self,
-            *,
-            image_size,
-            patch_size,
-            num_classes,
-            dim,
-            depth,
-            heads,
-            mlp_dim,
-            channels=3,
-            dim_head=64,
-            dropout=0.0,
-            emb_dropout=0.0,
-            pool="cls",
-        ):
+        def __init__(self, *, image_size, patch_size, num_classes, dim, depth, heads,
+                     mlp_dim, channels=3, dim_head=64, dropout=0.0, emb_dropout=0.0,
+                     pool="cls"):  # fmt: skip
             super().__init__()
             assert image_size % patch_size == 0, "Image dimensions must be divisible by patch"
             assert pool in {"cls", "mean"}, "pool type must be either cls or mean"
@@ -159,19 +141,11 @@ def build(**kwargs):
     return _classes()(**kwargs)
 
 
+#: the ViTConfig fields that are vit-pytorch ``ViT`` arguments of the same name
+VIT_ARGS = ("image_size", "patch_size", "num_classes", "dim", "depth", "heads", "mlp_dim",
+            "channels", "dim_head", "dropout", "emb_dropout", "pool")  # fmt: skip
+
+
 def from_vit_config(cfg):
     """The torch twin of a :class:`jaxgrad.models.vit.ViTConfig` (float32 always)."""
-    return build(
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        num_classes=cfg.num_classes,
-        dim=cfg.dim,
-        depth=cfg.depth,
-        heads=cfg.heads,
-        mlp_dim=cfg.mlp_dim,
-        channels=cfg.channels,
-        dim_head=cfg.dim_head,
-        dropout=cfg.dropout,
-        emb_dropout=cfg.emb_dropout,
-        pool=cfg.pool,
-    )
+    return build(**{name: getattr(cfg, name) for name in VIT_ARGS})

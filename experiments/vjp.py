@@ -27,7 +27,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from experiments.common import Row, allclose, fmt
+from experiments.common import Row, allclose, close_row, fmt
 from jaxgrad.autograd import backward, grad, hvp, nth_grad, pullback
 from jaxgrad.cli import check_config, option, parse
 
@@ -53,16 +53,6 @@ class Config:
         return cls()
 
 
-def matmul(x: jax.Array, y: jax.Array) -> jax.Array:
-    """``torch.mm``: ``[1, 2] @ [2, 2] → [1, 2]``."""
-    return x @ y
-
-
-def mm_grads_by_hand(x, y, ct):
-    """Closed form of the VJP of ``x @ y``: ``(ct @ yᵀ, xᵀ @ ct)``."""
-    return ct @ y.T, x.T @ ct
-
-
 def scalar_example() -> dict:
     """``z = x**2 + y`` at (1, 2): z = 3, dz/dx = 2x = 2, dz/dy = 1."""
     res = backward(lambda x, y: x**2 + y, jnp.float32(1.0), jnp.float32(2.0))
@@ -70,9 +60,8 @@ def scalar_example() -> dict:
 
 
 def main(cfg: Config) -> dict:
-    out: dict = {}
     s = scalar_example()
-    out["scalar"] = s
+    out: dict = {"scalar": s}
     print(
         f"z = x**2 + y at (1, 2): z = {s['z']:g}, x.grad = {s['x_grad']:g}, y.grad = {s['y_grad']:g}"
     )
@@ -94,9 +83,10 @@ def main(cfg: Config) -> dict:
     # z = x @ y with grad_tensors, via one reusable pullback (retain_graph=True).
     x, y = jnp.array(X, jnp.float32), jnp.array(Y, jnp.float32)
     ct = jnp.array([cfg.cotangent], jnp.float32)
-    pb = pullback(matmul, x, y)
+    pb = pullback(jnp.matmul, x, y)  # torch.mm: [1, 2] @ [2, 2] -> [1, 2]
     gx, gy = pb(ct)
-    out.update(z=pb.out, x_grad=gx, y_grad=gy, by_hand=mm_grads_by_hand(x, y, ct))
+    by_hand = (ct @ y.T, x.T @ ct)  # the closed-form VJP of x @ y
+    out.update(z=pb.out, x_grad=gx, y_grad=gy, by_hand=by_hand)
     print(f"z = x @ y = {fmt(pb.out)}; cotangent {fmt(ct)}")
     print(f"  x.grad = {fmt(gx)}   (ct @ yᵀ = {fmt(out['by_hand'][0])})")
     print(f"  y.grad = {fmt(gy)}   (xᵀ @ ct = {fmt(out['by_hand'][1])})")
@@ -137,57 +127,26 @@ def main(cfg: Config) -> dict:
 
 def tour() -> list[Row]:
     r = main(Config())
-    s = r["scalar"]
-    y = jnp.array(Y, jnp.float32)
+    s, yt = r["scalar"], jnp.array(Y, jnp.float32).T
+    err, unused, zeros = r["scalar_error"], r["allow_unused"], r["materialized"][1]
     return [
-        Row(
-            "003 z=x**2+y at (1,2)",
-            "3., 2., 1.",
-            f"{s['z']:g}, {s['x_grad']:g}, {s['y_grad']:g}",
-            allclose([s["z"], s["x_grad"], s["y_grad"]], [3.0, 2.0, 1.0]),
-        ),
-        Row(
-            "003 vector backward, no grad_tensors",
-            "RuntimeError: ...only for scalar outputs",
+        Row("003 z=x**2+y at (1,2)", "3., 2., 1.", f"{s['z']:g}, {s['x_grad']:g}, {s['y_grad']:g}",
+            allclose([s["z"], s["x_grad"], s["y_grad"]], [3.0, 2.0, 1.0])),
+        Row("003 vector backward, no grad_tensors", "RuntimeError: ...only for scalar outputs",
             "ValueError: ...only for scalar outputs",
-            r["scalar_error"] is not None and "only for scalar outputs" in r["scalar_error"],
-        ),
-        Row("003 z=x+2, ones", "[1., 1.]", fmt(r["ones_grad"]), allclose(r["ones_grad"], [1, 1])),
-        Row("003 z = x @ y", "[[5., 8.]]", fmt(r["z"]), allclose(r["z"], [[5, 8]])),
-        Row(
-            "003 x.grad, ct [[1,0]]",
-            "[[1., 3.]]",
-            fmt(r["x_grad"]),
-            allclose(r["x_grad"], [[1, 3]]),
-        ),
-        Row(
-            "003 y.grad, ct [[1,0]]",
-            "[[2., 0.], [1., 0.]]",
-            fmt(r["y_grad"]),
-            allclose(r["y_grad"], [[2, 0], [1, 0]]),
-        ),
-        Row(
-            "003 retain_graph / batched",
-            "rows of yᵀ",
-            fmt(r["batched_x_grad"][:, 0]),
-            allclose(r["batched_x_grad"][:, 0], y.T) and allclose(r["second_x_grad"], [[2, 4]]),
-        ),
-        Row(
-            "003 create_graph: f'', HVP",
-            "6., [6., 12.]",
-            f"{r['d2f']:g}, {fmt(r['hvp'])}",
-            allclose(r["d2f"], 6.0) and allclose(r["hvp"], 6 * jnp.array([1.0, 2.0])),
-        ),
-        Row(
-            "003 allow_unused",
-            "error / None / zeros",
-            f"error / {r['allow_unused'][1]} / {fmt(r['materialized'][1])}",
-            r["unused_error"] is not None
-            and r["allow_unused"][1] is None
-            and allclose(r["materialized"][1], [0, 0])
-            and allclose(r["allow_unused"][0], [2.0, 4.0]),  # 2a at a = [1, 2]
-        ),
-    ]
+            err is not None and "only for scalar outputs" in err),
+        close_row("003 z=x+2, ones", "[1., 1.]", r["ones_grad"], [1, 1]),
+        close_row("003 z = x @ y", "[[5., 8.]]", r["z"], [[5, 8]]),
+        close_row("003 x.grad, ct [[1,0]]", "[[1., 3.]]", r["x_grad"], [[1, 3]]),
+        close_row("003 y.grad, ct [[1,0]]", "[[2., 0.], [1., 0.]]", r["y_grad"], [[2, 0], [1, 0]]),
+        Row("003 retain_graph / batched", "rows of yᵀ", fmt(r["batched_x_grad"][:, 0]),
+            allclose(r["batched_x_grad"][:, 0], yt) and allclose(r["second_x_grad"], [[2, 4]])),
+        Row("003 create_graph: f'', HVP", "6., [6., 12.]", f"{r['d2f']:g}, {fmt(r['hvp'])}",
+            allclose(r["d2f"], 6.0) and allclose(r["hvp"], 6 * jnp.array([1.0, 2.0]))),
+        Row("003 allow_unused", "error / None / zeros", f"error / {unused[1]} / {fmt(zeros)}",
+            r["unused_error"] is not None and unused[1] is None
+            and allclose(zeros, [0, 0]) and allclose(unused[0], [2.0, 4.0])),  # 2a at a = [1, 2]
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":

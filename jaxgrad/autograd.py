@@ -62,11 +62,9 @@ def _check_scalar(out: Any, what: str = "the output") -> None:
     leaves = jax.tree_util.tree_leaves(out)
     if len(leaves) != 1 or _shape(leaves[0]) != ():
         shapes = [_shape(x) for x in leaves]
-        hint = (
-            " A shape-(1,) result is not a scalar in JAX: use out[0] or out.reshape(())."
-            if shapes == [(1,)]
-            else ""
-        )
+        hint = ""
+        if shapes == [(1,)]:
+            hint = " A shape-(1,) result is not a scalar in JAX: use out[0] or out.reshape(())."
         raise ValueError(
             f"grad can be implicitly created only for scalar outputs: {what} has shape(s) "
             f"{shapes}. Either pass cotangent= (PyTorch's grad_tensors=) with the output's "
@@ -122,16 +120,18 @@ class Pullback:
     """
 
     def __init__(self, out: Any, vjp_fun: Callable, aux: Any = None):
-        self.out = out
-        self.aux = aux
-        self.vjp_fun = vjp_fun
+        self.out, self.vjp_fun, self.aux = out, vjp_fun, aux
 
-    def __call__(self, cotangent: Any = None) -> tuple:
-        """Gradients for each primal, for ``cotangent`` (default: 1.0 for a scalar output)."""
+    def _cotangent(self, cotangent: Any) -> Any:
+        """``cotangent`` checked against the output; None means 1.0 for a scalar output."""
         if cotangent is None:
             _check_scalar(self.out)
             cotangent = jax.tree_util.tree_map(jnp.ones_like, self.out)
-        return self.vjp_fun(check_cotangent(self.out, cotangent))
+        return check_cotangent(self.out, cotangent)
+
+    def __call__(self, cotangent: Any = None) -> tuple:
+        """Gradients for each primal, for ``cotangent`` (default: 1.0 for a scalar output)."""
+        return self.vjp_fun(self._cotangent(cotangent))
 
     def batched(self, cotangents: Any) -> tuple:
         """Pull back a stack of cotangents ``[K, *out.shape]`` at once (``is_grads_batched``).
@@ -162,20 +162,13 @@ class Pullback:
         Uses ``jax.vjp(...).with_refs`` (jax >= 0.10); this is the closest analogue of
         PyTorch's accumulating ``.grad`` attribute.
         """
-        if cotangent is None:
-            _check_scalar(self.out)
-            cotangent = jax.tree_util.tree_map(jnp.ones_like, self.out)
-        self.vjp_fun.with_refs(*refs)(check_cotangent(self.out, cotangent))
+        self.vjp_fun.with_refs(*refs)(self._cotangent(cotangent))
 
 
 def pullback(fun: Callable, *primals, has_aux: bool = False) -> Pullback:
     """Run ``fun(*primals)`` once and return a reusable :class:`Pullback` (``retain_graph``)."""
     _check_float_inputs(primals)
-    if has_aux:
-        out, vjp_fun, aux = jax.vjp(fun, *primals, has_aux=True)
-        return Pullback(out, vjp_fun, aux)
-    out, vjp_fun = jax.vjp(fun, *primals)
-    return Pullback(out, vjp_fun)
+    return Pullback(*jax.vjp(fun, *primals, has_aux=has_aux))
 
 
 def backward(fun: Callable, *primals, cotangent: Any = None, has_aux: bool = False) -> Backward:
@@ -240,10 +233,7 @@ def grad(
                 full[i] = v
             return fun(*full)
 
-        if has_aux:
-            out, vjp_fun, aux = jax.vjp(f, *diff, has_aux=True)
-        else:
-            out, vjp_fun = jax.vjp(f, *diff)
+        out, vjp_fun, *aux = jax.vjp(f, *diff, has_aux=has_aux)
         _check_scalar(out, "the function's output")
         ct = jnp.ones_like(out)
         grads = vjp_fun(ct)
@@ -265,7 +255,7 @@ def grad(
                 g = jax.tree_util.tree_map(lambda gl, c: gl if c else None, g, conn)
             result.append(g)
         res = result[0] if single else tuple(result)
-        return (res, aux) if has_aux else res
+        return (res, *aux) if has_aux else res
 
     return wrapped
 

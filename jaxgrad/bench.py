@@ -51,6 +51,7 @@ __all__ = [
     "device_info",
     "measure",
     "op_time_shares",
+    "profile_jit",
     "profile_ops",
     "vit_forward_flops",
     "xla_flops",
@@ -140,17 +141,9 @@ class Timing:
     def _pct(self, q: float) -> float:
         return float(np.percentile(np.asarray(self.times_s), q))
 
-    @property
-    def median_s(self) -> float:
-        return self._pct(50)
-
-    @property
-    def p10_s(self) -> float:
-        return self._pct(10)
-
-    @property
-    def p90_s(self) -> float:
-        return self._pct(90)
+    median_s = property(lambda self: self._pct(50))
+    p10_s = property(lambda self: self._pct(10))
+    p90_s = property(lambda self: self._pct(90))
 
     @property
     def ms_per_step(self) -> float:
@@ -206,6 +199,19 @@ def bench_jit(
     """
     compiled, compile_s = compile_timed(jitted, *args)
     counted = xla_flops(compiled)
+    times = measure(_caller(compiled, args, carry), runs=runs, warmup=warmup,
+                    calls_per_run=calls_per_run)  # fmt: skip
+    if flops is not None:
+        used, source = float(flops), "analytic"
+    else:
+        used, source = counted, ("xla" if counted is not None else None)
+    return Timing(name=name, compile_s=compile_s, times_s=times, items_per_call=items,
+                  steps_per_call=steps_per_call, flops_per_call=used, flops_source=source,
+                  xla_flops_per_call=counted, peak_tflops=peak_tflops)  # fmt: skip
+
+
+def _caller(compiled: Any, args: tuple, carry: bool) -> Callable[[], Any]:
+    """``compiled(*args)`` as a no-argument call; ``carry`` feeds output [0] back as arg [0]."""
     state = list(args)
 
     def call():
@@ -214,22 +220,7 @@ def bench_jit(
             state[0] = out[0]
         return out
 
-    times = measure(call, runs=runs, warmup=warmup, calls_per_run=calls_per_run)
-    if flops is not None:
-        used, source = float(flops), "analytic"
-    else:
-        used, source = counted, ("xla" if counted is not None else None)
-    return Timing(
-        name=name,
-        compile_s=compile_s,
-        times_s=times,
-        items_per_call=items,
-        steps_per_call=steps_per_call,
-        flops_per_call=used,
-        flops_source=source,
-        xla_flops_per_call=counted,
-        peak_tflops=peak_tflops,
-    )
+    return call
 
 
 def bench_loop(
@@ -253,16 +244,10 @@ def bench_loop(
     sync(call())
     first = time.perf_counter() - t0
     times = measure(call, runs=runs, warmup=0, sync=sync)
-    return Timing(
-        name=name,
-        compile_s=max(first - float(np.median(times)), 0.0),
-        times_s=times,
-        items_per_call=items,
-        steps_per_call=steps_per_call,
-        flops_per_call=None if flops is None else float(flops),
-        flops_source=None if flops is None else "analytic",
-        peak_tflops=peak_tflops,
-    )
+    return Timing(name=name, compile_s=max(first - float(np.median(times)), 0.0), times_s=times,
+                  items_per_call=items, steps_per_call=steps_per_call,
+                  flops_per_call=None if flops is None else float(flops),
+                  flops_source=None if flops is None else "analytic", peak_tflops=peak_tflops)  # fmt: skip
 
 
 def profile_ops(
@@ -307,6 +292,20 @@ def profile_ops(
     ]
 
 
+def profile_jit(jitted: Any, *args: Any, carry: bool = False, top: int = 15) -> dict:
+    """Compile ``jitted`` for ``args``, warm up once, then :func:`profile_ops` with HLO labels:
+    ``{"op_time_share": op_time_shares(all ops), "top_ops": the top ``top`` ops}``.
+
+    ``carry`` as in :func:`bench_jit` (a donated train state is threaded through the calls).
+    Trace-time settings (``jax.default_matmul_precision``) must be active around this call.
+    """
+    compiled, _ = compile_timed(jitted, *args)
+    call = _caller(compiled, args, carry)
+    jax.block_until_ready(call())  # warm-up
+    ops = profile_ops(call, hlo_text=compiled.as_text(), top=None)
+    return {"op_time_share": op_time_shares(ops), "top_ops": ops[:top]}
+
+
 #: how :func:`op_time_shares` buckets XLA ops (first match wins) by HLO name + JAX source label
 OP_KINDS = (
     ("dropout RNG", r"bernoulli|_uniform|threefry|random_bits|rng_bit"),
@@ -347,16 +346,11 @@ def device_info(device: jax.Device | None = None) -> dict:
         "jaxlib": jaxlib.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
-        "cpu_count": _cpu_count(),
+        "cpu_count": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-
-
-def _cpu_count() -> int | None:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count()
 
 
 def vit_forward_flops(

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from typing import Any
 
 import jax
@@ -83,9 +82,6 @@ class CoverageReport:
                 for leaf in self.leaves
             ],
         }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
 
     def table(self) -> str:
         rows = [
@@ -143,8 +139,7 @@ def optimizer_coverage(optimizer: optax.GradientTransformation, params: Any) -> 
     state_sds = jax.eval_shape(optimizer.init, sds)
     slots, groups = _state_slots(params, state_sds)
 
-    def update(g, s, p):
-        return optimizer.update(g, s, p)[0]
+    update = lambda g, s, p: optimizer.update(g, s, p)[0]  # the updates only
 
     dep = dependence_matrix(update, sds, state_sds, sds)
     if dep.shape[0] != n:
@@ -172,20 +167,8 @@ def optimizer_coverage(optimizer: optax.GradientTransformation, params: Any) -> 
 
     leaves = []
     for i, (path, x) in enumerate(jax.tree_util.tree_leaves_with_path(params)):
-        if same[i]:
-            status = "passthrough"
-        elif live[i] or moved[i]:
-            status = "updated"
-        else:
-            status = "frozen"
-        leaves.append(
-            LeafCoverage(
-                path=path_str(path),
-                shape=tuple(np.shape(x)),
-                status=status,
-                slots=tuple(slots[i]),
-                group=groups[i],
-                probe_moved=moved[i],
-            )
-        )
+        status = "passthrough" if same[i] else "updated" if live[i] or moved[i] else "frozen"
+        leaves.append(LeafCoverage(path=path_str(path), shape=tuple(np.shape(x)), status=status,
+                                   slots=tuple(slots[i]), group=groups[i],
+                                   probe_moved=moved[i]))  # fmt: skip
     return CoverageReport(tuple(leaves))

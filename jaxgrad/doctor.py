@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -142,14 +141,28 @@ class FlowReport:
             ],
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
     def table(self, *, fold: int = 4) -> str:
         """The printout: grouped by module path; subtrees of more than ``fold`` leaves that
         share one diagnosis become one line, and identical numbered blocks
         (``layers/0``, ``layers/1``...) fold into ``layers/[0-5]``."""
-        return _render_table(self.leaves, fold=fold)
+        with_opt = any(leaf.update is not None for leaf in self.leaves)
+        out: list[tuple[str, ...]] = []
+
+        def walk(node: dict, prefix: str) -> None:
+            for name, child in node.items():
+                path = f"{prefix}/{name}" if prefix else name
+                if isinstance(child, list):
+                    out.append(_cells(path, child, False, with_opt))
+                    continue
+                rows = _rows_under(child)
+                if len(rows) > fold and len({(r.status, r.update, r.slots) for r in rows}) == 1:
+                    out.append(_cells(f"{path}/...", rows, True, with_opt))
+                else:
+                    walk(child, path)
+
+        walk(_trie(self.leaves), "")
+        heads = ("path", "shape", "status", "|grad|") + (("optimizer", "state") if with_opt else ())
+        return render_table(out, heads)
 
     def __str__(self) -> str:
         counts = " · ".join(f"{n} {s}" for s, n in self.counts().items())
@@ -225,43 +238,13 @@ def _norm_cell(rows: list[LeafFlow]) -> str:
 
 
 def _cells(path: str, rows: list[LeafFlow], folded: bool, with_opt: bool) -> tuple[str, ...]:
-    r0 = rows[0]
-    if folded:
-        shape = f"{len(rows)} leaves"
-    else:
-        shape = str(r0.shape) + (f" x{len(rows)}" if len(rows) > 1 else "")
+    r0, many = rows[0], f" x{len(rows)}" if len(rows) > 1 else ""
+    shape = f"{len(rows)} leaves" if folded else str(r0.shape) + many
     cells = (path, shape, r0.status, _norm_cell(rows))
     if with_opt:
         slots = "-" if r0.slots is None else ",".join(r0.slots) or "none"
         cells += (r0.update or "-", slots)
     return cells
-
-
-def _render_table(leaves: tuple[LeafFlow, ...], *, fold: int) -> str:
-    with_opt = any(leaf.update is not None for leaf in leaves)
-    out: list[tuple[str, ...]] = []
-
-    def walk(node: dict, prefix: str) -> None:
-        for name, child in node.items():
-            path = f"{prefix}/{name}" if prefix else name
-            if isinstance(child, list):
-                out.append(_cells(path, child, False, with_opt))
-                continue
-            rows = _rows_under(child)
-            if len(rows) > fold and len({(r.status, r.update, r.slots) for r in rows}) == 1:
-                out.append(_cells(f"{path}/...", rows, True, with_opt))
-            else:
-                walk(child, path)
-
-    walk(_trie(leaves), "")
-    heads = ("path", "shape", "status", "|grad|") + (("optimizer", "state") if with_opt else ())
-    return render_table(out, heads)
-
-
-def _split_float(params: Any) -> tuple[list, list[bool], Any]:
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    is_float = [bool(jnp.issubdtype(jnp.result_type(x), jnp.inexact)) for x in leaves]
-    return leaves, is_float, tree
 
 
 def grad_flow(
@@ -279,7 +262,8 @@ def grad_flow(
     ``report.to_dict()``.
     Raises ValueError if the loss is not a scalar.
     """
-    leaves, is_float, tree = _split_float(params)
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    is_float = [bool(jnp.issubdtype(jnp.result_type(x), jnp.inexact)) for x in leaves]
     fl = [x for x, f in zip(leaves, is_float) if f]
 
     def loss_of(float_leaves, *rest):

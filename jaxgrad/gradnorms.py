@@ -120,11 +120,8 @@ class GradNormMonitor:
             raise ValueError(f"warmup and patience must be >= 1, got {warmup}, {patience}")
         self.key_prefix = key_prefix
         self.warmup, self.patience, self.warn = warmup, patience, warn
-        self.vanish_ratio, self.explode_ratio, self.vanish_abs = (
-            vanish_ratio,
-            explode_ratio,
-            vanish_abs,
-        )
+        self.vanish_ratio, self.explode_ratio = vanish_ratio, explode_ratio
+        self.vanish_abs = vanish_abs
         self.history: dict[str, tuple[list[int], list[float]]] = {}
         self.alerts: list[str] = []
         self._raised: set[tuple[str, str]] = set()
@@ -167,10 +164,7 @@ class GradNormMonitor:
             if streak >= need and (module, kind) not in self._raised:
                 self._raised.add((module, kind))
                 ref_s = "n/a" if ref is None else f"{ref:.3g}"
-                msg = (
-                    f"step {step}: gradient norm of {module!r} is {kind} ({v:.3g}; reference "
-                    f"{ref_s})"
-                )
+                msg = f"step {step}: gradient norm of {module!r} is {kind} ({v:.3g}; reference {ref_s})"
                 out.append(msg)
                 if self.warn:
                     warnings.warn(msg, GradNormWarning, stacklevel=3)
@@ -193,11 +187,6 @@ class GradNormMonitor:
             else:
                 series[m] = (s, drawn)
         note = f"always 0 or non-finite (not drawable on a log axis): {', '.join(undrawable)}"
-        return plot_curves(
-            path,
-            {"gradient L2 norm": series},
-            title=title,
-            logy=("gradient L2 norm",),
-            ylabels={"gradient L2 norm": "gradient L2 norm (log)"},
-            note=note if undrawable else "",
-        )
+        y = "gradient L2 norm"
+        return plot_curves(path, {y: series}, title=title, logy=(y,), ylabels={y: f"{y} (log)"},
+                           note=note if undrawable else "")  # fmt: skip

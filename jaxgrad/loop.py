@@ -48,8 +48,7 @@ OnChunk = Callable[[int, dict[str, np.ndarray]], None]
 def abstract_params(model_cls: type, cfg: Any) -> tuple[nnx.GraphDef, Any, Any]:
     """``(graphdef, params, rest)`` of ``model_cls(cfg, rngs=...)`` as shapes (nothing
     allocated): templates to restore checkpoints or load saved params into."""
-    model = nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0)))
-    return nnx.split(model, nnx.Param, ...)
+    return nnx.split(nnx.eval_shape(lambda: model_cls(cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)
 
 
 def init_params(
@@ -63,8 +62,7 @@ def init_params(
     """
     opts = tuple(sorted((compiler_options or {}).items()))
     graphdef, init = _jitted_init(model_cls, cfg, opts)
-    params, rest = init(key)
-    return graphdef, params, rest
+    return graphdef, *init(key)
 
 
 @functools.lru_cache(maxsize=16)
@@ -101,21 +99,19 @@ def make_run_chunk(
     loss_fn: Callable,
     optimizer: Any,
     *,
-    post_update: Callable | None = None,
-    extra_metrics: Callable | None = None,
     mesh: Any = None,
     compiler_options: dict | None = None,
+    **step_options: Any,
 ) -> Callable:
     """``run(state, images, labels, idx [K, B], step_key) -> (state, metrics [K])``: one
     dispatch gathers the K batches and runs the K scanned steps (``make_multi_step``: step keys
-    ``fold_in(step_key, state.step)``); the state is donated. ``mesh``
-    (``jaxgrad.parallel.make_mesh``, > 1 device): each batch is split over its ``data`` axis.
+    ``fold_in(step_key, state.step)``; ``step_options`` as there); the state is donated.
+    ``mesh`` (``jaxgrad.parallel.make_mesh``, > 1 device): each batch is split over its
+    ``data`` axis.
     """
     if mesh is not None and mesh.size > 1:
         loss_fn = with_batch_sharding(loss_fn, mesh)
-    multi = make_multi_step(
-        loss_fn, optimizer, post_update=post_update, extra_metrics=extra_metrics, jit=False
-    )
+    multi = make_multi_step(loss_fn, optimizer, jit=False, **step_options)
 
     def run(state, images, labels, idx, step_key):
         return multi(state, take(images, labels, idx), step_key)
@@ -178,19 +174,14 @@ def train_epoch(
     *,
     epoch: int,
     batch_size: int,
-    max_chunk: int,
-    data_key: jax.Array,
-    step_key: jax.Array,
-    on_chunk: OnChunk | None = None,
+    **kwargs: Any,
 ) -> tuple[TrainState, dict[str, np.ndarray]]:
-    """One pass over ``data`` in the order of ``fold_in(data_key, epoch)`` (see
-    :func:`train_steps`); returns the new state and the epoch's per-step metrics."""
+    """One pass over ``data`` in the order of ``fold_in(data_key, epoch)``: :func:`train_steps`
+    (same keyword arguments ``max_chunk``, ``data_key``, ``step_key``, ``on_chunk``) over the
+    epoch's steps; returns the new state and the epoch's per-step metrics."""
     spe = steps_per_epoch(data[1].shape[0], batch_size)
-    return train_steps(
-        run_chunk, state, data, start=epoch * spe, stop=(epoch + 1) * spe,
-        batch_size=batch_size, max_chunk=max_chunk, data_key=data_key, step_key=step_key,
-        on_chunk=on_chunk,
-    )  # fmt: skip
+    return train_steps(run_chunk, state, data, start=epoch * spe, stop=(epoch + 1) * spe,
+                       batch_size=batch_size, **kwargs)  # fmt: skip
 
 
 def make_evaluate(

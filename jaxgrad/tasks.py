@@ -122,15 +122,9 @@ def clip_loss_fn(
 
 
 def clip_optimizer(
-    params: Any,
-    *,
-    steps: int,
-    lr: float,
-    warmup_steps: int,
-    weight_decay: float,
-    clip_norm: float | None,
-    freeze_image: bool,
-) -> tuple[optax.GradientTransformation, Any]:
+    params: Any, *, steps: int, lr: float, warmup_steps: int, weight_decay: float,
+    clip_norm: float | None, freeze_image: bool,
+) -> tuple[optax.GradientTransformation, Any]:  # fmt: skip
     """``(optimizer, frozen mask)``: clip by global norm (None: off) → AdamW, linear warm-up
     and cosine decay over ``steps``, decay on ≥2-D weights only (open_clip's rule);
     ``freeze_image``: the image tower is left out (zero update, no optimizer state)."""

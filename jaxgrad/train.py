@@ -103,20 +103,18 @@ def make_multi_step(
     loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
     *,
-    post_update: Callable[[Any], Any] | None = None,
-    extra_metrics: Callable[[Any, Any, Any], dict] | None = None,
     jit: bool = True,
     donate: bool = True,
+    **step_options: Any,
 ) -> Callable[[TrainState, Any, jax.Array], tuple[TrainState, dict]]:
-    """Like :func:`make_train_step`, but ``batches`` has a leading ``[K, ...]`` axis and the K
-    steps run inside one ``lax.scan`` (one dispatch, no host sync between steps).
+    """:func:`make_train_step` (same arguments; ``step_options``: ``post_update``,
+    ``extra_metrics``), but ``batches`` has a leading ``[K, ...]`` axis and the K steps run
+    inside one ``lax.scan`` (one dispatch, no host sync between steps).
 
     Bit-for-bit the same sequence of updates as K calls of the single step with the same base
     key (each step still folds ``state.step`` into the key). Metrics come back stacked ``[K]``.
     """
-    single = make_train_step(
-        loss_fn, optimizer, post_update=post_update, extra_metrics=extra_metrics, jit=False
-    )
+    single = make_train_step(loss_fn, optimizer, jit=False, **step_options)
 
     def steps(state: TrainState, batches: Any, key: jax.Array):
         return jax.lax.scan(lambda s, b: single(s, b, key), state, batches)

@@ -21,6 +21,7 @@ from jaxgrad.bench import (
     compile_timed,
     measure,
     op_time_shares,
+    profile_jit,
     profile_ops,
     vit_forward_flops,
     xla_flops,
@@ -132,6 +133,14 @@ def test_profile_ops_ranks_the_matmul_of_a_matmul_program_first():
     assert ops and ops[0]["ms_per_call"] >= ops[-1]["ms_per_call"] > 0
     assert "dot_general" in ops[0]["label"]  # the labels come from the HLO metadata
     assert any("tanh" in op["label"] for op in ops)
+
+
+def test_profile_jit_threads_a_donated_carry_and_labels_the_top_op():
+    step = jax.jit(lambda s, a: (s + 1.0, jnp.tanh(a @ a) @ a), donate_argnums=(0,))
+    prof = profile_jit(step, jnp.zeros(()), jnp.ones((128, 128)), carry=True, top=2)
+    assert len(prof["top_ops"]) == 2 and "dot_general" in prof["top_ops"][0]["label"]
+    assert prof["op_time_share"]["matmul"] > 0
+    assert sum(prof["op_time_share"].values()) == pytest.approx(1.0)
 
 
 def test_op_time_shares_bucket_by_name_and_label_and_sum_to_one():
@@ -319,4 +328,3 @@ def test_bench_cli_runs_end_to_end_on_tiny_and_writes_complete_json(tmp_path):
         assert torch_row["variant"] == "eager" and torch_row["h100_anchor_ms"] is None  # b=8
     else:
         assert "torch" in skipped
-    assert report["terms"] == []  # not selected (experiments.bench_terms has its own tests)

@@ -174,7 +174,7 @@ def test_unknown_status_raises(report):
 
 
 def test_json_form_round_trips_with_nan_as_null(report):
-    d = json.loads(report.to_json())
+    d = json.loads(json.dumps(report.to_dict(), allow_nan=False))  # strict JSON: no NaN
     leaves = {leaf["path"]: leaf for leaf in d["leaves"]}
     assert leaves["nan"]["grad_norm"] is None and leaves["nan"]["status"] == "non-finite"
     assert leaves["enc/w"]["shape"] == [3, 4]

@@ -41,7 +41,20 @@ def _dense(n_in: int, n_out: int, rngs: nnx.Rngs, bias_init=jax.nn.initializers.
 
 
 class _Standardized(nnx.Module):
-    def __init__(self, in_dim: int, mean: Sequence[float] | None, std: Sequence[float] | None):
+    """The constructor both networks share: ``layers = (D, ..., out)``, the domain's ``mean``
+    and ``std`` per input dimension; each subclass builds its layers in ``_build``."""
+
+    def __init__(
+        self,
+        layers: Sequence[int],
+        *,
+        rngs: nnx.Rngs,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        **options,
+    ):
+        self._build(tuple(layers), rngs, **options)  # checks ``layers`` first
+        in_dim = layers[0]
         mean = (0.0,) * in_dim if mean is None else tuple(float(m) for m in mean)
         std = (1.0,) * in_dim if std is None else tuple(float(s) for s in std)
         if len(mean) != in_dim or len(std) != in_dim or min(std) <= 0:
@@ -62,17 +75,9 @@ class _Standardized(nnx.Module):
 class MLP(_Standardized):
     """``[N, D] -> [N, out]``: ``layers = (D, h1, ..., out)``, tanh on every hidden layer."""
 
-    def __init__(
-        self,
-        layers: Sequence[int],
-        *,
-        rngs: nnx.Rngs,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-    ):
+    def _build(self, layers: tuple[int, ...], rngs: nnx.Rngs):
         if len(layers) < 2:
-            raise ValueError(f"layers needs at least (in, out), got {tuple(layers)}")
-        super().__init__(layers[0], mean, std)
+            raise ValueError(f"layers needs at least (in, out), got {layers}")
         self.linears = nnx.List(_dense(a, b, rngs) for a, b in zip(layers[:-1], layers[1:]))
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -97,24 +102,15 @@ class ModifiedMLP(_Standardized):
     the output.
     """
 
-    def __init__(
-        self,
-        layers: Sequence[int],
-        *,
-        rngs: nnx.Rngs,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        form: str = "paper",
-    ):
-        hidden = tuple(layers[1:-1])
+    def _build(self, layers: tuple[int, ...], rngs: nnx.Rngs, form: str = "paper"):
+        hidden = layers[1:-1]
         if len(layers) < 3 or len(set(hidden)) != 1:
             raise ValueError(
                 f"the gated architecture needs (in, h, ..., h, out) with equal hidden widths, "
-                f"got {tuple(layers)}"
+                f"got {layers}"
             )
         if form not in ("paper", "code"):
             raise ValueError(f"form must be 'paper' or 'code', got {form!r}")
-        super().__init__(layers[0], mean, std)
         self.form = form
         d, h = layers[0], hidden[0]
         if form == "paper":
