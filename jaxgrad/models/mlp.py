@@ -67,8 +67,10 @@ class _Standardized(nnx.Module):
     def standardize(self, x: jax.Array) -> jax.Array:
         if x.ndim != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"expected points [N, {self.in_dim}], got shape {x.shape}")
-        mean = jnp.asarray(self.mean, x.dtype)
-        std = jnp.asarray(self.std, x.dtype)
+        # explicit [1, ..., D] constants: no implicit rank promotion of [D] against [..., D]
+        shape = (1,) * (x.ndim - 1) + (-1,)
+        mean = jnp.asarray(self.mean, x.dtype).reshape(shape)
+        std = jnp.asarray(self.std, x.dtype).reshape(shape)
         return (x - mean) / std
 
 
