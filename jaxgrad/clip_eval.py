@@ -1,0 +1,72 @@
+"""Zero-shot evaluation of a CLIP-style model: top-1 with one prompt and with the prompt
+ensemble, and image↔text retrieval recall@1/5 (``experiments.clip_contrastive``)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxgrad.contrastive import retrieval_metrics
+from jaxgrad.data.dataset import ImageDataset
+from jaxgrad.data.pipeline import normalize
+from jaxgrad.loop import make_evaluate
+from jaxgrad.models.clip import l2_normalize
+from jaxgrad.xla import RUN_ONCE
+
+__all__ = ["make_evaluator"]
+
+
+def make_evaluator(
+    graphdef, rest, val: ImageDataset, captions, *, seed: int, fast: bool = False,
+    chunk: int = 500, images=None, image_input: str = "images",
+):  # fmt: skip
+    """``evaluate(params) -> metrics``: zero-shot top-1 (1 prompt, ensemble), recall@1/5.
+
+    Held-out images (``images``: default ``val.images``; CLIP pixel_values for
+    ``image_input="pixels"``; cached tower features for ``"features"``, embedded once) are
+    encoded ``chunk`` at a time (``jaxgrad.loop.make_evaluate``), then every prompt of every
+    class and one fixed caption per image (for retrieval) in one text batch, scored in a
+    second jitted program.
+    """
+    ids, cmask = captions
+    t_all, c, length = ids.shape
+    n_ret = min(len(val), 1000)  # retrieval over at most 1000 pairs
+    t = np.random.default_rng(seed).integers(0, t_all, n_ret)  # the same captions every time
+    all_ids = jnp.concatenate([ids.reshape(-1, length), ids[t, val.labels[:n_ret]]])
+    all_mask = jnp.concatenate([cmask.reshape(-1, length), cmask[t, val.labels[:n_ret]]])
+    opts = RUN_ONCE if fast else None
+    model = lambda params: nnx.merge(graphdef, params, rest)
+    prep = (lambda x: x) if image_input == "pixels" else normalize
+    embed = make_evaluate(
+        lambda params, x, _: {"img": model(params).encode_image(prep(x))},
+        batch_size=chunk, reduce="stack", compiler_options=opts,
+    )  # fmt: skip
+
+    @functools.partial(jax.jit, compiler_options=opts)
+    def metrics(params, img, labels):
+        txt_all = model(params).encode_text(all_ids, all_mask)
+        cls, txt = txt_all[: t_all * c].reshape(t_all, c, -1), txt_all[t_all * c :]
+        ens = cls.mean(axis=0)  # prompt ensemble: mean of unit vectors, renormalised
+        ens = ens / jnp.linalg.norm(ens, axis=-1, keepdims=True)
+        lab = labels[:n_ret]
+        return {
+            "zeroshot_acc": jnp.mean(jnp.argmax(img @ cls[0].T, axis=1) == labels),
+            "zeroshot_ens_acc": jnp.mean(jnp.argmax(img @ ens.T, axis=1) == labels),
+            **retrieval_metrics(
+                image_features=img[:n_ret], text_features=txt, image_labels=lab, text_labels=lab
+            ),
+        }
+
+    images = jnp.asarray(val.images if images is None else images)
+    labels = jnp.asarray(val.labels)
+    cached = l2_normalize(images.astype(jnp.float32)) if image_input == "features" else None
+
+    def evaluate(params) -> dict[str, float]:
+        img = cached if cached is not None else embed(params, images, labels)["img"]
+        return {k: float(v) for k, v in metrics(params, img, labels).items()}
+
+    return evaluate
