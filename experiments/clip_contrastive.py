@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,6 +47,7 @@ from jaxgrad.data.imagefolder import load_image_folder
 from jaxgrad.data.pipeline import take
 from jaxgrad.data.synthetic import make_synthetic
 from jaxgrad.doctor import diagnose
+from jaxgrad.hf_random import HAVE_TRANSFORMERS, save_random_clip
 from jaxgrad.io import JsonlLogger, atomic_write_json
 from jaxgrad.loop import init_params, make_run_chunk, train_steps
 from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, ClipConfig, ClipModel
@@ -132,6 +134,10 @@ class Config:
             )
         if self.batch_size < 2:
             raise ValueError("--batch-size must be >= 2: a contrastive batch needs negatives")
+        if self.data == "synthetic" and self.n_images == 0:
+            raise ValueError(
+                "--n-images 0 (all) needs --data folder; synthetic images need a count"
+            )
         if self.n_images and self.batch_size > self.n_images:
             raise ValueError(
                 f"--batch-size {self.batch_size} is larger than the training set "
@@ -372,7 +378,9 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path) -> di
 
 
 def tour() -> list[Row]:
-    """A tiny run on synthetic images (labelled so): the seed's questions, answered by its logs."""
+    """A tiny run on synthetic images (labelled so): the seed's questions, answered by its logs;
+    then the seed's own setup, a pretrained transformers CLIP tower frozen from its feature cache
+    (a tiny random-init checkpoint written to a temp dir: needs torch + transformers)."""
     final = main(dataclasses.replace(Config.tiny(), out_dir="runs/tour/clip_contrastive"))
     last, acc, chance = final["last_train"], final["val"]["zeroshot_ens_acc"], final["chance"]
     text = next(g for g in final["param_groups"] if g["module"] == TEXT_TOWER)
@@ -384,9 +392,26 @@ def tour() -> list[Row]:
             text["state_floats"] == 2 * text["params"]),
         Row("CLIP: logit_scale clamp [0, ln 100]", "clamp_(0, 4.6052)",
             fmt(last["logit_scale"]), 0.0 <= last["logit_scale"] <= MAX_LOGIT_SCALE),
-        Row("CLIP zero-shot (synthetic, not CIFAR)", f"> 2x chance {chance:.2f}", f"{acc:.2f}",
-            acc > 2 * chance),
+        Row(f"CLIP zero-shot, {len(TEMPLATES)}-prompt ensemble (synthetic, not CIFAR)",
+            f"> 2x chance {chance:.2f}", f"{acc:.2f}", acc > 2 * chance),
+        _pretrained_row(),
     ]  # fmt: skip
+
+
+def _pretrained_row() -> Row:
+    scenario, seed_says = "CLIP: pretrained HF tower .detach(), cached", "text loss falls"
+    if not HAVE_TRANSFORMERS:
+        return Row(scenario, seed_says, "skipped: transformers not installed", False, skipped=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = dataclasses.replace(
+            Config.tiny(), image_encoder="clip", image_weights=str(save_random_clip(tmp)),
+            freeze_image=True, feature_cache=f"{tmp}/cache", steps=60, eval_every=60,
+            out_dir="runs/tour/clip_pretrained",
+        )  # fmt: skip
+        final = main(cfg)
+    first, last = final["first_loss"], final["last_train"]
+    ok = last["loss"] < first and last["grad_norm_image"] == 0.0
+    return Row(scenario, seed_says, f"{first:.2f} -> {last['loss']:.2f}, |g_image| 0", ok)
 
 
 if __name__ == "__main__":
