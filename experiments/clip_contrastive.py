@@ -1,8 +1,11 @@
-"""CLIP-style contrastive training: a ViT image tower and a custom text encoder (seed 000).
+"""CLIP-style contrastive training: an image tower and a custom text encoder (seed 000).
 
 Run (seconds, synthetic images):   python -m experiments.clip_contrastive --tiny
 Real images (CIFAR-10 JPEG folder): python -m experiments.clip_contrastive --data folder \\
                                         --data-dir data/train
+A pretrained transformers CLIP (save_pretrained folder), frozen, features cached once:
+    python -m experiments.clip_contrastive --image-encoder clip --image-weights DIR --freeze-image
+  fine-tuned, each tower at its own lr:  ... --image-encoder clip --image-weights DIR --image-lr 1e-5
 Options: --loss clip|siglip|seed, --freeze-image (the seed's .detach()), --clip-norm 1.0.
 
 The PyTorch it reproduces (seed 000)::
@@ -38,7 +41,7 @@ import numpy as np
 
 from experiments.common import Row, fmt
 from jaxgrad.cli import check_config, option, parse, positive, to_dict
-from jaxgrad.clip_eval import make_evaluator
+from jaxgrad.clip_eval import make_evaluator, print_param_groups
 from jaxgrad.clip_inputs import TowerInputs, tower_inputs, with_image_tower
 from jaxgrad.contrastive import MAX_LOGIT_SCALE
 from jaxgrad.data.captions import TEMPLATES, Tokenizer, caption_table
@@ -58,7 +61,6 @@ from jaxgrad.plots import plot_run_curves, run_title
 from jaxgrad.progress import Progress
 from jaxgrad.rng import named_keys
 from jaxgrad.runs import open_run_dir
-from jaxgrad.tables import print_table
 from jaxgrad.tasks import CLIP_STEP, clip_loss_fn, clip_optimizer, param_groups
 from jaxgrad.train import TrainState, init_train_state
 from jaxgrad.xla import RUN_ONCE
@@ -248,28 +250,12 @@ def setup(cfg: Config, train: ImageDataset, val: ImageDataset | None = None) -> 
 
 
 def report_groups(cfg: Config, s: Setup) -> list[dict]:
-    """Print and return the seed's ``param_groups`` check: per module its params, peak lr and
-    optimizer state (a cached frozen tower is listed with no state: it is not in the model)."""
+    """Print and return the seed's ``param_groups`` check (per module: params, peak lr, state)."""
     image_lr = cfg.lr if cfg.image_lr is None else cfg.image_lr
     groups = param_groups(
         s.optimizer, s.params, s.frozen, lr=lambda m: image_lr if m == IMAGE_TOWER else cfg.lr
     )
-    if s.inputs.kind == "features":
-        n = s.inputs.tower_params
-        groups.append({"module": IMAGE_TOWER, "leaves": s.inputs.tower_leaves, "params": n,
-                       "frozen": n, "state_floats": 0, "lr": None, "cached": True})  # fmt: skip
-    status = lambda g: (
-        "FROZEN: features cached, tower not run" if g.get("cached")
-        else "FROZEN (not in optimizer)" if g["frozen"] == g["params"] else "trainable"
-    )  # fmt: skip
-    print_table(
-        [(g["module"], g["leaves"], f"{g['params']:,}", "-" if g["lr"] is None else f"{g['lr']:g}",
-          f"{g['state_floats']:,}", status(g)) for g in groups],
-        ("module", "leaves", "params", "peak lr", "optimizer state", "status"),
-        title="what the optimizer updates (PyTorch's optimizer.param_groups)",
-        right=("leaves", "params", "peak lr", "optimizer state"),
-    )  # fmt: skip
-    return groups
+    return print_param_groups(groups, cached=s.inputs)
 
 
 def main(cfg: Config) -> dict:

@@ -1,5 +1,6 @@
-"""Zero-shot evaluation of a CLIP-style model: top-1 with one prompt and with the prompt
-ensemble, and image↔text retrieval recall@1/5 (``experiments.clip_contrastive``)."""
+"""Zero-shot evaluation of a CLIP-style model (top-1 with one prompt and with the prompt
+ensemble, image↔text retrieval recall@1/5) and the printed ``param_groups`` report
+(``experiments.clip_contrastive``)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from jaxgrad.contrastive import retrieval_metrics
 from jaxgrad.data.dataset import ImageDataset
 from jaxgrad.data.pipeline import normalize
 from jaxgrad.loop import make_evaluate
-from jaxgrad.models.clip import l2_normalize
+from jaxgrad.models.clip import IMAGE_TOWER, l2_normalize
+from jaxgrad.tables import print_table
 from jaxgrad.xla import RUN_ONCE
 
-__all__ = ["make_evaluator"]
+__all__ = ["make_evaluator", "print_param_groups"]
 
 
 def make_evaluator(
@@ -70,3 +72,27 @@ def make_evaluator(
         return {k: float(v) for k, v in metrics(params, img, labels).items()}
 
     return evaluate
+
+
+def print_param_groups(groups: list[dict], *, cached=None) -> list[dict]:
+    """Print :func:`jaxgrad.tasks.param_groups` rows (with ``lr=``) as PyTorch's
+    ``optimizer.param_groups`` check: per module its params, peak lr and optimizer state.
+    ``cached``: a :class:`jaxgrad.clip_inputs.TowerInputs` of kind ``features``: the frozen
+    tower is not in the model (its features come from the cache) and is listed with no state.
+    Returns the rows, the cached tower's included."""
+    if cached is not None and cached.kind == "features":
+        n = cached.tower_params
+        groups = [*groups, {"module": IMAGE_TOWER, "leaves": cached.tower_leaves, "params": n,
+                            "frozen": n, "state_floats": 0, "lr": None, "cached": True}]  # fmt: skip
+    status = lambda g: (
+        "FROZEN: features cached, tower not run" if g.get("cached")
+        else "FROZEN (not in optimizer)" if g["frozen"] == g["params"] else "trainable"
+    )  # fmt: skip
+    print_table(
+        [(g["module"], g["leaves"], f"{g['params']:,}", "-" if g["lr"] is None else f"{g['lr']:g}",
+          f"{g['state_floats']:,}", status(g)) for g in groups],
+        ("module", "leaves", "params", "peak lr", "optimizer state", "status"),
+        title="what the optimizer updates (PyTorch's optimizer.param_groups)",
+        right=("leaves", "params", "peak lr", "optimizer state"),
+    )  # fmt: skip
+    return groups
