@@ -120,7 +120,7 @@ def test_fine_tune_moves_both_towers_each_at_its_own_lr(weights, tmp_path, capsy
         }
         assert [p for p, d in deltas.items() if d.max() == 0] == [], f"{tower}: did not move"
         top = max(d.max() for d in deltas.values() if d.ndim == 1)
-        np.testing.assert_allclose(top, lr, rtol=1e-4, err_msg=tower)
+        np.testing.assert_allclose(top, lr, rtol=1e-2, err_msg=tower)  # f32 rounding of p + Δ
     exp.report_groups(cfg, s)
     report = capsys.readouterr().out
     assert "peak lr" in report and "0.0001" in report and "0.003" in report
