@@ -41,7 +41,7 @@ import numpy as np
 
 from experiments.common import Row, fmt
 from jaxgrad.cli import check_config, option, parse, positive, to_dict
-from jaxgrad.clip_eval import make_evaluator, print_param_groups
+from jaxgrad.clip_eval import make_evaluator, plot_clip_run, print_param_groups
 from jaxgrad.clip_inputs import TowerInputs, tower_inputs, with_image_tower
 from jaxgrad.contrastive import MAX_LOGIT_SCALE
 from jaxgrad.data.captions import TEMPLATES, Tokenizer, caption_table
@@ -57,7 +57,8 @@ from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, ClipConfig, ClipModel
 from jaxgrad.models.hf_clip import load_pretrained
 from jaxgrad.models.text import TextConfig
 from jaxgrad.models.vit import ViTConfig
-from jaxgrad.plots import plot_run_curves, run_title
+from jaxgrad.plan import Plan
+from jaxgrad.plots import run_title
 from jaxgrad.progress import Progress
 from jaxgrad.rng import named_keys
 from jaxgrad.runs import open_run_dir
@@ -301,6 +302,11 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path) -> di
             "zs_ens": [ev["zeroshot_ens_acc"]]}  # fmt: skip
     bar = Progress(cfg.steps, desc="clip", show=("loss", "logit_scale"), enabled=cfg.progress)
     last: dict[str, float] = {}
+    trainable = sum(g["params"] - g["frozen"] for g in groups)
+    plan = Plan(name=f"CLIP, image tower {cfg.image_encoder}" + " frozen" * cfg.freeze_image,
+                params=trainable, steps_per_epoch=cfg.steps,
+                smaller=(f"--steps {max(1, cfg.steps // 10)}", 0.1))  # fmt: skip
+    plan.announce()
 
     def on_chunk(start: int, done: int, m: dict) -> None:
         k = len(m["loss"])
@@ -311,6 +317,8 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path) -> di
                 log.log(step=step, **rec)
                 hist["step"].append(step)
                 hist["loss"].append(rec["loss"])
+        if not last:  # the first finished chunk: how long the whole run will take
+            plan.first_chunk(steps=done, seconds=time.perf_counter() - t0)
         last.update({name: float(v[-1]) for name, v in m.items()})
         bar(start + done, m)
 
@@ -340,23 +348,13 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path) -> di
         },
     }  # fmt: skip
     atomic_write_json(out / "final.json", final)
-    flags = [f for f, on in (("--freeze-image", cfg.freeze_image),
-                             (f"--image-lr {cfg.image_lr:g}" if cfg.image_lr else "", cfg.image_lr))
-             if on]  # fmt: skip
+    flags = ["--freeze-image"] * cfg.freeze_image + [f"--image-lr {cfg.image_lr}"] * bool(
+        cfg.image_lr)  # fmt: skip
     encoder = f"pretrained CLIP tower ({cfg.image_weights})" if cfg.image_encoder == "clip" else (
         "ViT from scratch")  # fmt: skip
-    plot_run_curves(
-        out / "curves.png",
-        loss={cfg.loss: (hist["step"], hist["loss"])},
-        accuracy={
-            "1 prompt": (hist["eval_step"], hist["zs"]),
-            f"{len(TEMPLATES)}-prompt ensemble": (hist["eval_step"], hist["zs_ens"]),
-        },
-        title=run_title("CLIP contrastive", source=train.source, flags=flags, loss=cfg.loss,
-                        image=encoder),  # fmt: skip
-        xlabel="step", loss_label=f"{cfg.loss} contrastive loss (train)",
-        accuracy_label="zero-shot val accuracy (%)", chance=chance,
-    )  # fmt: skip
+    title = run_title("CLIP contrastive", source=train.source, flags=flags, loss=cfg.loss,
+                      image=encoder)  # fmt: skip
+    plot_clip_run(out / "curves.png", hist, loss=cfg.loss, title=title, chance=chance)
     print(f"done in {seconds:.1f} s; zero-shot val acc {ev['zeroshot_acc']:.3f} "
           f"(ensemble {ev['zeroshot_ens_acc']:.3f}, chance {chance:.3f}); "
           f"outputs in {out}/")  # fmt: skip

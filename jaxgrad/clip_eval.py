@@ -12,14 +12,16 @@ import numpy as np
 from flax import nnx
 
 from jaxgrad.contrastive import retrieval_metrics
+from jaxgrad.data.captions import TEMPLATES
 from jaxgrad.data.dataset import ImageDataset
 from jaxgrad.data.pipeline import normalize
 from jaxgrad.loop import make_evaluate
 from jaxgrad.models.clip import IMAGE_TOWER, l2_normalize
+from jaxgrad.plots import plot_run_curves
 from jaxgrad.tables import print_table
 from jaxgrad.xla import RUN_ONCE
 
-__all__ = ["make_evaluator", "print_param_groups"]
+__all__ = ["make_evaluator", "plot_clip_run", "print_param_groups"]
 
 
 def make_evaluator(
@@ -96,3 +98,19 @@ def print_param_groups(groups: list[dict], *, cached=None) -> list[dict]:
         right=("leaves", "params", "peak lr", "optimizer state"),
     )  # fmt: skip
     return groups
+
+
+def plot_clip_run(path, hist: dict, *, loss: str, title: str, chance: float):
+    """Train loss and zero-shot accuracy (1 prompt, the prompt ensemble) in % with the chance
+    line, so a frozen run's near-chance curve reads as that (``hist``: ``step``/``loss``,
+    ``eval_step``/``zs``/``zs_ens``)."""
+    return plot_run_curves(
+        path,
+        loss={loss: (hist["step"], hist["loss"])},
+        accuracy={
+            "1 prompt": (hist["eval_step"], hist["zs"]),
+            f"{len(TEMPLATES)}-prompt ensemble": (hist["eval_step"], hist["zs_ens"]),
+        },
+        title=title, xlabel="step", loss_label=f"{loss} contrastive loss (train)",
+        accuracy_label="zero-shot val accuracy (%)", chance=chance,
+    )  # fmt: skip
