@@ -1,8 +1,11 @@
-"""CLIP-style contrastive training: a ViT image tower and a custom text encoder (seed 000).
+"""CLIP-style contrastive training: an image tower and a custom text encoder (seed 000).
 
 Run (seconds, synthetic images):   python -m experiments.clip_contrastive --tiny
 Real images (CIFAR-10 JPEG folder): python -m experiments.clip_contrastive --data folder \\
                                         --data-dir data/train
+A pretrained transformers CLIP (save_pretrained folder), frozen, features cached once:
+    python -m experiments.clip_contrastive --image-encoder clip --image-weights DIR --freeze-image
+  fine-tuned, each tower at its own lr:  ... --image-encoder clip --image-weights DIR --image-lr 1e-5
 Options: --loss clip|siglip|seed, --freeze-image (the seed's .detach()), --clip-norm 1.0.
 
 The PyTorch it reproduces (seed 000)::
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,26 +38,30 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-from tqdm import tqdm
 
 from experiments.common import Row, fmt
-from jaxgrad.cli import option, parse, positive, to_dict
-from jaxgrad.contrastive import MAX_LOGIT_SCALE, retrieval_metrics
+from jaxgrad.cli import check_config, option, parse, positive, to_dict
+from jaxgrad.clip_eval import make_evaluator, plot_clip_run, print_param_groups
+from jaxgrad.clip_inputs import TowerInputs, tower_inputs, with_image_tower
+from jaxgrad.contrastive import MAX_LOGIT_SCALE
 from jaxgrad.data.captions import TEMPLATES, Tokenizer, caption_table
 from jaxgrad.data.dataset import ImageDataset, train_val_split
 from jaxgrad.data.imagefolder import load_image_folder
-from jaxgrad.data.pipeline import normalize, take
+from jaxgrad.data.pipeline import take
 from jaxgrad.data.synthetic import make_synthetic
 from jaxgrad.doctor import diagnose
+from jaxgrad.hf_random import HAVE_TRANSFORMERS, save_random_clip
 from jaxgrad.io import JsonlLogger, atomic_write_json
-from jaxgrad.loop import init_params, make_evaluate, make_run_chunk, train_steps
-from jaxgrad.models.clip import TEXT_TOWER, ClipConfig, ClipModel
+from jaxgrad.loop import init_params, make_run_chunk, train_steps
+from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, ClipConfig, ClipModel
+from jaxgrad.models.hf_clip import load_pretrained
 from jaxgrad.models.text import TextConfig
 from jaxgrad.models.vit import ViTConfig
-from jaxgrad.plots import plot_curves
+from jaxgrad.plan import Plan
+from jaxgrad.plots import run_title
+from jaxgrad.progress import Progress
 from jaxgrad.rng import named_keys
-from jaxgrad.tables import print_table
+from jaxgrad.runs import open_run_dir
 from jaxgrad.tasks import CLIP_STEP, clip_loss_fn, clip_optimizer, param_groups
 from jaxgrad.train import TrainState, init_train_state
 from jaxgrad.xla import RUN_ONCE
@@ -71,14 +79,33 @@ class Config:
         "(times the learned exp(logit_scale): our features are unit-norm)",
         choices=("clip", "siglip", "seed"),
     )
-    freeze_image: bool = option(False, "the seed's .detach(): stop_gradient + image params frozen")
-    clip_norm: float | None = option(1.0, "clip the global gradient norm to this (none: off)")
+    image_encoder: str = option(
+        "vit",
+        "vit: a small ViT trained from scratch; clip: the pretrained transformers CLIP vision "
+        "tower in --image-weights (the seed's clip_model.get_image_features)",
+        choices=("vit", "clip"),
+    )
+    image_weights: str = option(
+        "", "--image-encoder clip: a save_pretrained folder (config.json + model.safetensors)"
+    )
+    freeze_image: bool = option(
+        False,
+        "the seed's .detach(): vit: stop_gradient + image params frozen; clip: the tower's "
+        "features computed once, cached in --feature-cache, only the text tower trains",
+    )
+    feature_cache: str = option(
+        "runs/feature_cache", "folder of cached frozen-tower features (keyed by weights + data)"
+    )
+    image_lr: float | None = option(
+        None, "peak lr of the image tower, its own param group (none: --lr for all)", gt=0
+    )
+    clip_norm: float | None = option(1.0, "clip the global gradient norm to this (none: off)", gt=0)
     steps: int = option(600, "optimizer steps")
     batch_size: int = option(128, "pairs per step (the B×B similarity matrix)")
-    lr: float = option(1e-3, "AdamW peak learning rate (cosine decay after warmup)")
+    lr: float = option(1e-3, "AdamW peak learning rate (cosine decay after warmup)", gt=0)
     warmup_steps: int = option(50, "linear warmup steps")
-    weight_decay: float = option(0.1, "AdamW decay on ≥2-D weights only (open_clip's rule)")
-    embed_dim: int = option(128, "shared embedding width")
+    weight_decay: float = option(0.1, "AdamW decay on ≥2-D weights only (open_clip's rule)", ge=0)
+    embed_dim: int = option(128, "shared embedding width (clip: the tower's projection_dim)")
     image_dim: int = option(128, "ViT width")
     image_depth: int = option(4, "ViT blocks")
     patch_size: int = option(4, "ViT patch size (32/4 = 64 patches)")
@@ -86,17 +113,19 @@ class Config:
     text_depth: int = option(2, "text encoder blocks")
     heads: int = option(4, "attention heads in both towers")
     max_len: int = option(16, "caption length in tokens (the templates need at most 12)")
-    augment: bool = option(True, "random crop + flip on training images")
+    augment: bool = option(True, "random crop + flip on training images (vit only)")
     eval_every: int = option(100, "steps between zero-shot evaluations")
     log_every: int = option(10, "steps between JSONL training records")
     steps_per_dispatch: int = option(50, "max train steps scanned per device dispatch")
     seed: int = option(0, "one seed for init, data order, captions, augmentation")
     out_dir: str = option("runs/clip_contrastive", "JSONL metrics, PNG curves, final JSON")
-    progress: bool = option(True, "tqdm progress bar")
+    overwrite: bool = option(False, "replace what an earlier run left in --out-dir")
+    progress: bool = option(True, "progress bar (plain lines when not a terminal)")
     fast_compile: bool = option(False, "XLA backend opt level 0: ~2x faster compiles, slower steps")
     doctor: bool = option(False, "print the gradient-flow doctor's report before training")
 
     def __post_init__(self):
+        check_config(self)
         positive(self, "n_val", "steps", "batch_size", "lr", "embed_dim", "eval_every")
         positive(self, "image_dim", "image_depth", "text_dim", "text_depth", "heads", "log_every")
         positive(self, "clip_norm", "patch_size", "max_len", "steps_per_dispatch")
@@ -108,13 +137,31 @@ class Config:
             )
         if self.batch_size < 2:
             raise ValueError("--batch-size must be >= 2: a contrastive batch needs negatives")
+        if self.data == "synthetic" and self.n_images == 0:
+            raise ValueError(
+                "--n-images 0 (all) needs --data folder; synthetic images need a count"
+            )
+        if self.n_images and self.batch_size > self.n_images:
+            raise ValueError(
+                f"--batch-size {self.batch_size} is larger than the training set "
+                f"(--n-images {self.n_images}): lower --batch-size or raise --n-images"
+            )
+        if self.image_encoder == "clip" and not self.image_weights:
+            raise ValueError(
+                "--image-encoder clip needs --image-weights DIR (a transformers save_pretrained "
+                "folder, e.g. a snapshot in ~/.cache/huggingface/hub)"
+            )
+        if self.image_lr is not None and self.freeze_image:
+            raise ValueError("--image-lr has no effect with --freeze-image: pass one of them")
 
     @classmethod
     def tiny(cls) -> Config:
+        """Seconds on a CPU; a throwaway run: it replaces its own --out-dir when re-run."""
         return cls(
             n_images=400, n_val=100, steps=150, batch_size=32, lr=3e-3, warmup_steps=10,
             embed_dim=32, image_dim=32, image_depth=1, patch_size=8, text_dim=32, text_depth=1,
             heads=2, eval_every=75, log_every=10, progress=False, fast_compile=True, augment=False,
+            out_dir="runs/clip_contrastive_tiny", overwrite=True,
         )  # fmt: skip
 
 
@@ -128,71 +175,31 @@ def load_data(cfg: Config) -> tuple[ImageDataset, ImageDataset]:
                 f"--data-dir {cfg.data_dir} is not a folder; extract the images first, e.g. "
                 "mkdir -p data && tar -xzf ../shared/data/cifar10-train-jpeg.tar.gz -C data"
             )
-        ds = load_image_folder(cfg.data_dir)
+        ds = load_image_folder(cfg.data_dir, progress=cfg.progress)
         if cfg.n_images and cfg.n_images + cfg.n_val < len(ds):
             pick = np.random.default_rng(cfg.seed).permutation(len(ds))[: cfg.n_images + cfg.n_val]
             ds = ds.subset(np.sort(pick))
     return train_val_split(ds, cfg.n_val, seed=cfg.seed)
 
 
-def model_config(cfg: Config, vocab_size: int, image_size: int) -> ClipConfig:
-    image = ViTConfig(
-        image_size=image_size, patch_size=cfg.patch_size, dim=cfg.image_dim,
-        depth=cfg.image_depth, heads=cfg.heads, dim_head=cfg.image_dim // cfg.heads,
-        mlp_dim=2 * cfg.image_dim, dropout=0.0, emb_dropout=0.0,
-    )  # fmt: skip
+def model_config(cfg: Config, vocab_size: int, image_size: int, tower=None) -> ClipConfig:
+    """``tower``: the loaded CLIP vision tower (``--image-encoder clip``); its projection_dim
+    is the shared width; with ``--freeze-image`` the model has no image tower (cached)."""
     text = TextConfig(
         vocab_size=vocab_size, max_len=cfg.max_len, dim=cfg.text_dim, depth=cfg.text_depth,
         heads=cfg.heads, mlp_dim=2 * cfg.text_dim,
     )  # fmt: skip
     bias = -10.0 if cfg.loss == "siglip" else None  # SigLIP's initial bias
-    return ClipConfig(image=image, text=text, embed_dim=cfg.embed_dim, logit_bias_init=bias)
-
-
-def make_evaluator(
-    graphdef, rest, val: ImageDataset, captions, *, seed: int, fast: bool = False, chunk: int = 500
-):
-    """``evaluate(params) -> metrics``: zero-shot top-1 (1 prompt, ensemble), recall@1/5.
-
-    Held-out images are encoded ``chunk`` at a time (``jaxgrad.loop.make_evaluate``), then
-    every prompt of every class and one fixed caption per image (for retrieval) in one text
-    batch, scored in a second jitted program.
-    """
-    ids, cmask = captions
-    t_all, c, length = ids.shape
-    n_ret = min(len(val), 1000)  # retrieval over at most 1000 pairs
-    t = np.random.default_rng(seed).integers(0, t_all, n_ret)  # the same captions every time
-    all_ids = jnp.concatenate([ids.reshape(-1, length), ids[t, val.labels[:n_ret]]])
-    all_mask = jnp.concatenate([cmask.reshape(-1, length), cmask[t, val.labels[:n_ret]]])
-    opts = RUN_ONCE if fast else None
-    model = lambda params: nnx.merge(graphdef, params, rest)
-    embed = make_evaluate(
-        lambda params, images, _: {"img": model(params).encode_image(normalize(images))},
-        batch_size=chunk, reduce="stack", compiler_options=opts,
+    if tower is not None:
+        image = None if cfg.freeze_image else tower.cfg
+        return ClipConfig(image=image, text=text, embed_dim=tower.cfg.projection_dim,
+                          logit_bias_init=bias)  # fmt: skip
+    image = ViTConfig(
+        image_size=image_size, patch_size=cfg.patch_size, dim=cfg.image_dim,
+        depth=cfg.image_depth, heads=cfg.heads, dim_head=cfg.image_dim // cfg.heads,
+        mlp_dim=2 * cfg.image_dim, dropout=0.0, emb_dropout=0.0,
     )  # fmt: skip
-
-    @functools.partial(jax.jit, compiler_options=opts)
-    def metrics(params, img, labels):
-        txt_all = model(params).encode_text(all_ids, all_mask)
-        cls, txt = txt_all[: t_all * c].reshape(t_all, c, -1), txt_all[t_all * c :]
-        ens = cls.mean(axis=0)  # prompt ensemble: mean of unit vectors, renormalised
-        ens = ens / jnp.linalg.norm(ens, axis=-1, keepdims=True)
-        lab = labels[:n_ret]
-        return {
-            "zeroshot_acc": jnp.mean(jnp.argmax(img @ cls[0].T, axis=1) == labels),
-            "zeroshot_ens_acc": jnp.mean(jnp.argmax(img @ ens.T, axis=1) == labels),
-            **retrieval_metrics(
-                image_features=img[:n_ret], text_features=txt, image_labels=lab, text_labels=lab
-            ),
-        }
-
-    images, labels = jnp.asarray(val.images), jnp.asarray(val.labels)
-
-    def evaluate(params) -> dict[str, float]:
-        img = embed(params, images, labels)["img"]
-        return {k: float(v) for k, v in metrics(params, img, labels).items()}
-
-    return evaluate
+    return ClipConfig(image=image, text=text, embed_dim=cfg.embed_dim, logit_bias_init=bias)
 
 
 class Setup(NamedTuple):
@@ -207,61 +214,99 @@ class Setup(NamedTuple):
     loss_fn: Any  # jaxgrad.tasks.clip_loss_fn
     optimizer: Any  # jaxgrad.tasks.clip_optimizer
     frozen: Any  # the bool mask the optimizer freezes (all False without --freeze-image)
+    inputs: TowerInputs  # what batch["images"] holds for train and val (jaxgrad.clip_inputs)
 
 
-def setup(cfg: Config, train: ImageDataset) -> Setup:
-    """Model, captions, params, loss and optimizer for ``cfg`` (shared by main, tour, tests)."""
+def setup(cfg: Config, train: ImageDataset, val: ImageDataset | None = None) -> Setup:
+    """Model, captions, params, loss and optimizer for ``cfg`` (shared by main, tour, tests).
+
+    ``--image-encoder clip`` loads the tower and prepares ``val`` too (cached features or
+    pixel_values); the ViT reads the uint8 images as they are.
+    """
     keys = named_keys(cfg.seed, "init", "data", "step")
     tok, ids, cmask = caption_table(train.class_names, max_len=cfg.max_len)
-    mcfg = model_config(cfg, len(tok), train.images.shape[1])
+    tower = load_pretrained(cfg.image_weights) if cfg.image_encoder == "clip" else None
+    mcfg = model_config(cfg, len(tok), train.images.shape[1], tower)
     opts = RUN_ONCE if cfg.fast_compile else None
     graphdef, params, rest = init_params(ClipModel, mcfg, keys["init"], compiler_options=opts)
+    if tower is None:
+        inputs = TowerInputs("images", train.images, None if val is None else val.images)
+    else:
+        inputs = tower_inputs(
+            tower, train.images, None if val is None else val.images,
+            frozen=cfg.freeze_image, cache_dir=cfg.feature_cache,
+        )  # fmt: skip
+        if not cfg.freeze_image:  # the pretrained weights replace the random init
+            graphdef, params, rest = with_image_tower(graphdef, params, rest, tower)
     captions = (jnp.asarray(ids), jnp.asarray(cmask))
     loss_fn = clip_loss_fn(graphdef, rest, captions, loss=cfg.loss,
-                           freeze_image=cfg.freeze_image, use_augment=cfg.augment)  # fmt: skip
+                           freeze_image=cfg.freeze_image, use_augment=cfg.augment,
+                           image_input=inputs.kind)  # fmt: skip
     opt, frozen = clip_optimizer(
         params, steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, freeze_image=cfg.freeze_image,
+        weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,
+        freeze_image=cfg.freeze_image and inputs.kind != "features", image_lr=cfg.image_lr,
     )  # fmt: skip
-    return Setup(keys, tok, captions, graphdef, params, rest, loss_fn, opt, frozen)
+    return Setup(keys, tok, captions, graphdef, params, rest, loss_fn, opt, frozen, inputs)
+
+
+def report_groups(cfg: Config, s: Setup) -> list[dict]:
+    """Print and return the seed's ``param_groups`` check (per module: params, peak lr, state)."""
+    image_lr = cfg.lr if cfg.image_lr is None else cfg.image_lr
+    groups = param_groups(
+        s.optimizer, s.params, s.frozen, lr=lambda m: image_lr if m == IMAGE_TOWER else cfg.lr
+    )
+    return print_param_groups(groups, cached=s.inputs)
 
 
 def main(cfg: Config) -> dict:
-    out = Path(cfg.out_dir)
     train, val = load_data(cfg)
+    if cfg.batch_size > len(train):  # before anything is written
+        raise SystemExit(
+            f"error: --batch-size {cfg.batch_size} is larger than the training set "
+            f"({len(train)} images after --n-val {cfg.n_val}): lower --batch-size"
+        )
+    with open_run_dir(cfg.out_dir, overwrite=cfg.overwrite):
+        return _train(cfg, train, val, Path(cfg.out_dir))
+
+
+def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path) -> dict:
     print(
         f"data: {train.source} | train {len(train)} | val {len(val)} | {train.num_classes} classes"
     )
-    s = setup(cfg, train)
+    s = setup(cfg, train, val)
     opt = s.optimizer
-    print(f"loss={cfg.loss} freeze_image={cfg.freeze_image} clip_norm={cfg.clip_norm}")
+    print(f"loss={cfg.loss} image_encoder={cfg.image_encoder} freeze_image={cfg.freeze_image} "
+          f"clip_norm={cfg.clip_norm}")  # fmt: skip
+    if s.inputs.cache is not None:
+        for part, c in s.inputs.cache.items():
+            print(f"feature cache ({part}): {'hit, read' if c.hit else 'computed, wrote'} {c.path}")
     print(f"vocabulary: {len(s.tokenizer)} words; {len(TEMPLATES)} caption templates")
-    groups = param_groups(opt, s.params, s.frozen)
-    print_table(
-        [(g["module"], g["leaves"], f"{g['params']:,}", f"{g['state_floats']:,}",
-          "FROZEN (not in optimizer)" if g["frozen"] == g["params"] else "trainable")
-         for g in groups], ("module", "leaves", "params", "optimizer state", "status"),
-        title="what the optimizer updates", right=("leaves", "params", "optimizer state"),
-    )  # fmt: skip
+    groups = report_groups(cfg, s)
     evaluate = make_evaluator(
-        s.graphdef, s.rest, val, s.captions, seed=cfg.seed, fast=cfg.fast_compile
-    )
+        s.graphdef, s.rest, val, s.captions, seed=cfg.seed, fast=cfg.fast_compile,
+        images=s.inputs.val, image_input=s.inputs.kind,
+    )  # fmt: skip
     state: TrainState = init_train_state(s.params, opt)
-    data = (jnp.asarray(train.images), jnp.asarray(train.labels))
+    data = (jnp.asarray(s.inputs.train), jnp.asarray(train.labels))
     if cfg.doctor:  # which leaves get a gradient, and what the optimizer does with each
         first = take(*data, jnp.arange(cfg.batch_size))
         diagnose(s.loss_fn, s.params, first, s.keys["step"], opt)
     opts = RUN_ONCE if cfg.fast_compile else None
     run = make_run_chunk(s.loss_fn, opt, **CLIP_STEP, compiler_options=opts)
-    out.mkdir(parents=True, exist_ok=True)
     log = JsonlLogger(out / "metrics.jsonl")
     log.path.write_text("")  # one run per file
     ev = evaluate(state.params)  # step 0: the untrained towers, near chance
     log.log(step=0, **{f"val/{k}": v for k, v in ev.items()})
     hist = {"step": [], "loss": [], "eval_step": [0], "zs": [ev["zeroshot_acc"]],
             "zs_ens": [ev["zeroshot_ens_acc"]]}  # fmt: skip
-    bar = tqdm(total=cfg.steps, disable=not cfg.progress, desc="clip")
+    bar = Progress(cfg.steps, desc="clip", show=("loss", "logit_scale"), enabled=cfg.progress)
     last: dict[str, float] = {}
+    trainable = sum(g["params"] - g["frozen"] for g in groups)
+    plan = Plan(name=f"CLIP, image tower {cfg.image_encoder}" + " frozen" * cfg.freeze_image,
+                params=trainable, steps_per_epoch=cfg.steps,
+                smaller=(f"--steps {max(1, cfg.steps // 10)}", 0.1))  # fmt: skip
+    plan.announce()
 
     def on_chunk(start: int, done: int, m: dict) -> None:
         k = len(m["loss"])
@@ -272,9 +317,10 @@ def main(cfg: Config) -> dict:
                 log.log(step=step, **rec)
                 hist["step"].append(step)
                 hist["loss"].append(rec["loss"])
+        if not last:  # the first finished chunk: how long the whole run will take
+            plan.first_chunk(steps=done, seconds=time.perf_counter() - t0)
         last.update({name: float(v[-1]) for name, v in m.items()})
-        bar.update(k)
-        bar.set_postfix(loss=f"{last['loss']:.3f}", logit_scale=f"{last['logit_scale']:.2f}")
+        bar(start + done, m)
 
     t0 = time.perf_counter()
     for start in range(0, cfg.steps, cfg.eval_every):  # train to the next evaluation point
@@ -289,34 +335,36 @@ def main(cfg: Config) -> dict:
         hist["eval_step"].append(stop)
         hist["zs"].append(ev["zeroshot_acc"])
         hist["zs_ens"].append(ev["zeroshot_ens_acc"])
-        tqdm.write(f"step {stop}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
+        bar.write(f"step {stop}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
     bar.close()
     seconds = time.perf_counter() - t0
+    chance = 1.0 / train.num_classes
     final = {
         "config": to_dict(cfg), "source": train.source, "train_seconds": seconds,
-        "last_train": last, "val": ev, "param_groups": groups,
-        "chance": 1.0 / train.num_classes,
+        "last_train": last, "val": ev, "param_groups": groups, "chance": chance,
+        "first_loss": hist["loss"][0] if hist["loss"] else None,
+        "feature_cache": None if s.inputs.cache is None else {
+            part: {"hit": c.hit, "path": str(c.path)} for part, c in s.inputs.cache.items()
+        },
     }  # fmt: skip
     atomic_write_json(out / "final.json", final)
-    plot_curves(
-        out / "curves.png",
-        {
-            "train loss": {cfg.loss: (hist["step"], hist["loss"])},
-            "zero-shot val accuracy": {
-                "1 prompt": (hist["eval_step"], hist["zs"]),
-                f"{len(TEMPLATES)}-prompt ensemble": (hist["eval_step"], hist["zs_ens"]),
-            },
-        },
-        title=f"CLIP-style training on {train.source}",
-    )
+    flags = ["--freeze-image"] * cfg.freeze_image + [f"--image-lr {cfg.image_lr}"] * bool(
+        cfg.image_lr)  # fmt: skip
+    encoder = f"pretrained CLIP tower ({cfg.image_weights})" if cfg.image_encoder == "clip" else (
+        "ViT from scratch")  # fmt: skip
+    title = run_title("CLIP contrastive", source=train.source, flags=flags, loss=cfg.loss,
+                      image=encoder)  # fmt: skip
+    plot_clip_run(out / "curves.png", hist, loss=cfg.loss, title=title, chance=chance)
     print(f"done in {seconds:.1f} s; zero-shot val acc {ev['zeroshot_acc']:.3f} "
-          f"(ensemble {ev['zeroshot_ens_acc']:.3f}, chance {1 / train.num_classes:.3f}); "
+          f"(ensemble {ev['zeroshot_ens_acc']:.3f}, chance {chance:.3f}); "
           f"outputs in {out}/")  # fmt: skip
     return final
 
 
 def tour() -> list[Row]:
-    """A tiny run on synthetic images (labelled so): the seed's questions, answered by its logs."""
+    """A tiny run on synthetic images (labelled so): the seed's questions, answered by its logs;
+    then the seed's own setup, a pretrained transformers CLIP tower frozen from its feature cache
+    (a tiny random-init checkpoint written to a temp dir: needs torch + transformers)."""
     final = main(dataclasses.replace(Config.tiny(), out_dir="runs/tour/clip_contrastive"))
     last, acc, chance = final["last_train"], final["val"]["zeroshot_ens_acc"], final["chance"]
     text = next(g for g in final["param_groups"] if g["module"] == TEXT_TOWER)
@@ -328,9 +376,26 @@ def tour() -> list[Row]:
             text["state_floats"] == 2 * text["params"]),
         Row("CLIP: logit_scale clamp [0, ln 100]", "clamp_(0, 4.6052)",
             fmt(last["logit_scale"]), 0.0 <= last["logit_scale"] <= MAX_LOGIT_SCALE),
-        Row("CLIP zero-shot (synthetic, not CIFAR)", f"> 2x chance {chance:.2f}", f"{acc:.2f}",
-            acc > 2 * chance),
+        Row(f"CLIP zero-shot, {len(TEMPLATES)}-prompt ensemble (synthetic, not CIFAR)",
+            f"> 2x chance {chance:.2f}", f"{acc:.2f}", acc > 2 * chance),
+        _pretrained_row(),
     ]  # fmt: skip
+
+
+def _pretrained_row() -> Row:
+    scenario, seed_says = "CLIP: pretrained HF tower .detach(), cached", "text loss falls"
+    if not HAVE_TRANSFORMERS:
+        return Row(scenario, seed_says, "skipped: transformers not installed", False, skipped=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = dataclasses.replace(
+            Config.tiny(), image_encoder="clip", image_weights=str(save_random_clip(tmp)),
+            freeze_image=True, feature_cache=f"{tmp}/cache", steps=60, eval_every=60,
+            out_dir="runs/tour/clip_pretrained",
+        )  # fmt: skip
+        final = main(cfg)
+    first, last = final["first_loss"], final["last_train"]
+    ok = last["loss"] < first and last["grad_norm_image"] == 0.0
+    return Row(scenario, seed_says, f"{first:.2f} -> {last['loss']:.2f}, |g_image| 0", ok)
 
 
 if __name__ == "__main__":

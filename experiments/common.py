@@ -17,6 +17,7 @@ class Row:
     pytorch: str
     jaxgrad: str
     match: bool
+    skipped: bool = False  # an optional dependency is missing: shown, not counted either way
 
 
 def fmt(x) -> str:

@@ -20,12 +20,16 @@ import pytest
 from flax import nnx
 
 from experiments import clip_contrastive as exp
+from experiments import tour
+from experiments.common import Row
+from jaxgrad.cli import parse
 from jaxgrad.contrastive import MAX_LOGIT_SCALE
 from jaxgrad.data.captions import PAD, TEMPLATES, UNK, Tokenizer, caption_table, words
 from jaxgrad.deps import grad_dependence
 from jaxgrad.freeze import path_str
 from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, ClipConfig, clamp_logit_scale
 from jaxgrad.models.text import TextConfig, masked_mean
+from jaxgrad.runs import RunDirError
 from jaxgrad.tasks import CLIP_STEP, clip_optimizer, param_groups
 from jaxgrad.train import init_train_state, make_train_step
 
@@ -260,3 +264,55 @@ def test_bad_config_raises():
         ClipConfig(logit_scale_init=5.0)  # above ln 100: the first clamp would silently move it
     with pytest.raises(FileNotFoundError, match="extract the images"):
         exp.load_data(dataclasses.replace(TINY, data="folder", data_dir="/nonexistent"))
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch-size", "1000"], "--batch-size 1000 is larger than the training set"),
+        (["--lr", "nan"], "--lr"),
+        (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
+        (["--image-lr", "0"], "--image-lr must be > 0"),
+        (["--clip-norm", "inf"], "--clip-norm"),
+        (["--image-encoder", "clip"], "--image-encoder clip needs --image-weights"),
+    ],
+)
+def test_bad_flags_name_the_flag_and_write_nothing(argv, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        parse(exp.Config, ["--tiny", "--out-dir", str(out), *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_out_of_range_labels_are_refused_by_the_loss(plain, data, key):
+    bad = {**data[1], "labels": data[1]["labels"].at[0].set(10)}  # 10 classes: 0..9
+    with pytest.raises(ValueError, match="class_labels"):
+        plain.loss_fn(plain.params, bad, key)  # concrete labels: checked at once
+    loss, _ = jax.jit(plain.loss_fn)(plain.params, bad, key)  # traced: NaN, the guard's cue
+    assert np.isnan(float(loss))
+    good, _ = jax.jit(plain.loss_fn)(plain.params, data[1], key)
+    assert np.isfinite(float(good))
+
+
+def test_second_run_on_an_out_dir_refused_unless_overwrite(tmp_path):
+    cfg = dataclasses.replace(TINY, steps=2, eval_every=2, out_dir=str(tmp_path), overwrite=False)
+    exp.main(cfg)
+    with pytest.raises(RunDirError, match="--overwrite"):
+        exp.main(cfg)
+    assert exp.Config.tiny().overwrite  # --tiny runs are throwaway: re-running replaces them
+    final = exp.main(dataclasses.replace(cfg, overwrite=True))
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [0, 1, 2]  # one run, not two
+    assert final["val"]
+
+
+def test_tour_row_for_the_pretrained_tower_is_skipped_without_transformers(monkeypatch, capsys):
+    monkeypatch.setattr(exp, "HAVE_TRANSFORMERS", False)
+    row = exp._pretrained_row()
+    assert row.skipped and row.jaxgrad == "skipped: transformers not installed"
+    tour.print_table([row, Row("other", "x", "x", True)])
+    assert "1/1 scenarios match the PyTorch seeds (1 skipped" in capsys.readouterr().out

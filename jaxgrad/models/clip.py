@@ -8,6 +8,13 @@ used, none sits idle with a zero gradient). Features are L2-normalised, so
 the inverse temperature, init ``ln(1/0.07)``) sharpens them. ``logit_bias`` exists only for
 the SigLIP loss (init −10).
 
+The image tower is either the small ViT (``image: ViTConfig``, uint8-derived ``[B, H, W, 3]``
+input), a transformers CLIP vision tower (``image: CLIPVisionConfig``, CLIP-normalised NCHW
+``pixel_values``; its ``visual_projection`` is the projection, so ``embed_dim`` must equal its
+``projection_dim``; load its weights with :func:`jaxgrad.models.hf_clip.load_pretrained` and
+assign ``model.image_encoder``), or absent (``image=None``): the image features come from a
+cache of a frozen tower (:mod:`jaxgrad.features`) and only the text tower exists here.
+
 The model computes features, never a loss (see :mod:`jaxgrad.contrastive`). After each
 optimizer step :func:`clamp_logit_scale` projects ``logit_scale`` back into ``[0, ln 100]``, as
 open_clip does; pass it as ``make_train_step(..., post_update=clamp_logit_scale)``.
@@ -24,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxgrad.contrastive import MAX_LOGIT_SCALE
+from jaxgrad.models.hf_clip import CLIPVisionConfig, CLIPVisionTower
 from jaxgrad.models.text import TextConfig, TextEncoder
 from jaxgrad.models.vit import ViT, ViTConfig
 
@@ -42,9 +50,10 @@ IMAGE_TOWER, TEXT_TOWER = "image_encoder", "text_encoder"
 
 @dataclasses.dataclass(frozen=True)
 class ClipConfig:
-    """Two towers and the shared space. ``image.num_classes`` is overridden by ``embed_dim``."""
+    """Two towers and the shared space. ``image.num_classes`` (ViT) is overridden by
+    ``embed_dim``; a CLIP tower's ``projection_dim`` must equal it; ``None``: cached features."""
 
-    image: ViTConfig = ViTConfig(
+    image: ViTConfig | CLIPVisionConfig | None = ViTConfig(
         dim=256, depth=4, heads=4, dim_head=64, mlp_dim=512, dropout=0.0, emb_dropout=0.0
     )
     text: TextConfig = TextConfig()
@@ -59,8 +68,17 @@ class ClipConfig:
             raise ValueError(
                 f"logit_scale_init must lie in the clamp range [0, ln 100], got {self.logit_scale_init}"
             )
-        if self.image.channels != 3:
+        if isinstance(self.image, ViTConfig) and self.image.channels != 3:
             raise ValueError("the caption data are RGB images: image.channels must be 3")
+        if isinstance(self.image, CLIPVisionConfig):
+            if self.image.projection_dim != self.embed_dim:
+                raise ValueError(
+                    f"the CLIP image tower projects to projection_dim={self.image.projection_dim}"
+                    f" but embed_dim={self.embed_dim}: the text projection must land in the "
+                    f"same space (--embed-dim {self.image.projection_dim})"
+                )
+            if self.image.num_channels != 3:
+                raise ValueError("the caption data are RGB images: num_channels must be 3")
 
     @classmethod
     def tiny(cls, *, vocab_size: int = 64, **overrides) -> ClipConfig:
@@ -86,9 +104,15 @@ class ClipModel(nnx.Module):
 
     def __init__(self, cfg: ClipConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        image_cfg = dataclasses.replace(cfg.image, num_classes=cfg.embed_dim)
+        if isinstance(cfg.image, ViTConfig):
+            image_cfg = dataclasses.replace(cfg.image, num_classes=cfg.embed_dim)
         text_cfg = dataclasses.replace(cfg.text, out_dim=cfg.embed_dim)
-        self.image_encoder = ViT(image_cfg, rngs=rngs)
+        if isinstance(cfg.image, CLIPVisionConfig):
+            self.image_encoder = CLIPVisionTower(cfg.image, rngs=rngs)
+        elif cfg.image is None:
+            self.image_encoder = None  # features come from a cache (jaxgrad.features)
+        else:
+            self.image_encoder = ViT(image_cfg, rngs=rngs)
         self.text_encoder = TextEncoder(text_cfg, rngs=rngs)
         self.logit_scale = nnx.Param(jnp.asarray(cfg.logit_scale_init, jnp.float32))
         if cfg.logit_bias_init is not None:
@@ -97,8 +121,17 @@ class ClipModel(nnx.Module):
             self.logit_bias = None
 
     def encode_image(self, images, *, deterministic: bool = True, rngs=None) -> jax.Array:
-        """``[B, H, W, 3]`` → unit-norm ``[B, E]`` float32 (the ViT head is the projection)."""
-        out = self.image_encoder(images, deterministic=deterministic, rngs=rngs)
+        """``[B, H, W, 3]`` (ViT) or ``[B, 3, S, S]`` pixel_values (CLIP tower) → unit-norm
+        ``[B, E]`` float32 (the ViT head / ``visual_projection`` is the projection)."""
+        if self.image_encoder is None:
+            raise ValueError(
+                "this ClipModel has no image tower (image=None: features come from a cache); "
+                "pass the cached features through l2_normalize instead"
+            )
+        if isinstance(self.image_encoder, CLIPVisionTower):
+            out = self.image_encoder(images)  # no dropout in CLIP's vision tower
+        else:
+            out = self.image_encoder(images, deterministic=deterministic, rngs=rngs)
         return l2_normalize(out.astype(jnp.float32))
 
     def encode_text(self, tokens, mask, *, deterministic: bool = True, rngs=None) -> jax.Array:

@@ -1,0 +1,149 @@
+"""Frozen CLIP image tower: training the text encoder from the feature cache vs running the
+frozen tower in every step (steps/s, interleaved), on whatever device JAX finds.
+
+    python -m experiments.bench_clip_frozen --size b32 --batch 32 --runs 5 --threads 1
+
+Both sides train the same text encoder with the same loss and optimizer
+(``jaxgrad.tasks.clip_loss_fn`` / ``clip_optimizer`` / ``make_train_step``):
+
+- **cache**: ``batch["images"]`` holds the tower's ``[B, E]`` features, read from the cache that
+  ``--freeze-image`` writes once (:func:`jaxgrad.features.cached_features`); no tower runs;
+- **tower**: ``batch["images"]`` holds CLIP pixel_values ``[B, 3, S, S]``; the frozen tower runs
+  forward in every step (``stop_gradient`` + the optimizer's frozen mask), which is PyTorch's
+  ``clip_model.get_image_features(x).detach()`` inside the loop.
+
+The tower is random-initialised in JAX (speed does not depend on the weights; no torch needed).
+The one-time extraction that fills the cache is timed too and printed as the number of steps
+after which the cache has paid for itself. Threads: ``--threads N`` pins XLA's pool (set before
+jax is imported). Wall medians, a median of paired ratios and CPU seconds per step are printed
+with the load average before and after: on a shared CPU the figures are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", choices=("b32", "b16", "tiny"), default="b32",
+                   help="tower shape (default: b32, ViT-B/32 at 224)")  # fmt: skip
+    p.add_argument("--batch", type=int, default=32, help="pairs per step (default: 32)")
+    p.add_argument("--runs", type=int, default=5, help="timed samples per side (default: 5)")
+    p.add_argument("--steps-per-run", type=int, default=2, help="steps per sample (default: 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="XLA CPU threads (default: 1; 0 = XLA's default)")  # fmt: skip
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    for name in ("batch", "runs", "steps_per_run"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.batch < 2:
+        p.error("--batch must be >= 2: a contrastive batch needs negatives")
+    if args.threads < 0:
+        p.error("--threads must be >= 0")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = _parse(argv)
+    if args.threads:
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + f" --xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'}"
+            + f" intra_op_parallelism_threads={args.threads}"
+        ).strip()
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from jaxgrad.bench import measure
+    from jaxgrad.data.captions import caption_table
+    from jaxgrad.features import extract_features
+    from jaxgrad.loop import init_params
+    from jaxgrad.models.clip import ClipConfig, ClipModel
+    from jaxgrad.models.hf_clip import CLIPVisionConfig
+    from jaxgrad.models.text import TextConfig
+    from jaxgrad.tasks import CLIP_STEP, clip_loss_fn, clip_optimizer
+    from jaxgrad.train import init_train_state, make_train_step
+
+    shape = {"b32": CLIPVisionConfig.vit_b32(), "b16": CLIPVisionConfig.vit_b16(),
+             "tiny": CLIPVisionConfig.tiny()}[args.size]  # fmt: skip
+    load_before = os.getloadavg()
+    names = [f"class{i}" for i in range(10)]
+    tok, ids, cmask = caption_table(names, max_len=16)
+    captions = (jnp.asarray(ids), jnp.asarray(cmask))
+    text = TextConfig(vocab_size=len(tok), max_len=16, dim=128, depth=2, heads=4, mlp_dim=256)
+    key = jax.random.key(0)
+    rng = np.random.default_rng(0)
+    s, b = shape.image_size, args.batch
+    pixels = jnp.asarray(rng.normal(size=(b, 3, s, s)).astype(np.float32))
+    labels = jnp.asarray(rng.integers(0, 10, b).astype(np.int32))
+
+    steps, states, batches = {}, {}, {}
+    for side, image in (("tower", shape), ("cache", None)):
+        mcfg = ClipConfig(image=image, text=text, embed_dim=shape.projection_dim)
+        graphdef, params, rest = init_params(ClipModel, mcfg, key)
+        kind = "pixels" if image is not None else "features"
+        loss_fn = clip_loss_fn(graphdef, rest, captions, loss="clip", freeze_image=True,
+                               use_augment=False, image_input=kind)  # fmt: skip
+        opt, _ = clip_optimizer(params, steps=1000, lr=1e-3, warmup_steps=10, weight_decay=0.1,
+                                clip_norm=1.0, freeze_image=image is not None)  # fmt: skip
+        steps[side] = make_train_step(loss_fn, opt, **CLIP_STEP, donate=False)
+        states[side] = init_train_state(params, opt)
+        if image is not None:
+            tower = nnx.merge(graphdef, params, rest).image_encoder
+    t0 = time.perf_counter()
+    feats = extract_features(tower, np.asarray(pixels), batch_size=b)  # what the cache holds
+    extract_s = time.perf_counter() - t0  # includes its compilation: the one-time cost
+    batches = {"tower": {"images": pixels, "labels": labels},
+               "cache": {"images": jnp.asarray(feats), "labels": labels}}  # fmt: skip
+    calls = {side: (lambda side=side: steps[side](states[side], batches[side], key))
+             for side in steps}  # fmt: skip
+    for side in calls:  # compile + warm up
+        measure(calls[side], runs=1, warmup=1)
+    wall, cpu = {"tower": [], "cache": []}, {"tower": [], "cache": []}
+    for _ in range(args.runs):  # interleaved: one sample each, in turn
+        for side in ("tower", "cache"):
+            c0 = time.process_time()
+            wall[side] += measure(calls[side], runs=1, warmup=0, calls_per_run=args.steps_per_run)
+            cpu[side].append((time.process_time() - c0) / args.steps_per_run)
+    med = {side: statistics.median(wall[side]) for side in wall}
+    cpu_med = {side: statistics.median(cpu[side]) for side in cpu}
+    paired = statistics.median(t / c for t, c in zip(wall["tower"], wall["cache"]))
+    res = {
+        "size": args.size, "batch": b, "threads": args.threads, "runs": args.runs,
+        "steps_per_s_cache": 1 / med["cache"], "steps_per_s_tower": 1 / med["tower"],
+        "cache_over_tower_speed": med["tower"] / med["cache"], "paired_ratio_median": paired,
+        "cache_over_tower_cpu": cpu_med["tower"] / cpu_med["cache"],
+        "ms_cache": [1e3 * t for t in wall["cache"]], "ms_tower": [1e3 * t for t in wall["tower"]],
+        "one_batch_extraction_s": extract_s,
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+        "jax": jax.__version__, "device": str(jax.devices()[0]),
+    }  # fmt: skip
+    print(
+        f"frozen CLIP tower {args.size} (batch {b}, {args.threads or 'default'} thread(s), "
+        f"{args.runs} interleaved samples x {args.steps_per_run} steps, {res['device']})\n"
+        f"  text encoder from the feature cache: {res['steps_per_s_cache']:8.2f} steps/s "
+        f"(median {1e3 * med['cache']:.1f} ms)\n"
+        f"  frozen tower run in every step:      {res['steps_per_s_tower']:8.2f} steps/s "
+        f"(median {1e3 * med['tower']:.1f} ms)\n"
+        f"  cache / tower: {res['cache_over_tower_speed']:.1f}x of medians, {paired:.1f}x median "
+        f"of paired samples, {res['cache_over_tower_cpu']:.1f}x in CPU seconds per step; "
+        f"load average {load_before[0]:.1f} before, {res['loadavg_after'][0]:.1f} after",
+        flush=True,
+    )
+    if args.out:
+        from jaxgrad.io import atomic_write_json
+
+        atomic_write_json(args.out, res)
+    return res
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
