@@ -26,26 +26,25 @@ The PyTorch it reproduces::
 
 Differences, on purpose: images are channels-last ``[B, 32, 32, 3]``; each epoch drops the last
 partial batch (781 steps of 64 instead of 781 + one of 16) so every step has one shape.
-Outputs (``--out-dir``, default runs/vit_cifar10): metrics.jsonl, curves.png, ckpt/ (orbax, one
-per epoch; ``--resume`` continues from the latest), vit_params.npz + vit_config.json (the
-``torch.save(state_dict)`` equivalent), summary.json.
+Outputs (``--out-dir``, default runs/vit_cifar10; ``--tiny``: runs/vit_cifar10_tiny, replaced
+by the next tiny run): metrics.jsonl, curves.png, ckpt/ (orbax, one per epoch, each with the
+run's config), vit_params.npz + vit_config.json (the ``torch.save(state_dict)`` equivalent),
+summary.json. A directory holding a run needs ``--resume`` (same config; ``--epochs`` may grow,
+other changes only via ``--resume-override lr,batch_size``, logged) or ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from experiments.common import Row
-from jaxgrad.checkpoint import Checkpointer, load_params, save_params
+from jaxgrad.checkpoint import save_params
 from jaxgrad.cli import check_config, option, parse, positive, to_dict
 from jaxgrad.data import (
     ImageDataset,
@@ -56,14 +55,11 @@ from jaxgrad.data import (
     train_val_split,
 )
 from jaxgrad.doctor import diagnose
-from jaxgrad.guard import NonFiniteError, check_nonfinite, skip_nonfinite
+from jaxgrad.guard import NonFiniteError, check_nonfinite
 from jaxgrad.io import atomic_write_json
 from jaxgrad.lifecycle import EpochRun
 from jaxgrad.loop import (
-    abstract_params,
     init_params,
-    make_evaluate,
-    make_run_chunk,
     steps_per_epoch,
     train_epoch,
 )
@@ -72,29 +68,11 @@ from jaxgrad.parallel import make_mesh, place_state, replicated
 from jaxgrad.plan import Plan
 from jaxgrad.plots import plot_run_curves, run_title
 from jaxgrad.progress import Progress
+from jaxgrad.recipes import Hyper, evaluate, load_trained, make_optimizer, run_chunk_for
 from jaxgrad.rng import named_keys
 from jaxgrad.runs import ResumeConfigError, RunDirError, resolved_config
-from jaxgrad.tasks import classifier_loss, classifier_metric
+from jaxgrad.tasks import classifier_loss
 from jaxgrad.train import init_train_state
-
-
-@dataclasses.dataclass(frozen=True)
-class Hyper:
-    """Training hyper-parameters; the defaults are the seed's recipe (a recipe with the command
-    line's overrides is resolved by :meth:`Config.hyper`)."""
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"  # "adam" (the seed: torch.optim.Adam, no weight decay) or "adamw"
-    weight_decay: float = 0.0
-    warmup_epochs: float = 0.0
-    schedule: str = "constant"  # "constant" or "cosine" (warm-up then cosine decay to 0)
-    label_smoothing: float = 0.0
-    augment: bool = False
-    dtype: str = "float32"
-    nonfinite_guard: bool = True  # skip updates whose gradients have NaN/inf
-
 
 #: recipe defaults; any of them can be overridden by its flag
 RECIPES = {
@@ -106,48 +84,6 @@ RECIPES = {
                     warmup_epochs=5.0, schedule="cosine", label_smoothing=0.1, augment=True,
                     dtype="bfloat16"),
 }  # fmt: skip
-
-
-def make_optimizer(h: Hyper, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The seed's ``torch.optim.Adam(lr=1e-3)``, or AdamW with warm-up + cosine.
-
-    AdamW decays only weight matrices (``kernel`` leaves): biases, LayerNorm parameters and the
-    cls/position embeddings are left alone, as in most ViT recipes. With ``nonfinite_guard`` a
-    NaN/inf gradient skips its step (``jaxgrad.guard``, counted in the optimizer state).
-    """
-    total = h.epochs * steps_per_epoch
-    if h.schedule == "cosine":
-        warmup = min(int(h.warmup_epochs * steps_per_epoch), total - 1)
-        lr = optax.warmup_cosine_decay_schedule(0.0, h.lr, max(warmup, 1), max(total, 2))
-    else:
-        lr = h.lr
-    if h.optimizer == "adam":
-        opt = optax.adam(lr)
-    else:
-        decay_mask = lambda params: jax.tree_util.tree_map_with_path(
-            lambda path, _: getattr(path[-1], "key", None) == "kernel", params
-        )
-        opt = optax.adamw(lr, weight_decay=h.weight_decay, mask=decay_mask)
-    return skip_nonfinite(opt) if h.nonfinite_guard else opt
-
-
-@functools.lru_cache(maxsize=8)
-def run_chunk_for(graphdef, h: Hyper, steps_per_epoch: int, mesh=None):
-    """The jitted K-step dispatch of a (model, recipe), compiled once per process (a resumed
-    or repeated run in the same process, e.g. in tests, reuses the compiled program)."""
-    loss_fn = classifier_loss(graphdef, label_smoothing=h.label_smoothing, use_augment=h.augment)
-    return make_run_chunk(loss_fn, make_optimizer(h, steps_per_epoch), mesh=mesh)
-
-
-@functools.lru_cache(maxsize=8)
-def _sums(graphdef, batch_size: int):
-    return make_evaluate(classifier_metric(graphdef), batch_size=batch_size)  # compiled once
-
-
-def evaluate(graphdef, batch_size: int, params, images, labels) -> dict:
-    """``{"loss", "accuracy", "n"}`` of the deterministic model over every image once."""
-    n, s = int(labels.shape[0]), _sums(graphdef, batch_size)(params, images, labels)
-    return {"loss": float(s["loss"]) / n, "accuracy": float(s["correct"]) / n, "n": n}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,28 +353,7 @@ def evaluate_only(cfg: Config) -> dict:
     """Accuracy of a saved model on every image of ``--data-dir`` (CIFAR-10 test split, or
     every image of an image folder)."""
     path, data_dir = Path(cfg.checkpoint), Path(cfg.data_dir)
-    if path.is_dir():  # an orbax ckpt/ directory: configs are in its meta
-        ckpt = Checkpointer(path)
-        meta = ckpt.read_meta()
-        if "config" not in meta:
-            raise ValueError(f"{path}: written by an older jaxgrad (no recorded config); "
-                             "evaluate its vit_params.npz instead")  # fmt: skip
-        c = meta["config"]
-        vit = ViTConfig(**{f.name: c[f"vit_{f.name}"] for f in dataclasses.fields(ViTConfig)})
-        hyper = Hyper(**{f.name: c[f.name] for f in dataclasses.fields(Hyper)})
-        graphdef, abstract, _ = abstract_params(ViT, vit)
-        like = {
-            "state": jax.eval_shape(
-                lambda p: init_train_state(p, make_optimizer(hyper, 1)), abstract
-            ),
-            "keys": named_keys(0, "init", "step", "data"),
-        }
-        params = ckpt.restore_latest(like)[0]["state"].params
-    else:
-        side = path.with_name("vit_config.json")
-        vit = ViTConfig(**json.loads(side.read_text())) if side.exists() else cfg.vit()
-        graphdef, abstract, _ = abstract_params(ViT, vit)
-        params = load_params(path, abstract)
+    vit, graphdef, params = load_trained(path, cfg.vit())
     ds = (
         load_cifar10(data_dir, train=False)
         if is_cifar10_dir(data_dir)

@@ -95,6 +95,8 @@ class EpochRun:
             self._compare(self.ckpt.read_meta())  # a changed config says which fields changed
             raise
         changes = self._compare(meta)
+        for newer in [s for s in self.ckpt.all_steps() if s > step]:  # corrupt ones skipped
+            self.ckpt.delete(newer)  # (reported above); the resumed run writes them again
         epoch = int(meta["epoch"])
         rewind_metrics(self.logger, last_epoch=epoch)
         self.changes = changes_jsonable(changes)
