@@ -98,10 +98,12 @@ class EpochRun:
         for newer in [s for s in self.ckpt.all_steps() if s > step]:  # corrupt ones skipped
             self.ckpt.delete(newer)  # (reported above); the resumed run writes them again
         epoch = int(meta["epoch"])
-        rewind_metrics(self.logger, last_epoch=epoch)
+        # every epoch once: drop records (and resume events) past the restored epoch; an event
+        # has no "epoch" key, so readers of per-epoch records never see an epoch twice
+        self.logger.rewind(lambda r: r.get("epoch", r.get("resumed_at_epoch", 0)) <= epoch)
         self.changes = changes_jsonable(changes)
         if self.changes:
-            self.logger.log(epoch=epoch, event="resume", changes=self.changes)
+            self.logger.log(event="resume", resumed_at_epoch=epoch, changes=self.changes)
         told = ", ".join(f"{c.field} {c.old} -> {c.new}" for c in changes)
         print(
             f"resumed from {self.ckpt.directory / str(step)} (epoch {epoch})"

@@ -53,7 +53,7 @@ def copy(src: Path, dst: Path) -> Path:
 
 
 def epochs_logged(out: Path) -> list[int]:
-    return [r["epoch"] for r in JsonlLogger(out / "metrics.jsonl").read() if "event" not in r]
+    return [r["epoch"] for r in JsonlLogger(out / "metrics.jsonl").read() if "epoch" in r]
 
 
 def test_resume_with_a_changed_config_is_refused_listing_old_to_new(two_epochs, tmp_path):
@@ -78,7 +78,7 @@ def test_epochs_may_grow_and_a_named_override_is_accepted_and_logged(two_epochs,
     exp.main(tiny(out, epochs=3, lr=0.003, resume=True, resume_override=("lr,batch_size",)))
     changes = [{"field": "epochs", "old": 2, "new": 3}, {"field": "lr", "old": 0.002, "new": 0.003}]
     events = [r for r in JsonlLogger(out / "metrics.jsonl").read() if "event" in r]
-    assert events == [{"epoch": 2, "event": "resume", "changes": changes}]
+    assert events == [{"event": "resume", "resumed_at_epoch": 2, "changes": changes}]
     assert epochs_logged(out) == [1, 2, 3]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resume_changes"] == changes and summary["config"]["lr"] == 0.003
@@ -178,15 +178,15 @@ def test_old_checkpoint_without_a_recorded_config_is_refused_plainly(tmp_path):
         exp.main(dataclasses.replace(cfg, resume=True))
 
 
-def test_tiny_runs_twice_in_a_row_and_other_runs_get_a_one_line_refusal(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    cmd = [sys.executable, "-m", "experiments.vit_cifar10", "--tiny", "--epochs", "1"]
-    for _ in range(2):  # the README's tiny command, twice, in a fresh directory
-        p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert p.returncode == 0, p.stderr[-2000:]
+def test_tiny_runs_twice_in_a_row_and_other_runs_get_a_one_line_refusal(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the tiny default --out-dir, runs/vit_cifar10_tiny, is relative
+    cfg = dataclasses.replace(exp.Config.tiny(), epochs=1)
+    for _ in range(2):  # the README's tiny command, twice
+        exp.main(cfg)
     assert epochs_logged(tmp_path / "runs" / "vit_cifar10_tiny") == [1]
-    p = subprocess.run([*cmd, "--no-overwrite"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=300)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "experiments.vit_cifar10", "--tiny", "--no-overwrite"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and "Traceback" not in p.stderr
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and all(f in last for f in ("--resume", "--out-dir", "--overwrite"))  # fmt: skip
