@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import Row
-from jaxgrad.checkpoint import save_params
+from jaxgrad.checkpoint import CheckpointMismatchError, CorruptCheckpointError, save_params
 from jaxgrad.cli import check_config, option, parse, positive, to_dict
 from jaxgrad.data import (
     ImageDataset,
@@ -388,5 +388,6 @@ def tour() -> list[Row]:
 if __name__ == "__main__":
     try:
         main(parse(Config))
-    except (RunDirError, ResumeConfigError, FileNotFoundError, NonFiniteError) as e:
+    except (RunDirError, ResumeConfigError, FileNotFoundError, NonFiniteError,
+            CheckpointMismatchError, CorruptCheckpointError) as e:  # fmt: skip
         raise SystemExit(f"error: {e}") from None  # a refusal with its fix, not a traceback
