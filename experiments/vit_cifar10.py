@@ -1,4 +1,4 @@
-"""The seed's ViT on CIFAR-10 (vit-pytorch), trained and evaluated in JAX.
+r"""The seed's ViT on CIFAR-10 (vit-pytorch), trained and evaluated in JAX.
 
 Run (seed recipe, CIFAR-10 downloaded into ./data, test accuracy each epoch like the seed):
     python -m experiments.vit_cifar10 --data cifar10 --data-dir data --download
@@ -26,71 +26,53 @@ The PyTorch it reproduces::
 
 Differences, on purpose: images are channels-last ``[B, 32, 32, 3]``; each epoch drops the last
 partial batch (781 steps of 64 instead of 781 + one of 16) so every step has one shape.
-Outputs (``--out-dir``, default runs/vit_cifar10): metrics.jsonl, curves.png, ckpt/ (orbax, one
-per epoch; ``--resume`` continues from the latest), vit_params.npz + vit_config.json (the
-``torch.save(state_dict)`` equivalent), summary.json.
+Outputs (``--out-dir``, default runs/vit_cifar10; ``--tiny``: runs/vit_cifar10_tiny, replaced
+by the next tiny run): metrics.jsonl, curves.png, ckpt/ (orbax, one per epoch, each with the
+run's config), vit_params.npz + vit_config.json (the ``torch.save(state_dict)`` equivalent),
+summary.json. A directory holding a run needs ``--resume`` (same config; ``--epochs`` may grow,
+other changes only via ``--resume-override lr,batch_size``, logged) or ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from tqdm.auto import tqdm
 
 from experiments.common import Row
-from jaxgrad.checkpoint import Checkpointer, load_params, save_params
-from jaxgrad.cli import option, parse, positive, to_dict
+from jaxgrad.checkpoint import CheckpointMismatchError, CorruptCheckpointError, save_params
+from jaxgrad.cli import check_config, option, parse, positive, to_dict
 from jaxgrad.data import (
     ImageDataset,
+    is_cifar10_dir,
     load_cifar10,
     load_image_folder,
     make_synthetic,
     train_val_split,
 )
 from jaxgrad.doctor import diagnose
-from jaxgrad.guard import check_nonfinite, skip_nonfinite
-from jaxgrad.io import JsonlLogger, atomic_write_json
+from jaxgrad.guard import NonFiniteError, check_nonfinite
+from jaxgrad.io import atomic_write_json
+from jaxgrad.lifecycle import EpochRun
 from jaxgrad.loop import (
-    abstract_params,
     init_params,
-    make_evaluate,
-    make_run_chunk,
     steps_per_epoch,
     train_epoch,
 )
 from jaxgrad.models.vit import ViT, ViTConfig, count_params
 from jaxgrad.parallel import make_mesh, place_state, replicated
-from jaxgrad.plots import plot_curves
+from jaxgrad.plan import Plan
+from jaxgrad.plots import plot_run_curves, run_title
+from jaxgrad.progress import Progress
+from jaxgrad.recipes import Hyper, evaluate, load_trained, make_optimizer, run_chunk_for
 from jaxgrad.rng import named_keys
-from jaxgrad.tasks import classifier_loss, classifier_metric
+from jaxgrad.runs import ResumeConfigError, RunDirError, resolved_config
+from jaxgrad.tasks import classifier_loss
 from jaxgrad.train import init_train_state
-
-
-@dataclasses.dataclass(frozen=True)
-class Hyper:
-    """Training hyper-parameters; the defaults are the seed's recipe (a recipe with the command
-    line's overrides is resolved by :meth:`Config.hyper`)."""
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"  # "adam" (the seed: torch.optim.Adam, no weight decay) or "adamw"
-    weight_decay: float = 0.0
-    warmup_epochs: float = 0.0
-    schedule: str = "constant"  # "constant" or "cosine" (warm-up then cosine decay to 0)
-    label_smoothing: float = 0.0
-    augment: bool = False
-    dtype: str = "float32"
-    nonfinite_guard: bool = True  # skip updates whose gradients have NaN/inf
-
 
 #: recipe defaults; any of them can be overridden by its flag
 RECIPES = {
@@ -102,48 +84,6 @@ RECIPES = {
                     warmup_epochs=5.0, schedule="cosine", label_smoothing=0.1, augment=True,
                     dtype="bfloat16"),
 }  # fmt: skip
-
-
-def make_optimizer(h: Hyper, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The seed's ``torch.optim.Adam(lr=1e-3)``, or AdamW with warm-up + cosine.
-
-    AdamW decays only weight matrices (``kernel`` leaves): biases, LayerNorm parameters and the
-    cls/position embeddings are left alone, as in most ViT recipes. With ``nonfinite_guard`` a
-    NaN/inf gradient skips its step (``jaxgrad.guard``, counted in the optimizer state).
-    """
-    total = h.epochs * steps_per_epoch
-    if h.schedule == "cosine":
-        warmup = min(int(h.warmup_epochs * steps_per_epoch), total - 1)
-        lr = optax.warmup_cosine_decay_schedule(0.0, h.lr, max(warmup, 1), max(total, 2))
-    else:
-        lr = h.lr
-    if h.optimizer == "adam":
-        opt = optax.adam(lr)
-    else:
-        decay_mask = lambda params: jax.tree_util.tree_map_with_path(
-            lambda path, _: getattr(path[-1], "key", None) == "kernel", params
-        )
-        opt = optax.adamw(lr, weight_decay=h.weight_decay, mask=decay_mask)
-    return skip_nonfinite(opt) if h.nonfinite_guard else opt
-
-
-@functools.lru_cache(maxsize=8)
-def run_chunk_for(graphdef, h: Hyper, steps_per_epoch: int, mesh=None):
-    """The jitted K-step dispatch of a (model, recipe), compiled once per process (a resumed
-    or repeated run in the same process, e.g. in tests, reuses the compiled program)."""
-    loss_fn = classifier_loss(graphdef, label_smoothing=h.label_smoothing, use_augment=h.augment)
-    return make_run_chunk(loss_fn, make_optimizer(h, steps_per_epoch), mesh=mesh)
-
-
-@functools.lru_cache(maxsize=8)
-def _sums(graphdef, batch_size: int):
-    return make_evaluate(classifier_metric(graphdef), batch_size=batch_size)  # compiled once
-
-
-def evaluate(graphdef, batch_size: int, params, images, labels) -> dict:
-    """``{"loss", "accuracy", "n"}`` of the deterministic model over every image once."""
-    n, s = int(labels.shape[0]), _sums(graphdef, batch_size)(params, images, labels)
-    return {"loss": float(s["loss"]) / n, "accuracy": float(s["correct"]) / n, "n": n}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,33 +110,45 @@ class Config:
     mlp_dim: int | None = option(None, "override the MLP width (seed 1024)")
     epochs: int | None = option(None, "epochs (recipe: seed 10, strong 100)")
     batch_size: int | None = option(None, "batch size (recipe: seed 64, strong 512)")
-    lr: float | None = option(None, "peak learning rate (recipe: 1e-3)")
-    weight_decay: float | None = option(None, "AdamW decay of weight matrices (strong 0.05)")
-    warmup_epochs: float | None = option(None, "linear warm-up epochs (strong 5)")
-    label_smoothing: float | None = option(None, "cross-entropy label smoothing (strong 0.1)")
+    lr: float | None = option(None, "peak learning rate (recipe: 1e-3)", gt=0)
+    weight_decay: float | None = option(None, "AdamW decay of weight matrices (strong 0.05)", ge=0)
+    warmup_epochs: float | None = option(None, "linear warm-up epochs (strong 5)", ge=0)
+    label_smoothing: float | None = option(
+        None, "cross-entropy label smoothing in [0, 1) (strong 0.1)", ge=0, lt=1
+    )
     augment: bool | None = option(None, "random crop (reflect pad 4) + flip (strong: on)")
     dtype: str | None = option(None, "compute dtype float32|bfloat16 (strong: bf16)")
     eval_batch_size: int = option(500, "evaluation batch size (memory only, not numerics)")
     steps_per_dispatch: int = option(64, "max train steps scanned per device dispatch")
     seed: int = option(0, "seed for init, dropout, data order and the synthetic data")
     out_dir: str = option("runs/vit_cifar10", "where metrics, plots, checkpoints and params go")
+    overwrite: bool | None = option(
+        False, "replace what --out-dir holds (--tiny: on unless --resume; --no-overwrite: off)"
+    )
     keep: int = option(3, "checkpoints kept")
-    resume: bool = option(False, "continue from the latest checkpoint in --out-dir/ckpt")
+    resume: bool = option(False, "continue from the latest complete checkpoint in --out-dir/ckpt")
+    resume_or_start: bool = option(
+        False, "with --resume: start fresh (with a notice) when there is no complete checkpoint"
+    )
+    resume_override: tuple[str, ...] = option(
+        (), "with --resume: config fields allowed to differ, e.g. lr,batch_size (logged)"
+    )
     eval_only: bool = option(False, "only evaluate --checkpoint on --data-dir, no training")
     checkpoint: str | None = option(None, "--eval-only: a vit_params.npz or a ckpt/ directory")
-    progress: bool = option(True, "show a progress bar")
+    progress: bool = option(True, "progress bar (plain lines when not a terminal)")
     devices: int | None = option(
         None, "data-parallel over this many devices (default: all visible; 1: off)"
     )
     nonfinite_guard: bool = option(
-        True, "skip updates whose gradients have NaN/inf (counted in the metrics)"
+        True, "skip updates with a NaN/inf loss, gradient, update or new parameter (counted)"
     )
     max_nonfinite: int = option(20, "stop when this many steps in a row were skipped")
     doctor: bool = option(False, "print the gradient-flow doctor's report before training")
 
     def __post_init__(self):
+        check_config(self)
         positive(self, "n_val", "synthetic_size", "train_limit", "eval_batch_size", "keep")
-        positive(self, "steps_per_dispatch", "epochs", "batch_size", "lr", "dim", "depth")
+        positive(self, "steps_per_dispatch", "epochs", "batch_size", "dim", "depth")
         positive(self, "heads", "mlp_dim", "devices", "max_nonfinite")
         if self.data != "synthetic" and self.data_dir is None and not self.eval_only:
             raise ValueError(f"--data {self.data} needs --data-dir (add --download for cifar10)")
@@ -204,13 +156,18 @@ class Config:
             raise ValueError("--eval-only needs --checkpoint PATH and --data-dir DIR")
         if self.dtype not in (None, "float32", "bfloat16"):
             raise ValueError(f"--dtype must be float32 or bfloat16, got {self.dtype}")
+        if self.data == "synthetic" and self.n_val >= self.synthetic_size:
+            raise ValueError(f"--n-val {self.n_val} must be smaller than --synthetic-size "
+                             f"{self.synthetic_size} (images held out of the synthetic set)")  # fmt: skip
 
     @classmethod
     def tiny(cls) -> Config:
-        """A seconds-long run on synthetic data: tiny ViT, 1,200 images, 3 epochs."""
+        """A seconds-long run on synthetic data: tiny ViT, 1,200 images, 3 epochs, written to
+        runs/vit_cifar10_tiny (replaced by the next --tiny run unless --resume)."""
         return cls(
             model="tiny", synthetic_size=1200, n_val=200, epochs=3, batch_size=50, lr=2e-3,
-            steps_per_dispatch=20, progress=False,
+            steps_per_dispatch=20, progress=False, out_dir="runs/vit_cifar10_tiny",
+            overwrite=None,
         )  # fmt: skip
 
     def hyper(self) -> Hyper:
@@ -226,22 +183,34 @@ class Config:
         over = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
         return dataclasses.replace(base, dtype=self.hyper().dtype, **over)
 
+    def recorded(self, train: ImageDataset) -> dict:
+        """What a checkpoint must match to be resumed: model, recipe and hyper-parameters, data
+        source and size, seed (flat, so ``--resume-override lr,batch_size`` names fields)."""
+        data = dict(data=self.data, data_source=train.source, n_train=len(train))
+        data.update(n_val=self.n_val, train_limit=self.train_limit, seed=self.seed)
+        if self.data == "synthetic":
+            data["synthetic_size"] = self.synthetic_size
+        vit = {f"vit_{k}": v for k, v in dataclasses.asdict(self.vit()).items()}
+        return resolved_config({"recipe": self.recipe, "model": self.model,
+                                **dataclasses.asdict(self.hyper()), **vit, **data})  # fmt: skip
+
 
 def load_data(cfg: Config) -> tuple[ImageDataset, ImageDataset, str]:
     """``(train, eval set, eval name)``: CIFAR-10 is scored on its test split (as the seed);
     image folders and the synthetic set on ``n_val`` held-out training images."""
     if cfg.data == "synthetic":
-        train, evals = train_val_split(
-            make_synthetic(cfg.synthetic_size, seed=cfg.seed), cfg.n_val, seed=cfg.seed
-        )
-        name = "val"
+        ds, name = make_synthetic(cfg.synthetic_size, seed=cfg.seed), "val"
     elif cfg.data == "cifar10":
         train = load_cifar10(cfg.data_dir, train=True, download=cfg.download)
         evals, name = load_cifar10(cfg.data_dir, train=False), "test"
     else:
-        ds = load_image_folder(cfg.data_dir, cache_dir=cfg.cache_dir)
-        train, evals = train_val_split(ds, cfg.n_val, seed=cfg.seed)
+        ds = load_image_folder(cfg.data_dir, cache_dir=cfg.cache_dir, progress=cfg.progress)
         name = "val"
+    if name == "val":
+        if not 0 < cfg.n_val < len(ds):
+            raise ValueError(f"--n-val {cfg.n_val} must be in (0, {len(ds)}): {ds.source} "
+                             f"holds {len(ds)} images")  # fmt: skip
+        train, evals = train_val_split(ds, cfg.n_val, seed=cfg.seed)
     if cfg.train_limit is not None and cfg.train_limit < len(train):
         # a random subset: image folders are stored class by class, a prefix would not do
         keep = np.random.default_rng(cfg.seed).permutation(len(train))[: cfg.train_limit]
@@ -269,22 +238,28 @@ def main(cfg: Config) -> dict:
             f"--batch-size {h.batch_size} does not split over {mesh.size} devices: use a "
             f"multiple of {mesh.size}, or --devices that divides {h.batch_size}"
         )
-    out = Path(cfg.out_dir)
-    ckpt_dir = out / "ckpt"
-    if not cfg.resume and ckpt_dir.exists() and any(ckpt_dir.iterdir()):
-        raise ValueError(f"{ckpt_dir} holds checkpoints: pass --resume, or another --out-dir")
-    train, evals, eval_name = load_data(cfg)
+    train, evals, eval_name = load_data(cfg)  # before the run directory: a bad one writes nothing
     _check_fits(train, vit)
     _check_fits(evals, vit)
+    overwrite = (not cfg.resume) if cfg.overwrite is None else cfg.overwrite
+    run = EpochRun(cfg.out_dir, resume=cfg.resume, overwrite=overwrite, keep=cfg.keep,
+                   resume_or_start=cfg.resume_or_start, resume_override=cfg.resume_override)  # fmt: skip
+    try:
+        return _train(cfg, h, vit, mesh, run, (train, evals, eval_name))
+    except BaseException:
+        run.abort()
+        raise
+
+
+def _train(cfg: Config, h: Hyper, vit: ViTConfig, mesh, run: EpochRun, sets) -> dict:
+    train, evals, eval_name = sets
     keys = named_keys(cfg.seed, "init", "step", "data")
     graphdef, params, _ = init_params(ViT, vit, keys["init"])
     spe = steps_per_epoch(len(train), h.batch_size)
     optimizer = make_optimizer(h, spe)
     state = init_train_state(params, optimizer)
-    print(
-        f"ViT {count_params(params):,} params ({vit.dtype}) | recipe {cfg.recipe}: {h}\n"
-        f"train: {len(train)} images, {eval_name}: {len(evals)} | data: {train.source}"
-    )
+    print(f"ViT ({vit.dtype}) | recipe {cfg.recipe}: {h}\n"
+          f"train: {len(train)} images, {eval_name}: {len(evals)} | data: {train.source}")  # fmt: skip
     if cfg.doctor:  # which leaves get a gradient, and what the optimizer does with each
         first = {"images": jnp.asarray(train.images[: h.batch_size]),
                  "labels": jnp.asarray(train.labels[: h.batch_size])}  # fmt: skip
@@ -292,16 +267,8 @@ def main(cfg: Config) -> dict:
             graphdef, label_smoothing=h.label_smoothing, use_augment=h.augment
         )
         diagnose(loss_fn, params, first, keys["step"], optimizer)
-    logger = JsonlLogger(out / "metrics.jsonl")
-    ckpt = Checkpointer(ckpt_dir, keep=cfg.keep, async_save=True)
-    history, start = [], 0
-    if cfg.resume and ckpt.latest_step() is not None:
-        tree, meta = ckpt.restore({"state": state, "keys": keys})
-        state, keys, history, start = tree["state"], tree["keys"], meta["history"], meta["epoch"]
-        print(f"resumed from {ckpt_dir}/{start} (epoch {start} of {h.epochs})")
-        logger.rewind(lambda r: r.get("epoch", 0) <= start)  # epochs past the checkpoint rerun
-    elif not cfg.resume:
-        logger.path.unlink(missing_ok=True)
+    tree, history, start = run.start({"state": state, "keys": keys}, cfg.recorded(train))
+    state, keys = tree["state"], tree["keys"]
     data = (jnp.asarray(train.images), jnp.asarray(train.labels))
     eval_data = (jnp.asarray(evals.images), jnp.asarray(evals.labels))
     if mesh.size > 1:  # replicate the state and the dataset; batches are split in the step
@@ -310,15 +277,25 @@ def main(cfg: Config) -> dict:
     # a constant schedule does not depend on the number of epochs: one program for any count
     h_prog = dataclasses.replace(h, epochs=0) if h.schedule == "constant" else h
     run_chunk = run_chunk_for(graphdef, h_prog, spe, mesh if mesh.size > 1 else None)
-    bar = tqdm(total=(h.epochs - start) * spe, unit="step", disable=not cfg.progress)
+    plan = Plan(name=f"ViT {cfg.model} model, {cfg.recipe} recipe", params=count_params(params),
+                steps_per_epoch=spe, epochs=max(h.epochs - start, 1), smaller=_smaller(cfg, vit))  # fmt: skip
+    plan.announce()
+    bar = Progress(h.epochs * spe, desc="vit", show=("loss", "accuracy"), enabled=cfg.progress,
+                   initial=start * spe)  # fmt: skip
     t_start = time.perf_counter()
+
+    def on_chunk(done: int, metrics: dict) -> None:
+        if plan.estimate_s is None:
+            plan.first_chunk(steps=done, seconds=time.perf_counter() - t_start)
+        bar(done, metrics)
+
     for epoch in range(start, h.epochs):
         t0 = time.perf_counter()
-        bar.set_description(f"epoch {epoch + 1}/{h.epochs}")
+        bar.set_epoch(epoch, h.epochs, steps_before=epoch * spe)
         state, steps = train_epoch(
             run_chunk, state, data, epoch=epoch, batch_size=h.batch_size,
             max_chunk=cfg.steps_per_dispatch, data_key=keys["data"], step_key=keys["step"],
-            on_chunk=lambda done, m: _advance(bar, m),
+            on_chunk=on_chunk,
         )  # fmt: skip
         t_train = time.perf_counter() - t0
         guard, step = {}, (epoch + 1) * spe
@@ -334,76 +311,53 @@ def main(cfg: Config) -> dict:
             "step_losses": steps["loss"], "data": train.source, **guard,
         }  # fmt: skip
         history.append({k: v for k, v in record.items() if k != "step_losses"})
-        logger.log(**record)
-        print(
+        run.log(**record)
+        (bar.write if bar.bar is not None else print)(
             f"Epoch [{epoch + 1}/{h.epochs}], loss {record['train_loss']:.4f}, "
             f"{eval_name.capitalize()} Accuracy: {100 * ev['accuracy']:.2f}% "
             f"({record['epoch_seconds']:.1f} s) [{train.source}]"
         )
-        ckpt.save(epoch + 1, {"state": state, "keys": keys}, meta={
-            "epoch": epoch + 1, "history": history, "vit": dataclasses.asdict(vit),
-            "hyper": dataclasses.asdict(h),
-        })  # fmt: skip
+        run.save(epoch + 1, {"state": state, "keys": keys}, history)
     bar.close()
-    ckpt.close()
+    out = Path(cfg.out_dir)
     save_params(out / "vit_params.npz", state.params)
     atomic_write_json(out / "vit_config.json", dataclasses.asdict(vit))
     if history:
-        _plot(out / "curves.png", history, eval_name, train.source)
-    final = history[-1] if history else {}
+        title = run_title(f"ViT {cfg.model}, {cfg.recipe} recipe", source=train.source)
+        curve = lambda k: ([r["epoch"] for r in history], [r[k] for r in history])  # noqa: E731
+        plot_run_curves(out / "curves.png", title=title, chance=1 / vit.num_classes,
+                        loss={"train": curve("train_loss"), eval_name: curve(f"{eval_name}_loss")},
+                        accuracy={"train": curve("train_accuracy"),
+                                  eval_name: curve(f"{eval_name}_accuracy")})  # fmt: skip
     summary = {
-        **final, "data": train.source, "eval_split": eval_name,
-        "wall_seconds": time.perf_counter() - t_start, "config": to_dict(cfg),
+        **(history[-1] if history else {}), "data": train.source, "eval_split": eval_name,
+        "wall_seconds": time.perf_counter() - t_start, "flags": to_dict(cfg),
         "hyper": dataclasses.asdict(h), "params": count_params(state.params),
         "device": jax.devices()[0].device_kind,
     }  # fmt: skip
-    atomic_write_json(out / "summary.json", summary)
-    return summary
+    return run.finish(summary)
 
 
-def _plot(path: Path, history: list[dict], eval_name: str, source: str) -> None:
-    ep = [r["epoch"] for r in history]
-    curve = lambda name: (ep, [r[name] for r in history])
-    panels = {m: {"train": curve(f"train_{m}"), eval_name: curve(f"{eval_name}_{m}")}
-              for m in ("loss", "accuracy")}  # fmt: skip
-    plot_curves(path, panels, title=f"ViT — {source}", xlabel="epoch")
-
-
-def _advance(bar: tqdm, metrics: dict) -> None:
-    """The progress bar, fed by the loop once a chunk of steps has finished."""
-    bar.update(len(metrics["loss"]))
-    bar.set_postfix(loss=f"{metrics['loss'].mean():.3f}", acc=f"{metrics['accuracy'].mean():.3f}")
+def _smaller(cfg: Config, vit: ViTConfig) -> tuple[str, float] | None:
+    """A ~7-minute CPU variant of a seed-sized run, and its cost relative to this run."""
+    if vit.dim <= 96:
+        return None
+    per_image = lambda d, depth: depth * d * d  # noqa: E731 - FLOPs per image scale ~ depth*dim^2
+    frac = per_image(96, 3) / per_image(vit.dim, vit.depth)
+    if cfg.train_limit is None or cfg.train_limit > 10000:
+        return "--dim 96 --depth 3 --train-limit 10000", frac * 10000 / 45000
+    return "--dim 96 --depth 3", frac
 
 
 def evaluate_only(cfg: Config) -> dict:
     """Accuracy of a saved model on every image of ``--data-dir`` (CIFAR-10 test split, or
     every image of an image folder)."""
     path, data_dir = Path(cfg.checkpoint), Path(cfg.data_dir)
-    if path.is_dir():  # an orbax ckpt/ directory: configs are in its meta
-        ckpt = Checkpointer(path)
-        meta = ckpt.read_meta()
-        vit, hyper = ViTConfig(**meta["vit"]), Hyper(**meta["hyper"])
-        graphdef, abstract, _ = abstract_params(ViT, vit)
-        like = {
-            "state": jax.eval_shape(
-                lambda p: init_train_state(p, make_optimizer(hyper, 1)), abstract
-            ),
-            "keys": named_keys(0, "init", "step", "data"),
-        }
-        params = ckpt.restore(like)[0]["state"].params
-    else:
-        side = path.with_name("vit_config.json")
-        vit = ViTConfig(**json.loads(side.read_text())) if side.exists() else cfg.vit()
-        graphdef, abstract, _ = abstract_params(ViT, vit)
-        params = load_params(path, abstract)
-    is_cifar = (
-        any((d / "batches.meta").exists() for d in (data_dir, data_dir / "cifar-10-batches-py"))
-        or (data_dir / "cifar-10-python.tar.gz").exists()
-    )
+    vit, graphdef, params = load_trained(path, cfg.vit())
     ds = (
         load_cifar10(data_dir, train=False)
-        if is_cifar
-        else load_image_folder(data_dir, cache_dir=cfg.cache_dir)
+        if is_cifar10_dir(data_dir)
+        else load_image_folder(data_dir, cache_dir=cfg.cache_dir, progress=cfg.progress)
     )
     _check_fits(ds, vit)
     ev = evaluate(
@@ -432,4 +386,8 @@ def tour() -> list[Row]:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    try:
+        main(parse(Config))
+    except (RunDirError, ResumeConfigError, FileNotFoundError, NonFiniteError,
+            CheckpointMismatchError, CorruptCheckpointError) as e:  # fmt: skip
+        raise SystemExit(f"error: {e}") from None  # a refusal with its fix, not a traceback

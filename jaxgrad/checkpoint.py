@@ -290,6 +290,11 @@ class Checkpointer:
             "another --out-dir or with --overwrite"
         )
 
+    def delete(self, step: int) -> None:
+        """Remove checkpoint ``step`` (e.g. a corrupt one that resume fell back past)."""
+        self._mngr.wait_until_finished()
+        self._mngr.delete(int(step))
+
     def read_meta(self, step: int | None = None) -> dict:
         """Only the JSON meta of checkpoint ``step`` (default: the latest), without the arrays."""
         step = self.latest_step() if step is None else step

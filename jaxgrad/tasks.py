@@ -26,6 +26,7 @@ from flax import nnx
 from jaxgrad.contrastive import clip_loss, seed_contrastive_loss, siglip_loss
 from jaxgrad.data.pipeline import augment, normalize
 from jaxgrad.freeze import frozen_mask, optimizer_with_frozen, path_str
+from jaxgrad.losses import cross_entropy, labels_valid
 from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, clamp_logit_scale, l2_normalize
 
 __all__ = [
@@ -55,10 +56,8 @@ def classifier_loss(graphdef: nnx.GraphDef, *, label_smoothing: float, use_augme
             images = augment(aug_key, images)
         model = nnx.merge(graphdef, params)
         logits = model(normalize(images), deterministic=False, rngs=dropout_key)
-        onehot = jax.nn.one_hot(batch["labels"], logits.shape[-1], dtype=logits.dtype)
-        if label_smoothing:
-            onehot = optax.smooth_labels(onehot, label_smoothing)
-        loss = optax.softmax_cross_entropy(logits, onehot).mean()
+        # NaN for a label outside [0, num_classes): the guard skips the step and names labels
+        loss = cross_entropy(logits, batch["labels"], label_smoothing=label_smoothing)
         acc = (logits.argmax(-1) == batch["labels"]).mean(dtype=jnp.float32)
         return loss, {"accuracy": acc}
 
@@ -72,6 +71,7 @@ def classifier_metric(graphdef: nnx.GraphDef):
     def metric(params, images, labels):
         logits = nnx.merge(graphdef, params)(normalize(images))
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        ce = jnp.where(labels_valid(labels, logits.shape[-1]), ce, jnp.nan)  # never a silent 0
         return {"loss": ce, "correct": logits.argmax(-1) == labels}
 
     return metric

@@ -18,6 +18,7 @@ from jaxgrad.cli import parse
 from jaxgrad.io import JsonlLogger
 from jaxgrad.loop import abstract_params
 from jaxgrad.models.vit import ViT
+from jaxgrad.runs import RunDirError
 
 STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"
 
@@ -52,16 +53,18 @@ def test_every_output_is_written_and_says_synthetic(straight):
 
 def test_resume_continues_exactly(straight, tmp_path):
     cfg, _, out = straight
-    part = dataclasses.replace(cfg, out_dir=str(tmp_path), epochs=2)
+    part = dataclasses.replace(cfg, out_dir=str(tmp_path), epochs=2, overwrite=False)
     exp.main(part)
-    with pytest.raises(ValueError, match="--resume"):  # never silently restart over checkpoints
+    with pytest.raises(RunDirError, match="--resume"):  # never silently restart over a run
         exp.main(part)
     with open(tmp_path / "metrics.jsonl", "a") as f:  # killed after logging epoch 3, mid-write
         f.write(json.dumps({"epoch": 3, "step_losses": []}) + '\n{"epoch": 4, "trai')
     resumed = exp.main(dataclasses.replace(cfg, out_dir=str(tmp_path), resume=True))
     a = JsonlLogger(out / "metrics.jsonl").read()
     b = JsonlLogger(tmp_path / "metrics.jsonl").read()
-    assert [r["epoch"] for r in b] == [1, 2, 3]  # the unsaved epoch and torn line are gone
+    assert [r["epoch"] for r in b if "epoch" in r] == [1, 2, 3]  # unsaved epoch, torn line gone
+    assert [r["changes"] for r in b if "epoch" not in r] == [[{"field": "epochs", "old": 2, "new": 3}]]  # fmt: skip
+    b = [r for r in b if "epoch" in r]
     assert [r["step_losses"] for r in a] == [r["step_losses"] for r in b]  # same seed, same losses
     like = load_params(out / "vit_params.npz", _abstract(cfg))
     jax.tree.map(

@@ -1,7 +1,7 @@
 """Image datasets as arrays (CIFAR-10, image folders, an embedded synthetic set) and on-device
 batching with explicit keys."""
 
-from jaxgrad.data.cifar10 import CIFAR10_MD5, CIFAR10_URL, load_cifar10
+from jaxgrad.data.cifar10 import CIFAR10_MD5, CIFAR10_URL, is_cifar10_dir, load_cifar10
 from jaxgrad.data.clip_preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
 from jaxgrad.data.dataset import ImageDataset, train_val_split
 from jaxgrad.data.imagefolder import load_image_folder
@@ -27,6 +27,7 @@ __all__ = [
     "clip_preprocess",
     "epoch_indices",
     "eval_indices",
+    "is_cifar10_dir",
     "load_cifar10",
     "load_image_folder",
     "make_synthetic",

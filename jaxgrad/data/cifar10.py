@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from jaxgrad.data.dataset import ImageDataset
 
-__all__ = ["CIFAR10_BATCH_MD5", "CIFAR10_MD5", "CIFAR10_URL", "load_cifar10"]
+__all__ = ["CIFAR10_BATCH_MD5", "CIFAR10_MD5", "CIFAR10_URL", "is_cifar10_dir", "load_cifar10"]
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -126,6 +126,13 @@ def _extract(archive: Path, folder: Path, md5: str) -> None:
         raise ValueError(f"cannot extract {archive} ({e}): delete it and download again") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_cifar10_dir(data_dir: str | os.PathLike) -> bool:
+    """True when ``data_dir`` holds CIFAR-10's python batches (itself, its ``cifar-10-batches-py``
+    folder, or the archive): what :func:`load_cifar10` reads; otherwise it is an image folder."""
+    d = Path(data_dir)
+    return any((c / "batches.meta").exists() for c in (d, d / FOLDER)) or (d / ARCHIVE).exists()
 
 
 def _locate(data_dir: Path, download: bool) -> Path:
