@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 
 from jaxgrad.contrastive import clip_loss, seed_contrastive_loss, siglip_loss
+from jaxgrad.data.mix import mix_images, mix_targets
 from jaxgrad.data.pipeline import augment, normalize
 from jaxgrad.freeze import frozen_mask, optimizer_with_frozen, path_str
 from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, clamp_logit_scale
@@ -39,9 +40,13 @@ __all__ = [
 ]
 
 
-def classifier_loss(graphdef: nnx.GraphDef, *, label_smoothing: float, use_augment: bool):
+def classifier_loss(
+    graphdef: nnx.GraphDef, *, label_smoothing: float, use_augment: bool, mix_prob: float = 0.0
+):
     """``loss_fn(params, batch, step_key) -> (loss, {"accuracy"})``: the model in training mode
-    (dropout on), ``nn.CrossEntropyLoss(label_smoothing=)``; crop + flip when ``use_augment``.
+    (dropout on), ``nn.CrossEntropyLoss(label_smoothing=)``; crop + flip when ``use_augment``;
+    with probability ``mix_prob`` a batch is mixed by mixup or cutmix (``jaxgrad.data.mix``;
+    accuracy is still counted against the unmixed labels).
     """
 
     def loss_fn(params, batch, step_key):
@@ -50,10 +55,15 @@ def classifier_loss(graphdef: nnx.GraphDef, *, label_smoothing: float, use_augme
         if use_augment:
             images = augment(aug_key, images)
         model = nnx.merge(graphdef, params)
-        logits = model(normalize(images), deterministic=False, rngs=dropout_key)
+        images = normalize(images)
+        if mix_prob:
+            images, lam = mix_images(jax.random.fold_in(aug_key, 1), images, prob=mix_prob)
+        logits = model(images, deterministic=False, rngs=dropout_key)
         onehot = jax.nn.one_hot(batch["labels"], logits.shape[-1], dtype=logits.dtype)
         if label_smoothing:
             onehot = optax.smooth_labels(onehot, label_smoothing)
+        if mix_prob:
+            onehot = mix_targets(onehot, lam)
         loss = optax.softmax_cross_entropy(logits, onehot).mean()
         acc = (logits.argmax(-1) == batch["labels"]).mean(dtype=jnp.float32)
         return loss, {"accuracy": acc}
