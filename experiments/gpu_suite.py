@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,7 @@ import optax
 
 from experiments import bench_terms
 from experiments.bench_torch import TORCH_PRECISION, time_torch
+from experiments.gpu_suite_report import markdown
 from jaxgrad import tasks
 from jaxgrad.bench import Timing, bench_jit, device_info, vit_forward_flops
 from jaxgrad.cli import option, parse, positive, to_dict
@@ -181,7 +183,9 @@ def run_torch(cfg: Config, peaks: dict, skipped: list[dict]) -> list[dict]:
 
 
 def run_terms(cfg: Config) -> list[dict]:
-    rows = bench_terms.run(size="tiny" if cfg.smoke else "seed", runs=cfg.runs, warmup=cfg.warmup)
+    ks = (2,) if cfg.smoke else (2, 3, 5)
+    rows = bench_terms.run(k_values=ks, size="tiny" if cfg.smoke else "seed", runs=cfg.runs,
+                           warmup=cfg.warmup)  # fmt: skip
     return [{**r, "platform": jax.devices()[0].platform} for r in rows]
 
 
@@ -196,7 +200,9 @@ def run_clip(cfg: Config, peaks: dict) -> list[dict]:
                                  loss="clip", freeze_image=False, use_augment=True)  # fmt: skip
     opt, _ = tasks.clip_optimizer(params, steps=1000, lr=1e-3, warmup_steps=50,
                                   weight_decay=0.1, clip_norm=1.0, freeze_image=False)  # fmt: skip
-    step, b = make_train_step(loss_fn, opt, **tasks.CLIP_STEP), max(cfg.batch)
+    step = make_train_step(loss_fn, opt, **tasks.CLIP_STEP, jit=False)
+    step = jax.jit(step, donate_argnums=(0,), compiler_options=INIT_OPTIONS if cfg.smoke else None)
+    b = max(cfg.batch)
     ki, kl = jax.random.split(keys["data"])
     batch = {"images": jax.random.randint(ki, (b, 32, 32, 3), 0, 256).astype(jnp.uint8),
              "labels": jax.random.randint(kl, (b,), 0, 10)}  # fmt: skip
@@ -242,8 +248,11 @@ def run_recipe(cfg: Config, recipe: str, folder: Path, out: Path, cap_s: float) 
     argv = [sys.executable, "-m", "experiments.vit_cifar10", "--recipe", recipe,
             "--data", "folder", "--data-dir", str(folder), "--epochs", str(epochs),
             "--out-dir", str(run_dir), "--no-progress", "--cache-dir", str(out / "cache")]  # fmt: skip
-    if cfg.smoke:
+    env = dict(os.environ)
+    if cfg.smoke:  # tiny sizes, and XLA's quick compile (smoke timings mean nothing)
         argv += ["--model", "tiny", "--n-val", "60", "--batch-size", "16"]
+        quick = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {quick}".strip()
     else:
         argv += ["--n-val", "5000"]
     seen: dict[int, float] = {}
@@ -259,7 +268,7 @@ def run_recipe(cfg: Config, recipe: str, folder: Path, out: Path, cap_s: float) 
 
     with open(out / f"run_{recipe}.log", "w") as log:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         th = threading.Thread(target=poll, daemon=True)
         th.start()
         try:
@@ -287,74 +296,6 @@ def run_recipe(cfg: Config, recipe: str, folder: Path, out: Path, cap_s: float) 
     print(f"{recipe}: {len(records)} epochs, {wall:.1f} s from launch, val "
           f"{res['val_accuracy']}{' (capped)' if capped else ''}", flush=True)  # fmt: skip
     return res
-
-
-def _fmt(x, spec: str, none: str = "n/a") -> str:
-    return none if x is None else format(x, spec)
-
-
-def _timing_table(rows: list[dict], extra: tuple[str, ...] = ()) -> list[str]:
-    head = ["row", "ms/step", "img/s", "TFLOP/s", "MFU (datasheet)", "MFU (measured peak)",
-            "compile s", *extra]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["label"], f"{r['ms_per_step']:.3f}", f"{r['items_per_s']:,.0f}",
-                 _fmt(r["tflops"], ".3g"), _fmt(r["mfu_datasheet"], ".1%"),
-                 _fmt(r["mfu_measured"], ".1%"), f"{r['compile_s']:.1f}",
-                 *(str(r.get(k)) for k in extra)]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def _run_lines(r: dict) -> list[str]:
-    reached = lambda k: (f"{r[k]:.1f} s" if r[k] is not None else
-                         f"not reached in {r['wall_from_launch_s']:.0f} s")  # fmt: skip
-    acc = _fmt(r["val_accuracy"], ".2%")
-    cap = f", stopped at the {r['capped_at_s']:.0f} s cap" if r["capped_at_s"] else ""
-    curve = ", ".join(f"{c['epoch']}: {_fmt(c['val_accuracy'], '.1%')} @ "
-                      f"{_fmt(c['wall_from_launch_s'], '.0f', '?')} s" for c in r["curve"])  # fmt: skip
-    return [f"`python {r['command']}`", "",
-            f"- {r['epochs_done']}/{r['epochs_scheduled']} epochs, {r['wall_from_launch_s']:.1f} s "
-            f"from launch{cap}; final val accuracy {acc}",
-            f"- time to 79% val: {reached('time_to_79_s')}; to 85%: {reached('time_to_85_s')}",
-            f"- curve (epoch: val @ s from launch): {curve}", ""]  # fmt: skip
-
-
-def markdown(res: dict) -> str:
-    dev, peaks = res["device"], res.get("peaks") or {}
-    lines = [f"# gpu_suite on {dev['device_kind']} ({dev['platform']}), {dev['date_utc']}", ""]
-    if dev["platform"] != "gpu":
-        lines += ["**No GPU here: every figure below was measured on a CPU"
-                  f"{' at --smoke sizes' if res['smoke'] else ''}. GPU figures: not measured.**",
-                  ""]  # fmt: skip
-    lines += [f"Command: `{res['command']}`; suite wall time {res['wall_s']:.1f} s.", ""]
-    if peaks:
-        lines += [f"Peaks for MFU: measured {_fmt(peaks['measured'], '.4g')} TFLOP/s "
-                  f"({peaks['measured_what']}); datasheet {_fmt(peaks['datasheet'], 'g')} "
-                  f"({peaks['datasheet_what']}).", ""]  # fmt: skip
-    if res.get("vit"):
-        lines += ["## ViT train step (the experiment's loss and step; synthetic uint8 on device)",
-                  "", "attn_dropout=True drops attention probabilities as vit-pytorch does (the "
-                  "row that matches it); False allows the fused (cuDNN) attention.", ""]  # fmt: skip
-        lines += _timing_table(res["vit"], ("attention", "matches_vit_pytorch")) + [""]
-    if res.get("torch"):
-        lines += ["## PyTorch, same process", ""] + _timing_table(res["torch"]) + [""]
-    if res.get("terms"):
-        lines += ["## Per-term gradients (bench_terms)", "", "| K | variant | ms | ratio |",
-                  "|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {r['k']} | {r['variant']} | {r['ms']:.3f} | {r['ratio']:.2f}x |"
-                  for r in res["terms"]] + [""]  # fmt: skip
-    if res.get("clip"):
-        lines += ["## CLIP train step", ""] + _timing_table(res["clip"]) + [""]
-    for name in ("seed", "strong"):
-        if res.get(name):
-            lines += [f"## {name} recipe end to end (real images, 5,000 held out)", ""]
-            lines += _run_lines(res[name])
-    for s in res["skipped"]:
-        lines.append(f"- skipped {s['part']}: {s['reason']}")
-    for e in res["errors"]:
-        lines.append(f"- **FAILED** {e['part']}: {e['error']}")
-    return "\n".join(lines) + "\n"
 
 
 def main(cfg: Config) -> dict:

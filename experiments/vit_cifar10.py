@@ -90,6 +90,8 @@ class Hyper:
     augment: bool = False
     dtype: str = "float32"
     nonfinite_guard: bool = True  # skip updates whose gradients have NaN/inf
+    mix: float = 0.0  # probability a batch is mixed by mixup or cutmix (jaxgrad.data.mix)
+    arch: tuple = ()  # the recipe's model: ((ViTConfig field, value), ...) over --model seed
 
 
 #: recipe defaults; any of them can be overridden by its flag
@@ -101,6 +103,13 @@ RECIPES = {
     "strong": Hyper(epochs=100, batch_size=512, optimizer="adamw", weight_decay=0.05,
                     warmup_epochs=5.0, schedule="cosine", label_smoothing=0.1, augment=True,
                     dtype="bfloat16"),
+    # the best a 2-core CPU does in 10 minutes (docs/results/vit.md): patch 8 (17 tokens),
+    # dim 128, depth 4, no dropout; AdamW 2e-3, half an epoch of warm-up, cosine, crop+flip
+    "cpu": Hyper(epochs=10, batch_size=128, lr=2e-3, optimizer="adamw", weight_decay=0.05,
+                 warmup_epochs=0.5, schedule="cosine", label_smoothing=0.1, augment=True,
+                 arch=(("patch_size", 8), ("dim", 128), ("depth", 4), ("heads", 4),
+                      ("dim_head", 32), ("mlp_dim", 256), ("dropout", 0.0),
+                      ("emb_dropout", 0.0))),
 }  # fmt: skip
 
 
@@ -131,7 +140,8 @@ def make_optimizer(h: Hyper, steps_per_epoch: int) -> optax.GradientTransformati
 def run_chunk_for(graphdef, h: Hyper, steps_per_epoch: int, mesh=None):
     """The jitted K-step dispatch of a (model, recipe), compiled once per process (a resumed
     or repeated run in the same process, e.g. in tests, reuses the compiled program)."""
-    loss_fn = classifier_loss(graphdef, label_smoothing=h.label_smoothing, use_augment=h.augment)
+    loss_fn = classifier_loss(graphdef, label_smoothing=h.label_smoothing, use_augment=h.augment,
+                              mix_prob=h.mix)  # fmt: skip
     return make_run_chunk(loss_fn, make_optimizer(h, steps_per_epoch), mesh=mesh)
 
 
@@ -176,6 +186,10 @@ class Config:
     label_smoothing: float | None = option(None, "cross-entropy label smoothing (strong 0.1)")
     augment: bool | None = option(None, "random crop (reflect pad 4) + flip (strong: on)")
     dtype: str | None = option(None, "compute dtype float32|bfloat16 (strong: bf16)")
+    mix: float | None = option(None, "probability of mixup/cutmix per batch (recipes: 0)")
+    attn_dropout: bool | None = option(
+        None, "dropout on attention probabilities as vit-pytorch (default); off: fused attention"
+    )
     eval_batch_size: int = option(500, "evaluation batch size (memory only, not numerics)")
     steps_per_dispatch: int = option(64, "max train steps scanned per device dispatch")
     seed: int = option(0, "seed for init, dropout, data order and the synthetic data")
@@ -223,8 +237,12 @@ class Config:
     def vit(self) -> ViTConfig:
         base = ViTConfig.seed() if self.model == "seed" else ViTConfig.tiny()
         names = ("dim", "depth", "heads", "mlp_dim")
+        names += ("attn_dropout",)
         over = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
-        return dataclasses.replace(base, dtype=self.hyper().dtype, **over)
+        h = self.hyper()
+        if self.model == "seed":  # a recipe's own model (cpu) replaces the seed's, not tiny
+            base = dataclasses.replace(base, **dict(h.arch))
+        return dataclasses.replace(base, dtype=h.dtype, **over)
 
 
 def load_data(cfg: Config) -> tuple[ImageDataset, ImageDataset, str]:

@@ -31,7 +31,7 @@ def test_every_part_ran_and_nothing_failed(smoke):
     torch_skipped = {s["part"] for s in res["skipped"]}
     assert torch_done | {"compile"} == {"eager", "amp", "compile"}
     assert "torch compile" in torch_skipped  # said, not silently dropped
-    assert {r["k"] for r in res["terms"]} == {2, 3, 5} and len(res["clip"]) == 1
+    assert {r["k"] for r in res["terms"]} == {2} and len(res["clip"]) == 1  # smoke: K=2 only
     assert res["peaks"]["measured"] > 0
 
 
