@@ -65,7 +65,9 @@ def markdown(res: dict) -> str:
         lines += ["## CLIP train step", ""] + _timing_table(res["clip"]) + [""]
     for name in ("seed", "strong"):
         if res.get(name):
-            lines += [f"## {name} recipe end to end (real images, 5,000 held out)", ""]
+            r = res[name]
+            held = f"{r['data']}, {r['n_val']:,} images held out"
+            lines += [f"## {name} recipe end to end ({held})", ""]
             lines += _run_lines(res[name])
     for s in res["skipped"]:
         lines.append(f"- skipped {s['part']}: {s['reason']}")
