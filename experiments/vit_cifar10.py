@@ -83,6 +83,13 @@ RECIPES = {
     "strong": Hyper(epochs=100, batch_size=512, optimizer="adamw", weight_decay=0.05,
                     warmup_epochs=5.0, schedule="cosine", label_smoothing=0.1, augment=True,
                     dtype="bfloat16"),
+    # the best a 2-core CPU does in 10 minutes (docs/results/vit.md): patch 8 (17 tokens),
+    # dim 128, depth 4, no dropout; AdamW 2e-3, half an epoch of warm-up, cosine, crop+flip
+    "cpu": Hyper(epochs=10, batch_size=128, lr=2e-3, optimizer="adamw", weight_decay=0.05,
+                 warmup_epochs=0.5, schedule="cosine", label_smoothing=0.1, augment=True,
+                 arch=(("patch_size", 8), ("dim", 128), ("depth", 4), ("heads", 4),
+                      ("dim_head", 32), ("mlp_dim", 256), ("dropout", 0.0),
+                      ("emb_dropout", 0.0))),
 }  # fmt: skip
 
 
@@ -118,6 +125,12 @@ class Config:
     )
     augment: bool | None = option(None, "random crop (reflect pad 4) + flip (strong: on)")
     dtype: str | None = option(None, "compute dtype float32|bfloat16 (strong: bf16)")
+    mix: float | None = option(
+        None, "probability of mixup/cutmix per batch (recipes: 0)", ge=0, le=1
+    )
+    attn_dropout: bool | None = option(
+        None, "dropout on attention probabilities as vit-pytorch (default); off: fused attention"
+    )
     eval_batch_size: int = option(500, "evaluation batch size (memory only, not numerics)")
     steps_per_dispatch: int = option(64, "max train steps scanned per device dispatch")
     seed: int = option(0, "seed for init, dropout, data order and the synthetic data")
@@ -180,8 +193,12 @@ class Config:
     def vit(self) -> ViTConfig:
         base = ViTConfig.seed() if self.model == "seed" else ViTConfig.tiny()
         names = ("dim", "depth", "heads", "mlp_dim")
+        names += ("attn_dropout",)
         over = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
-        return dataclasses.replace(base, dtype=self.hyper().dtype, **over)
+        h = self.hyper()
+        if self.model == "seed":  # a recipe's own model (cpu) replaces the seed's, not tiny
+            base = dataclasses.replace(base, **dict(h.arch))
+        return dataclasses.replace(base, dtype=h.dtype, **over)
 
     def recorded(self, train: ImageDataset) -> dict:
         """What a checkpoint must match to be resumed: model, recipe and hyper-parameters, data

@@ -42,6 +42,8 @@ class Hyper:
     augment: bool = False
     dtype: str = "float32"
     nonfinite_guard: bool = True  # skip updates with a NaN/inf loss/grad/update/new param
+    mix: float = 0.0  # probability a batch is mixed by mixup or cutmix (jaxgrad.data.mix)
+    arch: tuple = ()  # the recipe's model: ((ViTConfig field, value), ...) over --model seed
 
 
 def make_optimizer(h: Hyper, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -71,7 +73,8 @@ def make_optimizer(h: Hyper, steps_per_epoch: int) -> optax.GradientTransformati
 def run_chunk_for(graphdef, h: Hyper, steps_per_epoch: int, mesh=None):
     """The jitted K-step dispatch of a (model, recipe), compiled once per process (a resumed
     or repeated run in the same process, e.g. in tests, reuses the compiled program)."""
-    loss_fn = classifier_loss(graphdef, label_smoothing=h.label_smoothing, use_augment=h.augment)
+    loss_fn = classifier_loss(graphdef, label_smoothing=h.label_smoothing, use_augment=h.augment,
+                              mix_prob=h.mix)  # fmt: skip
     return make_run_chunk(loss_fn, make_optimizer(h, steps_per_epoch), mesh=mesh)
 
 

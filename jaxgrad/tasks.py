@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 
 from jaxgrad.contrastive import clip_loss, seed_contrastive_loss, siglip_loss
+from jaxgrad.data.mix import mix_images, mix_targets
 from jaxgrad.data.pipeline import augment, normalize
 from jaxgrad.freeze import frozen_mask, optimizer_with_frozen, path_str
 from jaxgrad.losses import cross_entropy, labels_valid
@@ -44,9 +45,13 @@ __all__ = [
 ]
 
 
-def classifier_loss(graphdef: nnx.GraphDef, *, label_smoothing: float, use_augment: bool):
+def classifier_loss(
+    graphdef: nnx.GraphDef, *, label_smoothing: float, use_augment: bool, mix_prob: float = 0.0
+):
     """``loss_fn(params, batch, step_key) -> (loss, {"accuracy"})``: the model in training mode
-    (dropout on), ``nn.CrossEntropyLoss(label_smoothing=)``; crop + flip when ``use_augment``.
+    (dropout on), ``nn.CrossEntropyLoss(label_smoothing=)``; crop + flip when ``use_augment``;
+    with probability ``mix_prob`` a batch is mixed by mixup or cutmix (``jaxgrad.data.mix``;
+    accuracy is still counted against the unmixed labels).
     """
 
     def loss_fn(params, batch, step_key):
@@ -55,9 +60,20 @@ def classifier_loss(graphdef: nnx.GraphDef, *, label_smoothing: float, use_augme
         if use_augment:
             images = augment(aug_key, images)
         model = nnx.merge(graphdef, params)
-        logits = model(normalize(images), deterministic=False, rngs=dropout_key)
-        # NaN for a label outside [0, num_classes): the guard skips the step and names labels
-        loss = cross_entropy(logits, batch["labels"], label_smoothing=label_smoothing)
+        images = normalize(images)
+        if mix_prob:
+            images, lam = mix_images(jax.random.fold_in(aug_key, 1), images, prob=mix_prob)
+        logits = model(images, deterministic=False, rngs=dropout_key)
+        labels = batch["labels"]
+        if mix_prob:  # soft targets: the label check is applied to the loss by hand
+            onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+            if label_smoothing:
+                onehot = optax.smooth_labels(onehot, label_smoothing)
+            loss = optax.softmax_cross_entropy(logits, mix_targets(onehot, lam)).mean()
+            loss = jnp.where(jnp.all(labels_valid(labels, logits.shape[-1])), loss, jnp.nan)
+        else:
+            # NaN for a label outside [0, num_classes): the guard skips the step and names labels
+            loss = cross_entropy(logits, labels, label_smoothing=label_smoothing)
         acc = (logits.argmax(-1) == batch["labels"]).mean(dtype=jnp.float32)
         return loss, {"accuracy": acc}
 

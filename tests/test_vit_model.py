@@ -192,3 +192,38 @@ def test_pool_is_validated_and_mean_averages_every_token(model):
         type(model.norm).__call__ = orig
     np.testing.assert_allclose(pooled, tokens[0].mean(axis=1), rtol=1e-6, atol=1e-6)
     assert np.abs(pooled - model.embed(x)).max() > 1e-2  # cls pooling is something else
+
+
+def test_attn_dropout_off_drops_only_the_projection(model):
+    """``attn_dropout=False``: training-mode attention is the exact softmax(q kᵀ/√d) v, then
+    the output projection, then one Dropout (the first draw of the same dropout stream)."""
+    attn = model.layers[0].attn
+    x = jax.random.normal(jax.random.key(3), (2, CFG.num_patches + 1, CFG.dim))
+    key = jax.random.key(7)
+    off = nnx.merge(*nnx.split(ViT(dataclasses.replace(CFG, attn_dropout=False), rngs=nnx.Rngs(0))))
+    nnx.update(off, nnx.state(model, nnx.Param))  # the same weights
+    got = off.layers[0].attn(x, deterministic=False, rngs=nnx.Rngs(dropout=key))
+    b, n, _ = x.shape
+    qkv = attn.to_qkv(attn.norm(x)).reshape(b, n, 3, CFG.heads, CFG.dim_head)
+    q, k, v = (qkv[:, :, i] for i in range(3))
+    p = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(CFG.dim_head), axis=-1)
+    o = jnp.einsum("bhqk,bkhd->bqhd", p, v).reshape(b, n, -1)
+    want = nnx.Dropout(CFG.dropout)(attn.to_out(o), deterministic=False, rngs=nnx.Rngs(dropout=key))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # vit-pytorch's default (probabilities dropped too) is a different training-mode function
+    seed_like = attn(x, deterministic=False, rngs=nnx.Rngs(dropout=key))
+    assert not np.allclose(seed_like, got, atol=1e-3)
+
+
+def test_attention_implementation_choice():
+    assert ViTConfig().attention_implementation() is None  # float32: XLA's, numerics unchanged
+    bf16 = ViTConfig(dtype="bfloat16")
+    want = "cudnn" if jax.default_backend() == "gpu" else None
+    assert bf16.attention_implementation() == want
+    assert dataclasses.replace(bf16, dim_head=12).attention_implementation() is None
+    assert dataclasses.replace(bf16, attention="xla").attention_implementation() is None
+    assert dataclasses.replace(bf16, attention="cudnn").attention_implementation() == "cudnn"
+    with pytest.raises(ValueError, match="attention='cudnn' needs dtype='bfloat16'"):
+        ViTConfig(attention="cudnn")
+    with pytest.raises(ValueError, match="ViTConfig.attention must be"):
+        ViTConfig(attention="flash")

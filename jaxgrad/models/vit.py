@@ -60,6 +60,13 @@ class ViTConfig:
     # so a converted checkpoint must say which (vit_config.json)
     pool: str = "cls"
     dtype: str = "float32"  # compute dtype: "float32" or "bfloat16"; params are always float32
+    # vit-pytorch drops attention probabilities (nn.Dropout(dropout) after the softmax): True
+    # keeps that; False drops only after the projections, which lets training use the fused
+    # attention kernel (cuDNN on GPU) -- a different model in training, the same in eval
+    attn_dropout: bool = True
+    # the fused attention kernel: "auto" (cuDNN on a GPU in bfloat16, else XLA's), "xla" or
+    # "cudnn" (GPU only; float16/bfloat16 only); numerics differ only by rounding
+    attention: str = "auto"
 
     def __post_init__(self):
         for name in ("image_size", "patch_size", "num_classes", "dim", "depth", "heads"):
@@ -79,6 +86,15 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.pool must be 'cls' or 'mean', got {self.pool!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"ViTConfig.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.attention not in ("auto", "xla", "cudnn"):
+            raise ValueError(
+                f"ViTConfig.attention must be 'auto', 'xla' or 'cudnn', got {self.attention!r}"
+            )
+        if self.attention == "cudnn" and self.dtype != "bfloat16":
+            raise ValueError(
+                "ViTConfig.attention='cudnn' needs dtype='bfloat16' (cuDNN fused "
+                "attention takes no float32); use attention='auto'"
+            )
 
     @classmethod
     def seed(cls) -> ViTConfig:
@@ -101,6 +117,17 @@ class ViTConfig:
     @property
     def compute_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
+
+    def attention_implementation(self) -> str | None:
+        """``implementation=`` for ``jax.nn.dot_product_attention``: ``"cudnn"`` when asked, or
+        with ``"auto"`` on a GPU in bfloat16 when the head dim suits cuDNN (a multiple of 8, at
+        most 128); None (XLA's) otherwise (CPU, float32)."""
+        if self.attention == "cudnn":
+            return "cudnn"
+        fits = self.dim_head % 8 == 0 and self.dim_head <= 128
+        if self.attention == "auto" and self.dtype == "bfloat16" and fits:
+            return "cudnn" if jax.default_backend() == "gpu" else None
+        return None
 
 
 def torch_kernel_init(key, shape, dtype=jnp.float32):
@@ -144,6 +171,8 @@ class Attention(nnx.Module):
     def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
         inner = cfg.heads * cfg.dim_head
         self.heads, self.dim_head = cfg.heads, cfg.dim_head
+        self.attn_dropout = cfg.attn_dropout
+        self.implementation = cfg.attention_implementation()
         self.norm = _norm(cfg, cfg.dim, rngs=rngs)
         self.to_qkv = _linear(cfg, cfg.dim, 3 * inner, rngs=rngs, bias=False)
         self.attn_drop = nnx.Dropout(cfg.dropout)
@@ -158,12 +187,14 @@ class Attention(nnx.Module):
         qkv = self.to_qkv(self.norm(x)).reshape(b, n, 3, self.heads, self.dim_head)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, heads, dim_head] each
         scale = self.dim_head**-0.5
-        if deterministic or self.attn_drop.rate == 0.0:
+        if deterministic or self.attn_drop.rate == 0.0 or not self.attn_dropout:
             # no dropout on the probabilities: the fused op computes the same softmax(q kᵀ s) v
             # jax's own bf16 path calls promote_types(bf16, f32) internally, which strict
             # dtype promotion rejects; the op itself is what we want, so allow it here only
             with jax.numpy_dtype_promotion("standard"):
-                out = jax.nn.dot_product_attention(q, k, v, scale=scale)
+                out = jax.nn.dot_product_attention(
+                    q, k, v, scale=scale, implementation=self.implementation
+                )
         else:
             # dropout on attention probabilities is not something the fused op offers
             dots = jnp.einsum("bqhd,bkhd->bhqk", q, k) * jnp.asarray(scale, q.dtype)
