@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import bench_terms
+from experiments import terms_timing
 from experiments.bench_torch import TORCH_PRECISION, time_torch
 from experiments.gpu_suite_report import markdown
 from jaxgrad import tasks
@@ -184,7 +184,7 @@ def run_torch(cfg: Config, peaks: dict, skipped: list[dict]) -> list[dict]:
 
 def run_terms(cfg: Config) -> list[dict]:
     ks = (2,) if cfg.smoke else (2, 3, 5)
-    rows = bench_terms.run(k_values=ks, size="tiny" if cfg.smoke else "seed", runs=cfg.runs,
+    rows = terms_timing.run(k_values=ks, size="tiny" if cfg.smoke else "seed", runs=cfg.runs,
                            warmup=cfg.warmup)  # fmt: skip
     return [{**r, "platform": jax.devices()[0].platform} for r in rows]
 
