@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments import pinn_helmholtz as helm
+from experiments import helmholtz as helm
 from jaxgrad.cli import option, parse, positive
 from jaxgrad.rng import named_keys
 from jaxgrad.tables import print_table
@@ -74,9 +74,7 @@ class Config:
 
 def make_jax_block(cfg: Config, *, annealed: bool, laplacian: str, seed: int = 0):
     """A no-argument ``run()`` doing ``cfg.block`` PINN steps (blocks until done)."""
-    hcfg = helm.Config(
-        width=cfg.width, depth=cfg.depth, batch=cfg.batch, period=cfg.period, laplacian=laplacian
-    )
+    hcfg = helm.Problem(width=cfg.width, depth=cfg.depth, batch=cfg.batch, laplacian=laplacian)
     keys = named_keys(seed, "init", "data")
     graphdef, params = nnx.split(helm.make_model("mlp", hcfg, keys["init"]), nnx.Param)
     terms_fn = helm.make_terms_fn(hcfg)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import pinn_helmholtz, pinn_poisson
+from experiments import helmholtz, pinn_helmholtz, pinn_poisson
 from jaxgrad.models.mlp import MLP, ModifiedMLP
 from jaxgrad.pde import laplacian, normal_derivative
 
@@ -77,8 +77,8 @@ def test_modified_mlp_code_form_forward_by_hand(key):
 
 def test_helmholtz_exact_solution_satisfies_the_pde(key):
     cfg = pinn_helmholtz.Config.tiny()
-    batch = pinn_helmholtz.sample(key, cfg)
-    u = lambda p: pinn_helmholtz.exact_u(p[None], cfg)[0]
+    batch = helmholtz.sample(key, cfg)
+    u = lambda p: helmholtz.exact_u(p[None], cfg)[0]
     xy = batch["xy_res"]
     resid = laplacian(u, xy) + cfg.lam * jax.vmap(u)(xy) - batch["f_res"]
     np.testing.assert_allclose(resid, 0.0, atol=2e-3 * float(jnp.max(jnp.abs(batch["f_res"]))))
