@@ -55,6 +55,7 @@ from jaxgrad.data import (
     make_synthetic,
     train_val_split,
 )
+from jaxgrad.distributed import initialize, is_main, main_print, replicate
 from jaxgrad.doctor import diagnose
 from jaxgrad.guard import check_nonfinite, skip_nonfinite
 from jaxgrad.io import JsonlLogger, atomic_write_json
@@ -193,6 +194,11 @@ class Config:
     )
     max_nonfinite: int = option(20, "stop when this many steps in a row were skipped")
     doctor: bool = option(False, "print the gradient-flow doctor's report before training")
+    coordinator: str | None = option(
+        None, "multi-process: host:port of process 0 (None: launcher env / cluster / one process)"
+    )
+    num_processes: int | None = option(None, "multi-process: process count (None: env / 1)")
+    process_id: int | None = option(None, "multi-process: this process's rank (None: env / 0)")
 
     def __post_init__(self):
         positive(self, "n_val", "synthetic_size", "train_limit", "eval_batch_size", "keep")
@@ -260,10 +266,13 @@ def _check_fits(ds: ImageDataset, vit: ViTConfig) -> None:
 
 def main(cfg: Config) -> dict:
     """Train (or with ``eval_only`` just evaluate); return the final metrics."""
+    multi = initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)  # before any JAX
     if cfg.eval_only:
         return evaluate_only(cfg)
     h, vit = cfg.hyper(), cfg.vit()
-    mesh = make_mesh(cfg.devices)  # one "data" axis; jit splits each batch over it
+    if multi and cfg.devices is not None:
+        raise ValueError("--devices: a multi-process run uses every device of every process")
+    mesh = make_mesh(cfg.devices)  # one "data" axis over every process; jit splits each batch
     if h.batch_size % mesh.size:
         raise ValueError(
             f"--batch-size {h.batch_size} does not split over {mesh.size} devices: use a "
@@ -281,7 +290,7 @@ def main(cfg: Config) -> dict:
     spe = steps_per_epoch(len(train), h.batch_size)
     optimizer = make_optimizer(h, spe)
     state = init_train_state(params, optimizer)
-    print(
+    main_print(
         f"ViT {count_params(params):,} params ({vit.dtype}) | recipe {cfg.recipe}: {h}\n"
         f"train: {len(train)} images, {eval_name}: {len(evals)} | data: {train.source}"
     )
@@ -295,22 +304,32 @@ def main(cfg: Config) -> dict:
     logger = JsonlLogger(out / "metrics.jsonl")
     ckpt = Checkpointer(ckpt_dir, keep=cfg.keep, async_save=True)
     history, start = [], 0
+    if mesh.size > 1:  # the state on every device of every process: restored, saved together
+        state, keys = place_state(state, mesh), replicate(keys, mesh)
     if cfg.resume and ckpt.latest_step() is not None:
         tree, meta = ckpt.restore({"state": state, "keys": keys})
+        if meta["hyper"]["batch_size"] != h.batch_size:  # any process count, same global batch
+            raise ValueError(
+                f"{ckpt_dir} was trained with global --batch-size {meta['hyper']['batch_size']}, "
+                f"not {h.batch_size}: resume with the same global batch (any process count)"
+            )
         state, keys, history, start = tree["state"], tree["keys"], meta["history"], meta["epoch"]
-        print(f"resumed from {ckpt_dir}/{start} (epoch {start} of {h.epochs})")
+        main_print(f"resumed from {ckpt_dir}/{start} (epoch {start} of {h.epochs})")
         logger.rewind(lambda r: r.get("epoch", 0) <= start)  # epochs past the checkpoint rerun
-    elif not cfg.resume:
+    elif not cfg.resume and is_main():
         logger.path.unlink(missing_ok=True)
-    data = (jnp.asarray(train.images), jnp.asarray(train.labels))
-    eval_data = (jnp.asarray(evals.images), jnp.asarray(evals.labels))
-    if mesh.size > 1:  # replicate the state and the dataset; batches are split in the step
-        state = place_state(state, mesh)
+    data = (train.images, train.labels)
+    eval_data = (evals.images, evals.labels)
+    if mesh.size > 1:  # every process holds the whole dataset; batches are split in the step
         data, eval_data = jax.device_put((data, eval_data), replicated(mesh))
+    else:
+        data, eval_data = jax.tree.map(jnp.asarray, (data, eval_data))
     # a constant schedule does not depend on the number of epochs: one program for any count
     h_prog = dataclasses.replace(h, epochs=0) if h.schedule == "constant" else h
     run_chunk = run_chunk_for(graphdef, h_prog, spe, mesh if mesh.size > 1 else None)
-    bar = tqdm(total=(h.epochs - start) * spe, unit="step", disable=not cfg.progress)
+    bar = tqdm(
+        total=(h.epochs - start) * spe, unit="step", disable=not (cfg.progress and is_main())
+    )
     t_start = time.perf_counter()
     for epoch in range(start, h.epochs):
         t0 = time.perf_counter()
@@ -335,7 +354,7 @@ def main(cfg: Config) -> dict:
         }  # fmt: skip
         history.append({k: v for k, v in record.items() if k != "step_losses"})
         logger.log(**record)
-        print(
+        main_print(
             f"Epoch [{epoch + 1}/{h.epochs}], loss {record['train_loss']:.4f}, "
             f"{eval_name.capitalize()} Accuracy: {100 * ev['accuracy']:.2f}% "
             f"({record['epoch_seconds']:.1f} s) [{train.source}]"
@@ -409,7 +428,7 @@ def evaluate_only(cfg: Config) -> dict:
     ev = evaluate(
         graphdef, cfg.eval_batch_size, params, jnp.asarray(ds.images), jnp.asarray(ds.labels)
     )
-    print(f"{path}: accuracy {100 * ev['accuracy']:.2f}% on {ev['n']} images of {ds.source}")
+    main_print(f"{path}: accuracy {100 * ev['accuracy']:.2f}% on {ev['n']} images of {ds.source}")
     return {**ev, "data": ds.source, "checkpoint": str(path)}
 
 
