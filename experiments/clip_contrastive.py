@@ -45,6 +45,7 @@ from jaxgrad.data.dataset import ImageDataset, train_val_split
 from jaxgrad.data.imagefolder import load_image_folder
 from jaxgrad.data.pipeline import normalize, take
 from jaxgrad.data.synthetic import make_synthetic
+from jaxgrad.distributed import initialize, is_main, main_print
 from jaxgrad.doctor import diagnose
 from jaxgrad.io import JsonlLogger, atomic_write_json
 from jaxgrad.loop import init_params, make_evaluate, make_run_chunk, train_steps
@@ -95,6 +96,11 @@ class Config:
     progress: bool = option(True, "tqdm progress bar")
     fast_compile: bool = option(False, "XLA backend opt level 0: ~2x faster compiles, slower steps")
     doctor: bool = option(False, "print the gradient-flow doctor's report before training")
+    coordinator: str | None = option(
+        None, "multi-process: host:port of process 0 (None: launcher env / cluster / one process)"
+    )
+    num_processes: int | None = option(None, "multi-process: process count (None: env / 1)")
+    process_id: int | None = option(None, "multi-process: this process's rank (None: env / 0)")
 
     def __post_init__(self):
         positive(self, "n_val", "steps", "batch_size", "lr", "embed_dim", "eval_every")
@@ -227,15 +233,18 @@ def setup(cfg: Config, train: ImageDataset) -> Setup:
 
 
 def main(cfg: Config) -> dict:
+    # multi-process: every process trains the same model on its first device (not yet data-
+    # parallel: CLIP's steps are not split over processes); process 0 writes and prints
+    initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)  # before any other JAX call
     out = Path(cfg.out_dir)
     train, val = load_data(cfg)
-    print(
+    main_print(
         f"data: {train.source} | train {len(train)} | val {len(val)} | {train.num_classes} classes"
     )
     s = setup(cfg, train)
     opt = s.optimizer
-    print(f"loss={cfg.loss} freeze_image={cfg.freeze_image} clip_norm={cfg.clip_norm}")
-    print(f"vocabulary: {len(s.tokenizer)} words; {len(TEMPLATES)} caption templates")
+    main_print(f"loss={cfg.loss} freeze_image={cfg.freeze_image} clip_norm={cfg.clip_norm}")
+    main_print(f"vocabulary: {len(s.tokenizer)} words; {len(TEMPLATES)} caption templates")
     groups = param_groups(opt, s.params, s.frozen)
     print_table(
         [(g["module"], g["leaves"], f"{g['params']:,}", f"{g['state_floats']:,}",
@@ -255,12 +264,13 @@ def main(cfg: Config) -> dict:
     run = make_run_chunk(s.loss_fn, opt, **CLIP_STEP, compiler_options=opts)
     out.mkdir(parents=True, exist_ok=True)
     log = JsonlLogger(out / "metrics.jsonl")
-    log.path.write_text("")  # one run per file
+    if is_main():
+        log.path.write_text("")  # one run per file
     ev = evaluate(state.params)  # step 0: the untrained towers, near chance
     log.log(step=0, **{f"val/{k}": v for k, v in ev.items()})
     hist = {"step": [], "loss": [], "eval_step": [0], "zs": [ev["zeroshot_acc"]],
             "zs_ens": [ev["zeroshot_ens_acc"]]}  # fmt: skip
-    bar = tqdm(total=cfg.steps, disable=not cfg.progress, desc="clip")
+    bar = tqdm(total=cfg.steps, disable=not (cfg.progress and is_main()), desc="clip")
     last: dict[str, float] = {}
 
     def on_chunk(start: int, done: int, m: dict) -> None:
@@ -289,7 +299,8 @@ def main(cfg: Config) -> dict:
         hist["eval_step"].append(stop)
         hist["zs"].append(ev["zeroshot_acc"])
         hist["zs_ens"].append(ev["zeroshot_ens_acc"])
-        tqdm.write(f"step {stop}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
+        if is_main():
+            tqdm.write(f"step {stop}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
     bar.close()
     seconds = time.perf_counter() - t0
     final = {
@@ -309,7 +320,7 @@ def main(cfg: Config) -> dict:
         },
         title=f"CLIP-style training on {train.source}",
     )
-    print(f"done in {seconds:.1f} s; zero-shot val acc {ev['zeroshot_acc']:.3f} "
+    main_print(f"done in {seconds:.1f} s; zero-shot val acc {ev['zeroshot_acc']:.3f} "
           f"(ensemble {ev['zeroshot_ens_acc']:.3f}, chance {1 / train.num_classes:.3f}); "
           f"outputs in {out}/")  # fmt: skip
     return final

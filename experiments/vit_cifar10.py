@@ -292,7 +292,8 @@ def main(cfg: Config) -> dict:
     state = init_train_state(params, optimizer)
     main_print(
         f"ViT {count_params(params):,} params ({vit.dtype}) | recipe {cfg.recipe}: {h}\n"
-        f"train: {len(train)} images, {eval_name}: {len(evals)} | data: {train.source}"
+        f"train: {len(train)} images, {eval_name}: {len(evals)} | data: {train.source} | "
+        f"{jax.process_count()} processes x {jax.local_device_count()} devices"
     )
     if cfg.doctor:  # which leaves get a gradient, and what the optimizer does with each
         first = {"images": jnp.asarray(train.images[: h.batch_size]),
