@@ -361,6 +361,45 @@ def test_unreachable_coordinator_is_a_clear_error_after_the_timeout():
     assert 1 <= time.monotonic() - t0 < 10
 
 
+@pytest.mark.parametrize("main", [True, False])
+def test_only_process_0_writes_prints_and_locks(tmp_path, monkeypatch, capsys, main):
+    """The library's outputs as process 1 would see them: no file, no line, no lock (process 0
+    writes them all); process 0 (and a single process) writes each exactly once."""
+    import io
+
+    from jaxgrad import io as jio
+    from jaxgrad import plan, progress, runs, tables
+    from jaxgrad.checkpoint import save_params
+
+    for module in (jio, plan, progress, runs, tables):
+        monkeypatch.setattr(module, "is_main", lambda: main)
+    waited = []
+    monkeypatch.setattr(runs, "barrier", waited.append)
+    jio.atomic_write_json(tmp_path / "summary.json", {"a": 1})
+    save_params(tmp_path / "p.npz", {"w": np.ones(2, np.float32)})
+    log = jio.JsonlLogger(tmp_path / "m" / "metrics.jsonl")
+    log.log(epoch=1)
+    assert log.rewind(lambda r: True) == (1 if main else 0)
+    stream = io.StringIO()
+    bar = progress.Progress(4, desc="t", stream=stream, tty=False, every_s=0)
+    bar(2, {"loss": np.array([1.0, 0.5])})
+    bar.close()
+    p = plan.Plan(name="t", params=10, steps_per_epoch=2, device="cpu", stream=stream)
+    p.announce()
+    p.first_chunk(steps=2, seconds=1.0)
+    tables.print_table([("x", 1)], ("name", "n"))
+    run = runs.open_run_dir(tmp_path / "run")
+    written = sorted(str(f.relative_to(tmp_path)) for f in tmp_path.rglob("*") if f.is_file())
+    if main:
+        assert written == ["m/metrics.jsonl", "p.npz", "run/.jaxgrad.lock", "summary.json"]
+        assert "plan: t" in stream.getvalue() and "loss 0.5" in stream.getvalue()
+        assert "name" in capsys.readouterr().out
+    else:
+        assert written == [] and stream.getvalue() == "" and capsys.readouterr().out == ""
+    assert waited == ["jaxgrad.runs.open_run_dir"]  # both wait: process 0 after locking
+    run.release()
+
+
 def test_local_rows_of_a_single_process_is_the_whole_batch():
     assert local_rows(make_mesh(), 8) == slice(0, 8)
     assert local_rows(make_mesh(), 6, batch_axis=1) == slice(0, 6)
