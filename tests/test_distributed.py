@@ -400,6 +400,27 @@ def test_only_process_0_writes_prints_and_locks(tmp_path, monkeypatch, capsys, m
     run.release()
 
 
+def test_replicated_keys_restore_replicated(tmp_path):
+    """A PRNG key replicated over the mesh (as every process of a multi-process run holds it)
+    comes back from a checkpoint with that placement: a host-local key would make the next
+    multi-process save fail ("Cannot serialize host local jax.Array")."""
+    import jax
+
+    from jaxgrad.checkpoint import Checkpointer
+    from jaxgrad.distributed import replicate
+    from jaxgrad.parallel import replicated
+
+    mesh = make_mesh()
+    keys = replicate({"step": jax.random.key(3), "w": np.arange(4.0, dtype=np.float32)}, mesh)
+    assert keys["step"].sharding == replicated(mesh)
+    with Checkpointer(tmp_path / "ckpt") as ckpt:
+        ckpt.save(1, keys)
+        tree, _ = ckpt.restore(keys)
+    assert tree["step"].sharding == replicated(mesh) and tree["w"].sharding == replicated(mesh)
+    assert np.array_equal(jax.random.key_data(tree["step"]), jax.random.key_data(keys["step"]))
+    assert jax.random.key_impl(tree["step"]) == jax.random.key_impl(keys["step"])
+
+
 def test_local_rows_of_a_single_process_is_the_whole_batch():
     assert local_rows(make_mesh(), 8) == slice(0, 8)
     assert local_rows(make_mesh(), 6, batch_axis=1) == slice(0, 6)
