@@ -49,6 +49,7 @@ from jaxgrad.data.dataset import ImageDataset, train_val_split
 from jaxgrad.data.imagefolder import load_image_folder
 from jaxgrad.data.pipeline import take
 from jaxgrad.data.synthetic import make_synthetic
+from jaxgrad.distributed import initialize, is_main, main_print
 from jaxgrad.doctor import diagnose
 from jaxgrad.hf_random import HAVE_TRANSFORMERS, save_random_clip
 from jaxgrad.io import JsonlLogger, atomic_write_json
@@ -123,6 +124,11 @@ class Config:
     progress: bool = option(True, "progress bar (plain lines when not a terminal)")
     fast_compile: bool = option(False, "XLA backend opt level 0: ~2x faster compiles, slower steps")
     doctor: bool = option(False, "print the gradient-flow doctor's report before training")
+    coordinator: str | None = option(
+        None, "multi-process: host:port of process 0 (None: launcher env / cluster / one process)"
+    )
+    num_processes: int | None = option(None, "multi-process: process count (None: env / 1)")
+    process_id: int | None = option(None, "multi-process: this process's rank (None: env / 0)")
 
     def __post_init__(self):
         check_config(self)
@@ -260,6 +266,9 @@ def report_groups(cfg: Config, s: Setup) -> list[dict]:
 
 
 def main(cfg: Config) -> dict:
+    # first, before any other JAX call; N processes each train the whole model (not data-
+    # parallel yet), process 0 alone prints and writes
+    initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
     train, val = load_data(cfg)
     if cfg.batch_size > len(train):  # before anything is written
         raise SystemExit(
@@ -271,17 +280,17 @@ def main(cfg: Config) -> dict:
 
 
 def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path) -> dict:
-    print(
+    main_print(
         f"data: {train.source} | train {len(train)} | val {len(val)} | {train.num_classes} classes"
     )
     s = setup(cfg, train, val)
     opt = s.optimizer
-    print(f"loss={cfg.loss} image_encoder={cfg.image_encoder} freeze_image={cfg.freeze_image} "
-          f"clip_norm={cfg.clip_norm}")  # fmt: skip
-    if s.inputs.cache is not None:
-        for part, c in s.inputs.cache.items():
-            print(f"feature cache ({part}): {'hit, read' if c.hit else 'computed, wrote'} {c.path}")
-    print(f"vocabulary: {len(s.tokenizer)} words; {len(TEMPLATES)} caption templates")
+    main_print(f"loss={cfg.loss} image_encoder={cfg.image_encoder} "
+               f"freeze_image={cfg.freeze_image} clip_norm={cfg.clip_norm}")  # fmt: skip
+    for part, c in (s.inputs.cache or {}).items():
+        how = "hit, read" if c.hit else "computed, wrote"  # process 0 writes the cache
+        main_print(f"feature cache ({part}): {how} {c.path}")
+    main_print(f"vocabulary: {len(s.tokenizer)} words; {len(TEMPLATES)} caption templates")
     groups = report_groups(cfg, s)
     evaluate = make_evaluator(
         s.graphdef, s.rest, val, s.captions, seed=cfg.seed, fast=cfg.fast_compile,
@@ -295,7 +304,8 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path) -> di
     opts = RUN_ONCE if cfg.fast_compile else None
     run = make_run_chunk(s.loss_fn, opt, **CLIP_STEP, compiler_options=opts)
     log = JsonlLogger(out / "metrics.jsonl")
-    log.path.write_text("")  # one run per file
+    if is_main():
+        log.path.write_text("")  # one run per file
     ev = evaluate(state.params)  # step 0: the untrained towers, near chance
     log.log(step=0, **{f"val/{k}": v for k, v in ev.items()})
     hist = {"step": [], "loss": [], "eval_step": [0], "zs": [ev["zeroshot_acc"]],
@@ -335,7 +345,9 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path) -> di
         hist["eval_step"].append(stop)
         hist["zs"].append(ev["zeroshot_acc"])
         hist["zs_ens"].append(ev["zeroshot_ens_acc"])
-        bar.write(f"step {stop}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()))
+        (bar.write if bar.bar is not None else main_print)(  # process 0 only
+            f"step {stop}: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items())
+        )
     bar.close()
     seconds = time.perf_counter() - t0
     chance = 1.0 / train.num_classes
@@ -355,9 +367,9 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path) -> di
     title = run_title("CLIP contrastive", source=train.source, flags=flags, loss=cfg.loss,
                       image=encoder)  # fmt: skip
     plot_clip_run(out / "curves.png", hist, loss=cfg.loss, title=title, chance=chance)
-    print(f"done in {seconds:.1f} s; zero-shot val acc {ev['zeroshot_acc']:.3f} "
-          f"(ensemble {ev['zeroshot_ens_acc']:.3f}, chance {chance:.3f}); "
-          f"outputs in {out}/")  # fmt: skip
+    main_print(f"done in {seconds:.1f} s; zero-shot val acc {ev['zeroshot_acc']:.3f} "
+               f"(ensemble {ev['zeroshot_ens_acc']:.3f}, chance {chance:.3f}); "
+               f"outputs in {out}/")  # fmt: skip
     return final
 
 

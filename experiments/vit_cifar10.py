@@ -54,6 +54,7 @@ from jaxgrad.data import (
     make_synthetic,
     train_val_split,
 )
+from jaxgrad.distributed import initialize, main_print, replicate
 from jaxgrad.doctor import diagnose
 from jaxgrad.guard import NonFiniteError, check_nonfinite
 from jaxgrad.io import atomic_write_json
@@ -116,7 +117,9 @@ class Config:
     heads: int | None = option(None, "override the attention heads (seed 8)")
     mlp_dim: int | None = option(None, "override the MLP width (seed 1024)")
     epochs: int | None = option(None, "epochs (recipe: seed 10, strong 100)")
-    batch_size: int | None = option(None, "batch size (recipe: seed 64, strong 512)")
+    batch_size: int | None = option(
+        None, "global batch size, split over every device of every process (seed 64, strong 512)"
+    )
     lr: float | None = option(None, "peak learning rate (recipe: 1e-3)", gt=0)
     weight_decay: float | None = option(None, "AdamW decay of weight matrices (strong 0.05)", ge=0)
     warmup_epochs: float | None = option(None, "linear warm-up epochs (strong 5)", ge=0)
@@ -157,6 +160,11 @@ class Config:
     )
     max_nonfinite: int = option(20, "stop when this many steps in a row were skipped")
     doctor: bool = option(False, "print the gradient-flow doctor's report before training")
+    coordinator: str | None = option(
+        None, "multi-process: host:port of process 0 (None: launcher env / cluster / one process)"
+    )
+    num_processes: int | None = option(None, "multi-process: process count (None: env / 1)")
+    process_id: int | None = option(None, "multi-process: this process's rank (None: env / 0)")
 
     def __post_init__(self):
         check_config(self)
@@ -178,7 +186,7 @@ class Config:
         """A seconds-long run on synthetic data: tiny ViT, 1,200 images, 3 epochs, written to
         runs/vit_cifar10_tiny (replaced by the next --tiny run unless --resume)."""
         return cls(
-            model="tiny", synthetic_size=1200, n_val=200, epochs=3, batch_size=50, lr=2e-3,
+            model="tiny", synthetic_size=1200, n_val=200, epochs=3, batch_size=40, lr=2e-3,
             steps_per_dispatch=20, progress=False, out_dir="runs/vit_cifar10_tiny",
             overwrite=None,
         )  # fmt: skip
@@ -246,10 +254,13 @@ def _check_fits(ds: ImageDataset, vit: ViTConfig) -> None:
 
 def main(cfg: Config) -> dict:
     """Train (or with ``eval_only`` just evaluate); return the final metrics."""
+    multi = initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)  # before any JAX
     if cfg.eval_only:
         return evaluate_only(cfg)
     h, vit = cfg.hyper(), cfg.vit()
-    mesh = make_mesh(cfg.devices)  # one "data" axis; jit splits each batch over it
+    if multi and cfg.devices is not None:
+        raise ValueError("--devices: a multi-process run uses every device of every process")
+    mesh = make_mesh(cfg.devices)  # one "data" axis over every process; jit splits each batch
     if h.batch_size % mesh.size:
         raise ValueError(
             f"--batch-size {h.batch_size} does not split over {mesh.size} devices: use a "
@@ -275,8 +286,9 @@ def _train(cfg: Config, h: Hyper, vit: ViTConfig, mesh, run: EpochRun, sets) -> 
     spe = steps_per_epoch(len(train), h.batch_size)
     optimizer = make_optimizer(h, spe)
     state = init_train_state(params, optimizer)
-    print(f"ViT ({vit.dtype}) | recipe {cfg.recipe}: {h}\n"
-          f"train: {len(train)} images, {eval_name}: {len(evals)} | data: {train.source}")  # fmt: skip
+    main_print(f"ViT ({vit.dtype}) | recipe {cfg.recipe}: {h}\n"
+               f"train: {len(train)} images, {eval_name}: {len(evals)} | data: {train.source} | "
+               f"{jax.process_count()} processes x {jax.local_device_count()} devices")  # fmt: skip
     if cfg.doctor:  # which leaves get a gradient, and what the optimizer does with each
         first = {"images": jnp.asarray(train.images[: h.batch_size]),
                  "labels": jnp.asarray(train.labels[: h.batch_size])}  # fmt: skip
@@ -284,13 +296,17 @@ def _train(cfg: Config, h: Hyper, vit: ViTConfig, mesh, run: EpochRun, sets) -> 
             graphdef, label_smoothing=h.label_smoothing, use_augment=h.augment
         )
         diagnose(loss_fn, params, first, keys["step"], optimizer)
-    tree, history, start = run.start({"state": state, "keys": keys}, cfg.recorded(train))
+    like = {"state": state, "keys": keys}
+    if mesh.size > 1:  # global arrays on every device of every process, BEFORE the restore
+        like = {"state": place_state(state, mesh), "keys": replicate(keys, mesh)}
+    tree, history, start = run.start(like, cfg.recorded(train))  # every process restores
     state, keys = tree["state"], tree["keys"]
-    data = (jnp.asarray(train.images), jnp.asarray(train.labels))
-    eval_data = (jnp.asarray(evals.images), jnp.asarray(evals.labels))
-    if mesh.size > 1:  # replicate the state and the dataset; batches are split in the step
-        state = place_state(state, mesh)
+    data = (train.images, train.labels)  # numpy: each process puts the whole dataset
+    eval_data = (evals.images, evals.labels)
+    if mesh.size > 1:  # on all its devices; batches are split in the step
         data, eval_data = jax.device_put((data, eval_data), replicated(mesh))
+    else:
+        data, eval_data = jax.tree.map(jnp.asarray, (data, eval_data))
     # a constant schedule does not depend on the number of epochs: one program for any count
     h_prog = dataclasses.replace(h, epochs=0) if h.schedule == "constant" else h
     run_chunk = run_chunk_for(graphdef, h_prog, spe, mesh if mesh.size > 1 else None)
@@ -329,7 +345,7 @@ def _train(cfg: Config, h: Hyper, vit: ViTConfig, mesh, run: EpochRun, sets) -> 
         }  # fmt: skip
         history.append({k: v for k, v in record.items() if k != "step_losses"})
         run.log(**record)
-        (bar.write if bar.bar is not None else print)(
+        (bar.write if bar.bar is not None else main_print)(
             f"Epoch [{epoch + 1}/{h.epochs}], loss {record['train_loss']:.4f}, "
             f"{eval_name.capitalize()} Accuracy: {100 * ev['accuracy']:.2f}% "
             f"({record['epoch_seconds']:.1f} s) [{train.source}]"
@@ -380,7 +396,7 @@ def evaluate_only(cfg: Config) -> dict:
     ev = evaluate(
         graphdef, cfg.eval_batch_size, params, jnp.asarray(ds.images), jnp.asarray(ds.labels)
     )
-    print(f"{path}: accuracy {100 * ev['accuracy']:.2f}% on {ev['n']} images of {ds.source}")
+    main_print(f"{path}: accuracy {100 * ev['accuracy']:.2f}% on {ev['n']} images of {ds.source}")
     return {**ev, "data": ds.source, "checkpoint": str(path)}
 
 

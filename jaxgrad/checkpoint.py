@@ -124,7 +124,11 @@ def _template(x: Any) -> Any:
     back as host arrays first so that ``jnp.asarray`` gives ordinary uncommitted arrays (a
     committed array changes jit's cache key: the restored state would trigger a recompile)."""
     if is_key(x):
-        x = jax.eval_shape(jax.random.key_data, x)
+        data = jax.eval_shape(jax.random.key_data, x)
+        if isinstance(x, jax.Array) and x.committed:  # keep its placement: a key replicated
+            # over a multi-process mesh must come back global, or the next save refuses it
+            return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=x.sharding)
+        x = data
     sharding = getattr(x, "sharding", None)
     if sharding is not None and (not isinstance(x, jax.Array) or x.committed):
         return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)

@@ -43,18 +43,20 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxgrad.parallel import batch_sharding
+from jaxgrad.parallel import batch_sharding, replicated
 
 __all__ = [
     "ENV_COORDINATOR",
     "ENV_NUM_PROCESSES",
     "ENV_PROCESS_ID",
+    "barrier",
     "detect_cluster",
     "initialize",
     "is_main",
     "local_rows",
     "main_print",
     "process_local",
+    "replicate",
 ]
 
 #: ``host:port`` of process 0's coordination service (set by the local launcher)
@@ -217,8 +219,21 @@ def _probe(coordinator: str, process_id: int, timeout_s: float) -> None:
 
 
 def is_main() -> bool:
-    """True in process 0: the one that logs, draws progress bars and writes outputs."""
-    return jax.process_index() == 0
+    """True in process 0: the one that logs, draws progress bars and writes outputs.
+
+    True without a joined runtime, without starting a backend (``jaxgrad.io`` asks before any
+    write, also in programs that never touch a device).
+    """
+    return not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (no-op in a single process): e.g. after process 0
+    has prepared a run directory the others are about to use."""
+    if jax.distributed.is_initialized() and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def main_print(*args: Any, **kwargs: Any) -> None:
@@ -260,3 +275,22 @@ def process_local(batch: Any, mesh: Mesh, *, batch_axis: int = 0) -> Any:
     rows = local_rows(mesh, size, batch_axis=batch_axis)
     index = (slice(None),) * batch_axis + (rows,)
     return jax.tree.map(lambda x: x[index], batch)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every leaf (numpy, jax.Array or typed PRNG key array) onto every device of ``mesh``.
+
+    Multi-process: each process passes the same values (same seed, same data) and the result is
+    one global, fully replicated array per leaf. ``jax.device_put`` alone refuses a local
+    jax.Array onto devices of other processes, so leaves go through host memory (keys as their
+    key data, re-wrapped with their own implementation).
+    """
+    sharding = replicated(mesh)
+
+    def put(x):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            data = jax.device_put(np.asarray(jax.random.key_data(x)), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree.map(put, tree)

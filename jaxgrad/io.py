@@ -1,4 +1,10 @@
-"""Writing run outputs without ever leaving a half-written file behind."""
+"""Writing run outputs without ever leaving a half-written file behind.
+
+In a multi-process run (:mod:`jaxgrad.distributed`) every process runs the same program but
+only process 0 writes: :func:`atomic_write_bytes` (so ``atomic_write_json``, ``save_params``,
+plots) and :class:`JsonlLogger` do nothing elsewhere, so N processes on a shared file system
+never race on one file. Orbax checkpoints are the exception: every process takes part.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxgrad.distributed import is_main
 
 __all__ = ["JsonlLogger", "atomic_write_bytes", "atomic_write_json", "to_jsonable"]
 
@@ -27,8 +35,11 @@ def to_jsonable(x: Any) -> Any:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder + ``os.replace``."""
+    """Write ``data`` to ``path`` via a temp file in the same folder + ``os.replace``
+    (process 0 only in a multi-process run; the path is returned everywhere)."""
     path = Path(path)
+    if not is_main():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -53,14 +64,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 class JsonlLogger:
-    """Append one JSON object per line (metrics per step/epoch); each line is flushed whole."""
+    """Append one JSON object per line (metrics per step/epoch); each line is flushed whole.
+
+    Only process 0 writes (module docstring); the others read what it wrote.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if is_main():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def log(self, **record: Any) -> None:
         line = json.dumps(to_jsonable(record)) + "\n"
+        if not is_main():
+            return
         with open(self.path, "a") as f:
             f.write(line)
 

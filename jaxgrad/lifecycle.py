@@ -18,6 +18,12 @@ holding a run needs ``resume`` or ``overwrite``; ``resume`` with no complete che
 refused unless ``resume_or_start``; a corrupt latest checkpoint is skipped with a notice; the
 checkpoint's recorded ``config`` must equal the new one except ``epochs`` growing and the fields
 named in ``resume_override`` (accepted changes go into metrics.jsonl and summary.json).
+
+Multi-process (:mod:`jaxgrad.distributed`): every process makes the same calls on the same
+``out_dir``. Process 0 alone locks and applies the re-run policy (:func:`jaxgrad.runs.open_run_dir`;
+the others wait for it), writes metrics.jsonl and summary.json and prints; every process takes
+part in each checkpoint save and restore (orbax writes a global array once; one process alone
+would deadlock), so ``like`` must already be placed as it will be trained (global arrays).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxgrad.checkpoint import Checkpointer, CheckpointMismatchError
+from jaxgrad.distributed import main_print
 from jaxgrad.guard import check_finite_state
 from jaxgrad.io import JsonlLogger, atomic_write_json
 from jaxgrad.runs import (
@@ -105,7 +112,7 @@ class EpochRun:
         if self.changes:
             self.logger.log(event="resume", resumed_at_epoch=epoch, changes=self.changes)
         told = ", ".join(f"{c.field} {c.old} -> {c.new}" for c in changes)
-        print(
+        main_print(
             f"resumed from {self.ckpt.directory / str(step)} (epoch {epoch})"
             + (f"; accepted changes: {told}" if told else "")
         )

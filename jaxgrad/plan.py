@@ -20,6 +20,7 @@ from typing import IO
 
 import jax
 
+from jaxgrad.distributed import is_main
 from jaxgrad.progress import format_duration
 
 __all__ = ["Plan", "device_summary"]
@@ -83,7 +84,8 @@ class Plan:
             f"{'s' * (self.epochs > 1)} x {self.steps_per_epoch:,} steps = "
             f"{self.total_steps:,} steps · {self.device}"
         )
-        print(line, file=self.stream, flush=True)
+        if is_main():  # one plan line for a multi-process run
+            print(line, file=self.stream, flush=True)
         return line
 
     def first_chunk(self, *, steps: int, seconds: float, compiled: bool = True) -> str:
@@ -109,5 +111,6 @@ class Plan:
                 flags, frac = self.smaller
                 text += f"; `{flags}` gives a ~{format_duration(total_s * frac)} run"
             text += " (Ctrl-C to stop)"
-        print(text, file=self.stream, flush=True)
+        if is_main():
+            print(text, file=self.stream, flush=True)
         return text

@@ -12,7 +12,8 @@ has finished (it has read that chunk's metrics), with the number of steps done s
 On a terminal it is a tqdm bar (one per run, the epoch in the description, kept at the end);
 when the stream is not a terminal (a log file, CI, a pipe) it prints plain lines -- the first
 chunk, then at most one every ``every_s`` seconds, then the last -- with no ``\\r`` or ANSI codes.
-``enabled=False`` (an experiment's ``--no-progress``) prints nothing. Rate and ETA come from the
+``enabled=False`` (an experiment's ``--no-progress``) prints nothing, and so does every process
+but process 0 of a multi-process run. Rate and ETA come from the
 finished steps and the wall clock: after the first chunk over the time since the start (marked
 "compilation included"), from the second report on over the steps since the first one.
 """
@@ -27,6 +28,8 @@ from typing import IO, Any, TypeVar
 
 import numpy as np
 from tqdm import tqdm
+
+from jaxgrad.distributed import is_main
 
 __all__ = ["Progress", "format_duration", "track"]
 
@@ -89,7 +92,7 @@ class Progress:
     ):
         if total < 0 or initial < 0 or initial > total:
             raise ValueError(f"need 0 <= initial <= total, got initial={initial}, total={total}")
-        self.total, self.unit, self.enabled = int(total), unit, enabled
+        self.total, self.unit, self.enabled = int(total), unit, enabled and is_main()
         self.show = None if show is None else tuple(show)
         self.stream = stream if stream is not None else sys.stderr
         self.tty = _is_tty(self.stream) if tty is None else tty
@@ -103,7 +106,7 @@ class Progress:
         self._first: tuple[int, float] | None = None  # (steps, time) at the first report
         self._closed = False
         self.bar = None
-        if enabled and self.tty:
+        if self.enabled and self.tty:
             self.bar = tqdm(
                 total=self.total,
                 initial=self.n,

@@ -47,6 +47,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from jaxgrad.distributed import barrier, is_main
 from jaxgrad.io import JsonlLogger, to_jsonable
 
 __all__ = [
@@ -163,8 +164,9 @@ def check_resumable(
     if latest_step is not None:
         return True
     if start_fresh:
-        print(f"note: --resume found no complete checkpoint in {ckpt_dir}; starting fresh",
-              file=sys.stderr)  # fmt: skip
+        if is_main():
+            print(f"note: --resume found no complete checkpoint in {ckpt_dir}; starting fresh",
+                  file=sys.stderr)  # fmt: skip
         return False
     raise FileNotFoundError(
         f"--resume: no complete checkpoint in {ckpt_dir} (the run stopped before its first "
@@ -181,7 +183,8 @@ def rewind_metrics(logger: JsonlLogger, *, last_epoch: int | None, key: str = "e
     (killed mid-write) is dropped. Returns how many records were kept.
     """
     if last_epoch is None:
-        logger.path.unlink(missing_ok=True)
+        if is_main():  # process 0 owns the file (jaxgrad.io); the others never write it
+            logger.path.unlink(missing_ok=True)
         return 0
     return logger.rewind(lambda r: r.get(key, 0) <= last_epoch)
 
@@ -199,11 +202,13 @@ def _pid_alive(pid: int) -> bool:
 class RunDir:
     """A locked run directory (see :func:`open_run_dir`); ``release()`` or ``with`` unlocks."""
 
-    def __init__(self, path: Path, lock: Path, holder: dict):
-        self.path, self.lock, self.holder = path, lock, holder
+    def __init__(self, path: Path, lock: Path | None, holder: dict):
+        self.path, self.lock, self.holder = path, lock, holder  # lock None: not process 0
         atexit.register(self.release)
 
     def release(self) -> None:
+        if self.lock is None:
+            return
         try:
             if json.loads(self.lock.read_text()) == self.holder:
                 self.lock.unlink()
@@ -267,12 +272,17 @@ def open_run_dir(
     Raises :class:`RunDirError` (one line) when another live run holds the directory, or when it
     already holds a run and neither ``resume`` nor ``overwrite`` is set. ``overwrite`` deletes
     the directory's contents (never the lock, never outside ``path``) before returning.
+    In a multi-process run only process 0 locks and applies the policy; the others wait for it
+    at a barrier (when it refuses, it exits and the runtime ends them: the lost peer is named).
     """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: pass one")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--out-dir {path} is a file, not a directory; pick another --out-dir")
+    if not is_main():  # process 0 locks and applies the policy; the others wait for it
+        barrier("jaxgrad.runs.open_run_dir")
+        return RunDir(path, None, {})
     path.mkdir(parents=True, exist_ok=True)
     lock, me = _acquire(path)
     run = RunDir(path, lock, me)
@@ -293,4 +303,5 @@ def open_run_dir(
     except BaseException:
         run.release()
         raise
+    barrier("jaxgrad.runs.open_run_dir")
     return run

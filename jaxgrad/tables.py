@@ -14,6 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from jaxgrad.distributed import is_main
+
 __all__ = ["print_table", "render_table"]
 
 
@@ -47,5 +49,6 @@ def render_table(
 
 
 def print_table(rows: Sequence[Sequence[Any]], columns: Sequence[str], **kw: Any) -> None:
-    """:func:`render_table` printed to stdout."""
-    print(render_table(rows, columns, **kw), flush=True)
+    """:func:`render_table` printed to stdout (by process 0 only in a multi-process run)."""
+    if is_main():
+        print(render_table(rows, columns, **kw), flush=True)

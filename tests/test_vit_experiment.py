@@ -37,7 +37,7 @@ def test_tiny_training_lowers_loss_and_learns(straight):
     assert hist[-1]["train_loss"] < hist[0]["train_loss"] - 0.3
     assert hist[-1]["val_accuracy"] > max(0.5, hist[0]["val_accuracy"])  # chance is 0.1
     assert summary["val_accuracy"] == hist[-1]["val_accuracy"]
-    assert len(hist[0]["step_losses"]) == (1200 - 200) // 50
+    assert len(hist[0]["step_losses"]) == (1200 - 200) // 40  # tiny: batch 40, 25 steps
 
 
 def test_every_output_is_written_and_says_synthetic(straight):

@@ -197,11 +197,11 @@ def test_progress_plan_and_curves_say_what_runs(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(exp, "plot_run_curves", lambda path, **kw: drawn.update(kw))
     exp.main(tiny(tmp_path / "r", epochs=2, progress=True))
     out, err = capsys.readouterr()
-    assert "plan: ViT tiny model, seed recipe · 21,130 parameters · 2 epochs x 20 steps" in out
-    assert "estimate from the first 20 steps" in out
+    assert "plan: ViT tiny model, seed recipe · 21,130 parameters · 2 epochs x 25 steps" in out
+    assert "estimate from the first 5 steps" in out  # batch 40: 25 steps = 5 chunks of 5
     lines = [s for s in err.splitlines() if s.startswith("vit epoch")]  # not a TTY: plain lines
-    assert lines[0].startswith("vit epoch 1/2: 20/40 steps") and "loss" in lines[0]
-    assert lines[-1].startswith("vit epoch 2/2: 40/40 steps") and "\r" not in err
+    assert lines[0].startswith("vit epoch 1/2: 5/50 steps") and "loss" in lines[0]
+    assert lines[-1].startswith("vit epoch 2/2: 50/50 steps") and "\r" not in err
     assert drawn["chance"] == 0.1 and "seed recipe" in drawn["title"]
     assert "synthetic" in drawn["title"] and drawn["accuracy"]["train"][0] == [1, 2]
     assert all(0 <= a <= 1 for a in drawn["accuracy"]["val"][1])  # fractions: drawn as %
