@@ -97,6 +97,10 @@ def test_resume_without_a_complete_checkpoint_is_refused_unless_resume_or_start(
     assert epochs_logged(out) == [1]  # epoch 1 once, not twice
 
 
+# After the failed read of the corrupt checkpoint, orbax/tensorstore callbacks may reach its
+# already-closed asyncio loop when garbage-collected ("Event loop is closed", unraisable):
+# third-party cleanup noise in an error path, not ours to fix; everything asserted is ours.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_with_a_notice(
     two_epochs, tmp_path, capsys
 ):
