@@ -41,23 +41,10 @@ import jaxlib
 import numpy as np
 
 __all__ = [
-    "CLOCKS",
-    "H100_BF16_PEAK_TFLOPS",
-    "OP_KINDS",
-    "Timing",
-    "bench_jit",
-    "bench_loop",
-    "clock_fn",
-    "compile_timed",
-    "default_peak_tflops",
-    "device_info",
-    "measure",
-    "op_time_shares",
-    "profile_jit",
-    "profile_ops",
-    "vit_forward_flops",
-    "xla_flops",
-]
+    "CLOCKS", "H100_BF16_PEAK_TFLOPS", "OP_KINDS", "Timing", "bench_jit", "bench_loop", "clock_fn",
+    "compile_timed", "default_peak_tflops", "device_info", "measure", "op_time_shares",
+    "profile_jit", "profile_ops", "vit_forward_flops", "xla_flops",
+]  # fmt: skip
 
 #: bf16 dense matmul peak measured on the project's H100 80GB (see shared/guide/anchors.md).
 H100_BF16_PEAK_TFLOPS = 787.0
