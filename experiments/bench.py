@@ -47,6 +47,7 @@ from experiments.bench_torch import (
 )
 from jaxgrad import tasks
 from jaxgrad.bench import (
+    CLOCKS,
     Timing,
     bench_jit,
     bench_loop,
@@ -76,13 +77,14 @@ from jaxgrad.train import init_train_state, make_multi_step, make_train_step
 
 PRECISIONS = ("highest", "default", "bf16")
 SCENARIOS = ("step", "scan", "epoch", "eval", "clip", "torch")
+#: the CPU anchor's reduced vit-pytorch ViT (anchors.md: 346,570 params; patch 4, dropout 0.1)
+REDUCED = {"dim": 96, "depth": 3, "heads": 3, "dim_head": 64, "mlp_dim": 192}
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    size: str = option(
-        "seed", "ViT size: the seed's (12.7M params) or tiny", choices=("seed", "tiny")
-    )
+    size: str = option("seed", "ViT size: the seed's (12.7M params), the CPU anchor's reduced "
+                       "(346,570) or tiny", choices=("seed", "reduced", "tiny"))  # fmt: skip
     batch: tuple[int, ...] = option((64, 512), "batch sizes of the step/scan/torch scenarios", gt=0)
     precision: tuple[str, ...] = option(PRECISIONS, "JAX precisions to time", choices=PRECISIONS)
     scenarios: tuple[str, ...] = option(SCENARIOS, "what to run", choices=SCENARIOS)
@@ -95,6 +97,8 @@ class Config:
         "shared, oversubscribed CPU (10-20x slower steps otherwise)", ge=0,
     )  # fmt: skip
     runs: int = option(30, "timed samples per scenario (median and p10/p90 reported)", gt=0)
+    clock: str = option("wall", "what samples count: wall seconds, or cpu = this process's CPU "
+                        "seconds, all threads (JAX and torch alike)", choices=CLOCKS)  # fmt: skip
     warmup: int = option(3, "untimed calls after compilation", ge=0)
     calls_per_sample: int = option(
         1, "back-to-back step calls per timed sample, one sync at its end (>1: dispatch overlaps "
@@ -106,16 +110,14 @@ class Config:
     epoch_batch: int = option(64, "batch of the epoch scenario (the seed's DataLoader: 64)", gt=0)
     epochs: int = option(3, "timed epochs (after one untimed warm-up epoch)", gt=0)
     eval_images: int = option(10_000, "evaluation images (CIFAR-10's test set)", gt=0)
-    eval_batch: int = option(
-        1000, "evaluation batch (forward only: any size gives the same result)", gt=0
-    )
+    eval_batch: int = option(1000, "evaluation batch (forward only: any size gives the same "
+                             "result)", gt=0)  # fmt: skip
     prng: str = option(
         "threefry2x32", "PRNG for dropout masks (rbg is cheaper on GPU; changes the masks)",
         choices=("threefry2x32", "rbg", "unsafe_rbg"),
     )  # fmt: skip
-    peak_tflops: float | None = option(
-        None, "MFU reference; default 787 (H100 bf16) on GPU, n/a on CPU"
-    )
+    peak_tflops: float | None = option(None, "MFU reference; default 787 (H100 bf16) on GPU, "
+                                       "n/a on CPU")  # fmt: skip
     flat_adam: bool = option(
         False, "optax.flatten(adam): one fused update over all params instead of one per "
         "leaf (fewer kernels; same arithmetic)",
@@ -127,9 +129,8 @@ class Config:
     def __post_init__(self):
         check_config(self)  # finite floats, bounds of option(...)
         if self.epoch_images < self.epoch_batch:
-            raise ValueError(
-                f"--epoch-images {self.epoch_images} < --epoch-batch {self.epoch_batch}"
-            )
+            raise ValueError(f"--epoch-images {self.epoch_images} < --epoch-batch "
+                             f"{self.epoch_batch}")  # fmt: skip
 
     @classmethod
     def tiny(cls) -> Config:
@@ -141,7 +142,7 @@ class Config:
 
 
 def vit_config(cfg: Config, precision: str) -> ViTConfig:
-    base = ViTConfig.seed() if cfg.size == "seed" else ViTConfig.tiny()
+    base = ViTConfig(**REDUCED) if cfg.size == "reduced" else getattr(ViTConfig, cfg.size)()
     return dataclasses.replace(base, dtype="bfloat16" if precision == "bf16" else "float32")
 
 
@@ -192,9 +193,8 @@ def synthetic(key: jax.Array, shape: tuple[int, ...], vit: ViTConfig) -> dict:
     return {"images": images, "labels": jax.random.randint(k_lbl, shape, 0, vit.num_classes)}
 
 
-def _add(
-    rows: list[dict], scenario: str, framework: str, precision: str, batch: int, t: Timing, **extra
-) -> None:
+def _add(rows: list[dict], scenario: str, framework: str, precision: str, batch: int,
+         t: Timing, **extra) -> None:  # fmt: skip
     """Append one result row and print it as a progress line (the table comes at the end)."""
     keys = {"scenario": scenario, "framework": framework, "precision": precision, "batch": batch}
     rows.append({**keys, **t.to_dict(), **extra})
@@ -218,7 +218,7 @@ def run_step(cfg: Config, params, keys: dict, peak: float | None, *, scan: bool)
                               runs=cfg.scan_runs if scan else cfg.runs,
                               calls_per_run=1 if scan else cfg.calls_per_sample,
                               warmup=cfg.warmup, flops=3 * forward_flops(vit) * k * b,
-                              peak_tflops=peak)  # fmt: skip
+                              peak_tflops=peak, clock=cfg.clock)  # fmt: skip
             _add(rows, "scan" if scan else "step", "jax", precision, b, t)
             if cfg.profile and not scan:
                 rows[-1]["profile"] = profile_step(step, params, opt, data, keys, precision)
@@ -268,7 +268,7 @@ def run_epoch(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]
             t = bench_loop(one_epoch, name=f"epoch {precision}", items=n_steps * b,
                            steps_per_call=n_steps, runs=cfg.epochs,
                            flops=3 * fwd * n_steps * b + fwd * cfg.eval_images,
-                           peak_tflops=peak)  # fmt: skip
+                           peak_tflops=peak, clock=cfg.clock)  # fmt: skip
         _add(rows, "epoch", "jax", precision, b, t, chunks=chunk_plan(n_steps, cfg.chunk),
              seed_recipe_10_epochs_s=10 * t.median_s)  # fmt: skip
     return rows
@@ -284,7 +284,8 @@ def run_eval(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]:
         call = lambda evaluate=evaluate, test=test: evaluate(params, test["images"], test["labels"])
         with matmul_precision(precision):
             t = bench_loop(call, name=f"eval {precision}", items=cfg.eval_images, runs=cfg.runs,
-                           flops=forward_flops(vit) * cfg.eval_images, peak_tflops=peak)  # fmt: skip
+                           flops=forward_flops(vit) * cfg.eval_images, peak_tflops=peak,
+                           clock=cfg.clock)  # fmt: skip
         _add(rows, "eval", "jax", precision, cfg.eval_batch, t)
     return rows
 
@@ -308,7 +309,7 @@ def run_clip(cfg: Config, keys: dict, peak: float | None) -> list[dict]:
         data = synthetic(keys["data"], (b,), clip.image)
         state = init_train_state(jax.tree.map(jnp.copy, params), opt)
         t = bench_jit(step, state, data, keys["step"], name=f"clip b{b}", items=b, carry=True,
-                      runs=cfg.runs, warmup=cfg.warmup, peak_tflops=peak)  # fmt: skip
+                      runs=cfg.runs, warmup=cfg.warmup, peak_tflops=peak, clock=cfg.clock)  # fmt: skip
         _add(rows, "clip", "jax", "default", b, t)
     return rows
 
@@ -320,7 +321,7 @@ def run_torch(cfg: Config, peak: float | None, skipped: list[dict]) -> list[dict
     for variant, b, t in time_torch(
         vit, variants=cfg.torch, batches=cfg.batch, runs=cfg.runs, warmup=cfg.warmup,
         calls_per_sample=cfg.calls_per_sample, threads=cfg.torch_threads, seed=cfg.seed,
-        flops_per_image=forward_flops(vit), peak_tflops=peak, skipped=skipped,
+        flops_per_image=forward_flops(vit), peak_tflops=peak, clock=cfg.clock, skipped=skipped,
     ):  # fmt: skip
         _add(rows, "step", "torch", TORCH_PRECISION[variant], b, t, variant=variant,
              h100_anchor_ms=H100_TORCH_ANCHOR_MS.get((variant, b)))  # fmt: skip
@@ -341,8 +342,8 @@ def add_ratios(rows: list[dict]) -> None:
         r["vs_torch"] = min(ref) / r["ms_per_step"] if ref else None
 
 
-COLUMNS = ("scen.", "fw", "precision", "batch", "ms/step", "p90-p10", "img/s", "TFLOP/s", "MFU",
-           "compile", "vs torch")  # fmt: skip
+COLUMNS = ("scen.", "fw", "precision", "batch", "clock", "ms/step", "p90-p10", "img/s",
+           "TFLOP/s", "MFU", "compile", "vs torch")  # fmt: skip
 
 
 def _cells(r: dict) -> list[str]:
@@ -351,7 +352,7 @@ def _cells(r: dict) -> list[str]:
     tf = "n/a" if r["tflops"] is None else f"{r['tflops']:.3g}"
     vs = r.get("vs_torch")
     spread = 1e3 * (r["p90_s"] - r["p10_s"]) / r["steps_per_call"]
-    return [r["scenario"], r["framework"], r["precision"], str(r["batch"]),
+    return [r["scenario"], r["framework"], r["precision"], str(r["batch"]), r["clock"],
             f"{r['ms_per_step']:.3f}", f"{spread:.3f}", f"{r['items_per_s']:.0f}", tf, mfu,
             f"{r['compile_s']:.2f}", "-" if vs is None else f"{vs:.2f}x"]  # fmt: skip
 
@@ -363,7 +364,8 @@ def main(cfg: Config) -> dict:
     peak = cfg.peak_tflops if cfg.peak_tflops is not None else default_peak_tflops()
     info = device_info()
     print(f"device: {info['device_kind']} ({info['platform']}), jax {info['jax']}, "
-          f"ViT size {cfg.size}, prng {cfg.prng}, MFU peak {peak or 'n/a'} TFLOP/s")  # fmt: skip
+          f"ViT size {cfg.size}, prng {cfg.prng}, MFU peak {peak or 'n/a'} TFLOP/s, "
+          f"{cfg.clock} clock (per-s rates are per {cfg.clock} second)")  # fmt: skip
     rows: list[dict] = []
     skipped: list[dict] = []
     if no_torch := "torch" in cfg.scenarios and importlib.util.find_spec("torch") is None:
@@ -383,9 +385,8 @@ def main(cfg: Config) -> dict:
     if "torch" in cfg.scenarios and not no_torch:
         rows += run_torch(cfg, peak, skipped)
     add_ratios(rows)
-    print_table([_cells(r) for r in rows], COLUMNS, right=COLUMNS[3:])
-    for s in skipped:
-        print(f"skipped {s['scenario']}: {s['reason']}")
+    print_table([_cells(r) for r in rows], COLUMNS, right=COLUMNS[5:])
+    print("".join(f"skipped {s['scenario']}: {s['reason']}\n" for s in skipped), end="")
     report = {"config": to_dict(cfg), "device": info, "peak_tflops": peak, "results": rows,
               "skipped": skipped,
               "h100_torch_anchor_ms": [{"variant": v, "batch": b, "ms": ms}

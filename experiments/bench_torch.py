@@ -13,9 +13,7 @@ as the sync on a GPU. The PyTorch code being timed, per variant::
 
 from __future__ import annotations
 
-import time
-
-from jaxgrad.bench import Timing, measure
+from jaxgrad.bench import Timing, clock_fn, measure
 from jaxgrad.models.vit import ViTConfig
 
 __all__ = ["H100_TORCH_ANCHOR_MS", "TORCH_PRECISION", "TORCH_VARIANTS", "time_torch"]
@@ -48,14 +46,17 @@ def time_torch(
     seed: int = 0,
     flops_per_image: float | None = None,
     peak_tflops: float | None = None,
+    clock: str = "wall",
     skipped: list[dict],
 ) -> list[tuple[str, int, Timing]]:
     """``(variant, batch, Timing)`` per variant × batch; failures go to ``skipped`` with the
     reason (torch.compile needs a C++ toolchain on CPU, Triton on GPU) and the rest goes on.
 
     ``compile_s`` is the first step's time (torch.compile compiles there; eager pays its
-    first-call costs). ``threads`` > 0 calls ``torch.set_num_threads`` on CPU.
+    first-call costs). ``threads`` > 0 calls ``torch.set_num_threads`` on CPU. ``clock``:
+    ``wall`` or ``cpu`` (this process's CPU seconds, all threads: jaxgrad.bench.clock_fn).
     """
+    now = clock_fn(clock)
     import torch
     import torch.nn.functional as F
 
@@ -84,11 +85,11 @@ def time_torch(
                     opt.step()
                     return loss
 
-                t0 = time.perf_counter()
+                t0 = now()
                 sync(step())
-                first = time.perf_counter() - t0
+                first = now() - t0
                 times = measure(step, runs=runs, warmup=warmup, sync=sync,
-                                calls_per_run=calls_per_sample)  # fmt: skip
+                                calls_per_run=calls_per_sample, clock=clock)  # fmt: skip
             except Exception as e:
                 skipped.append({"scenario": f"torch {variant} b{b}", "reason": repr(e)[:300]})
                 print(f"skipped torch {variant} b{b}: {e!r}"[:300], flush=True)
@@ -96,6 +97,6 @@ def time_torch(
             flops = None if flops_per_image is None else 3 * flops_per_image * b
             t = Timing(f"torch {variant} b{b}", first, times, items_per_call=b,
                        flops_per_call=flops, flops_source="analytic" if flops else None,
-                       peak_tflops=peak_tflops)  # fmt: skip
+                       peak_tflops=peak_tflops, clock=clock)  # fmt: skip
             out.append((variant, b, t))
     return out

@@ -41,24 +41,24 @@ import jaxlib
 import numpy as np
 
 __all__ = [
-    "H100_BF16_PEAK_TFLOPS",
-    "OP_KINDS",
-    "Timing",
-    "bench_jit",
-    "bench_loop",
-    "compile_timed",
-    "default_peak_tflops",
-    "device_info",
-    "measure",
-    "op_time_shares",
-    "profile_jit",
-    "profile_ops",
-    "vit_forward_flops",
-    "xla_flops",
-]
+    "CLOCKS", "H100_BF16_PEAK_TFLOPS", "OP_KINDS", "Timing", "bench_jit", "bench_loop", "clock_fn",
+    "compile_timed", "default_peak_tflops", "device_info", "measure", "op_time_shares",
+    "profile_jit", "profile_ops", "vit_forward_flops", "xla_flops",
+]  # fmt: skip
 
 #: bf16 dense matmul peak measured on the project's H100 80GB (see shared/guide/anchors.md).
 H100_BF16_PEAK_TFLOPS = 787.0
+
+#: what a sample is timed with: ``wall`` seconds (``time.perf_counter``) or ``cpu`` seconds of
+#: this process, all threads together (``time.process_time``: XLA's and OpenMP's workers count)
+CLOCKS = ("wall", "cpu")
+
+
+def clock_fn(clock: str) -> Callable[[], float]:
+    """The timer of ``clock`` (:data:`CLOCKS`), looked up at call time."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+    return time.perf_counter if clock == "wall" else time.process_time
 
 
 def measure(
@@ -68,14 +68,17 @@ def measure(
     warmup: int,
     sync: Callable[[Any], Any] = jax.block_until_ready,
     calls_per_run: int = 1,
+    clock: str = "wall",
 ) -> tuple[float, ...]:
     """Seconds per call of ``call()``: ``warmup`` untimed calls, then ``runs`` timed samples.
 
     Each sample times ``calls_per_run`` back-to-back calls followed by one ``sync`` of the last
     result (so dispatch of call i+1 overlaps compute of call i, as in a real training loop) and
     is divided by ``calls_per_run``. ``sync`` must wait for the device: ``jax.block_until_ready``
-    for JAX, ``lambda _: torch.cuda.synchronize()`` for PyTorch on a GPU.
+    for JAX, ``lambda _: torch.cuda.synchronize()`` for PyTorch on a GPU. ``clock="cpu"`` times
+    this process's CPU seconds (all threads) instead of wall seconds (:func:`clock_fn`).
     """
+    now = clock_fn(clock)
     if runs < 1 or warmup < 0 or calls_per_run < 1:
         raise ValueError(
             f"need runs >= 1, warmup >= 0, calls_per_run >= 1; got {runs}, {warmup}, "
@@ -85,11 +88,11 @@ def measure(
         sync(call())
     times = []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0 = now()
         for _ in range(calls_per_run):
             out = call()
         sync(out)
-        times.append((time.perf_counter() - t0) / calls_per_run)
+        times.append((now() - t0) / calls_per_run)
     return tuple(times)
 
 
@@ -137,6 +140,7 @@ class Timing:
     flops_source: str | None = None  # "analytic" or "xla"
     xla_flops_per_call: float | None = None  # kept for comparison even when not used
     peak_tflops: float | None = None
+    clock: str = "wall"  # what times_s count (CLOCKS); compile_s of bench_jit is always wall
 
     def _pct(self, q: float) -> float:
         return float(np.percentile(np.asarray(self.times_s), q))
@@ -185,6 +189,7 @@ def bench_jit(
     calls_per_run: int = 1,
     flops: float | None = None,
     peak_tflops: float | None = None,
+    clock: str = "wall",
 ) -> Timing:
     """Compile ``jitted`` for ``args`` (timed apart), warm up, then time ``runs`` samples.
 
@@ -196,18 +201,19 @@ def bench_jit(
       steps_per_call: training steps one call runs (K for a K-step scan), for ms/step.
       flops: FLOPs per call (analytic); when None, XLA's cost analysis is used if available.
       peak_tflops: for MFU; None gives ``mfu=None`` (CPU).
+      clock: ``wall`` or ``cpu`` (this process's CPU seconds) for the samples; compile is wall.
     """
     compiled, compile_s = compile_timed(jitted, *args)
     counted = xla_flops(compiled)
     times = measure(_caller(compiled, args, carry), runs=runs, warmup=warmup,
-                    calls_per_run=calls_per_run)  # fmt: skip
+                    calls_per_run=calls_per_run, clock=clock)  # fmt: skip
     if flops is not None:
         used, source = float(flops), "analytic"
     else:
         used, source = counted, ("xla" if counted is not None else None)
     return Timing(name=name, compile_s=compile_s, times_s=times, items_per_call=items,
                   steps_per_call=steps_per_call, flops_per_call=used, flops_source=source,
-                  xla_flops_per_call=counted, peak_tflops=peak_tflops)  # fmt: skip
+                  xla_flops_per_call=counted, peak_tflops=peak_tflops, clock=clock)  # fmt: skip
 
 
 def _caller(compiled: Any, args: tuple, carry: bool) -> Callable[[], Any]:
@@ -233,21 +239,25 @@ def bench_loop(
     flops: float | None = None,
     peak_tflops: float | None = None,
     sync: Callable[[Any], Any] = jax.block_until_ready,
+    clock: str = "wall",
 ) -> Timing:
     """Time a Python-level loop (an epoch of jitted chunks, an eval pass) that jits inside.
 
     Its programs compile on the first call, so the first call is the warm-up and
     ``compile_s = first call − median`` (compilation plus first-run costs; never below 0).
     ``call()``'s result is passed to ``sync`` (a host value such as an accuracy is synced).
+    Every time, the first call's included, is on ``clock`` (:func:`clock_fn`).
     """
-    t0 = time.perf_counter()
+    now = clock_fn(clock)
+    t0 = now()
     sync(call())
-    first = time.perf_counter() - t0
-    times = measure(call, runs=runs, warmup=0, sync=sync)
+    first = now() - t0
+    times = measure(call, runs=runs, warmup=0, sync=sync, clock=clock)
     return Timing(name=name, compile_s=max(first - float(np.median(times)), 0.0), times_s=times,
                   items_per_call=items, steps_per_call=steps_per_call,
                   flops_per_call=None if flops is None else float(flops),
-                  flops_source=None if flops is None else "analytic", peak_tflops=peak_tflops)  # fmt: skip
+                  flops_source=None if flops is None else "analytic", peak_tflops=peak_tflops,
+                  clock=clock)  # fmt: skip
 
 
 def profile_ops(

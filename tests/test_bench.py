@@ -18,6 +18,7 @@ from jaxgrad.bench import (
     Timing,
     bench_jit,
     bench_loop,
+    clock_fn,
     compile_timed,
     measure,
     op_time_shares,
@@ -27,7 +28,7 @@ from jaxgrad.bench import (
     xla_flops,
 )
 from jaxgrad.cli import parse
-from jaxgrad.models.vit import ViTConfig
+from jaxgrad.models.vit import ViT, ViTConfig
 from jaxgrad.rng import named_keys
 from jaxgrad.train import init_train_state, make_multi_step, make_train_step
 from jaxgrad.xla import RUN_ONCE
@@ -52,6 +53,51 @@ def test_measure_calls_warmup_plus_runs_times_calls_per_run(monkeypatch):
     assert len(calls) == 2 + 4 * 3
     # run r times calls 3r+3..3r+5 (after 2 warm-ups), per call: their mean
     assert times == pytest.approx([4.0, 7.0, 10.0, 13.0])
+
+
+@pytest.fixture
+def fake_clocks(monkeypatch):
+    """Fake wall and CPU clocks: each read of the wall clock advances it by 2 s, each read of the
+    CPU clock by 3 s (so a sample, two reads apart, is 2 s of wall or 3 s of CPU time)."""
+    clocks = {"wall": [0.0, 2.0], "cpu": [0.0, 3.0]}
+
+    def reader(name):
+        def read():
+            clocks[name][0] += clocks[name][1]
+            return clocks[name][0]
+
+        return read
+
+    monkeypatch.setattr(time, "perf_counter", reader("wall"))
+    monkeypatch.setattr(time, "process_time", reader("cpu"))
+    return {"wall": 2.0, "cpu": 3.0}
+
+
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_every_timer_samples_on_the_clock_asked_for(fake_clocks, clock):
+    per = fake_clocks[clock]
+    assert measure(lambda: 0, runs=3, warmup=1, sync=lambda _: None, clock=clock) == (per,) * 3
+    t = bench_loop(lambda: 0, name="loop", items=6, runs=2, sync=lambda _: None, clock=clock)
+    assert t.times_s == (per, per) and t.clock == t.to_dict()["clock"] == clock
+    assert t.items_per_s == pytest.approx(6 / per)
+    t = bench_jit(jax.jit(lambda x: x + 1), jnp.zeros(()), name="jit", items=1, runs=2,
+                  warmup=1, clock=clock)  # fmt: skip
+    assert t.times_s == (per, per) and t.clock == clock
+    with pytest.raises(ValueError, match="clock must be one of"):
+        clock_fn("gpu")
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_torch_rows_sample_on_the_clock_asked_for(fake_clocks, clock):
+    from experiments.bench_torch import time_torch
+
+    skipped = []
+    ((variant, b, t),) = time_torch(ViTConfig.tiny(), variants=("eager",), batches=(2,), runs=2,
+                                    warmup=0, threads=1, clock=clock, skipped=skipped)  # fmt: skip
+    assert skipped == [] and (variant, b) == ("eager", 2)
+    assert t.times_s == (fake_clocks[clock],) * 2 and t.compile_s == fake_clocks[clock]
+    assert t.clock == clock
 
 
 @pytest.mark.parametrize("kw", [{"runs": 0}, {"warmup": -1}, {"calls_per_run": 0}])
@@ -282,8 +328,18 @@ def test_bench_cli_help_and_bad_flags(capsys):
 ROW_FIELDS = {
     "scenario", "framework", "precision", "batch", "name", "compile_s", "times_s", "runs",
     "items_per_call", "steps_per_call", "flops_per_call", "flops_source", "xla_flops_per_call",
-    "peak_tflops", "median_s", "p10_s", "p90_s", "ms_per_step", "items_per_s", "tflops", "mfu",
+    "peak_tflops", "clock", "median_s", "p10_s", "p90_s", "ms_per_step", "items_per_s", "tflops", "mfu",
 }  # fmt: skip
+
+
+def test_reduced_size_is_the_cpu_anchors_vit():
+    from experiments.bench import Config, vit_config
+
+    vit = vit_config(Config(size="reduced"), "highest")
+    params = nnx.state(nnx.eval_shape(lambda: ViT(vit, rngs=nnx.Rngs(0))), nnx.Param)
+    assert sum(x.size for x in jax.tree.leaves(params)) == 346_570  # anchors.md
+    assert (vit.dim, vit.depth, vit.heads, vit.dim_head, vit.mlp_dim) == (96, 3, 3, 64, 192)
+    assert (vit.patch_size, vit.dropout, vit.emb_dropout) == (4, 0.1, 0.1)
 
 
 def test_ratio_is_the_faster_matching_torch_time_over_the_jax_time():
@@ -306,7 +362,7 @@ def test_bench_cli_runs_end_to_end_on_tiny_and_writes_complete_json(tmp_path):
 
     out = tmp_path / "bench.json"
     argv = ["--tiny", "--precision", "default", "--scenarios", "epoch", "eval", "torch",
-            "--runs", "2", "--warmup", "0", "--prng", "rbg", "--torch-threads", "1", "--out", str(out)]  # fmt: skip
+            "--runs", "2", "--warmup", "0", "--prng", "rbg", "--torch-threads", "1", "--clock", "cpu", "--out", str(out)]  # fmt: skip
     returned = main(parse(Config, argv))
     report = json.loads(out.read_text())
     assert report == json.loads(json.dumps(returned, default=float))  # what main returns is written
@@ -318,6 +374,7 @@ def test_bench_cli_runs_end_to_end_on_tiny_and_writes_complete_json(tmp_path):
     for r in rows:
         assert r.keys() >= ROW_FIELDS, ROW_FIELDS - r.keys()
         assert r["runs"] == len(r["times_s"]) and r["median_s"] > 0 and r["items_per_s"] > 0
+        assert r["clock"] == "cpu"  # --clock reaches JAX and torch rows alike
         assert r["flops_source"] == "analytic" and r["tflops"] > 0
         assert r["mfu"] is None if report["peak_tflops"] is None else r["mfu"] > 0
     epoch = next(r for r in rows if r["scenario"] == "epoch")
