@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -172,6 +173,11 @@ def run_vit(cfg: Config, peaks: dict) -> list[dict]:
 
 
 def run_torch(cfg: Config, peaks: dict, skipped: list[dict]) -> list[dict]:
+    if importlib.util.find_spec("torch") is None:  # an optional extra: say so, not a failure
+        skipped.append(
+            {"part": "torch", "reason": "torch is not installed (pip install -e '.[torch]')"}
+        )
+        return []
     vit = model_config(cfg.smoke, "highest")
     if "compile" not in cfg.torch:
         skipped.append({"part": "torch compile", "reason": "not run (--smoke: minutes on CPU)"})

@@ -170,6 +170,12 @@ class Checkpointer:
                 "meta": ocp.JsonCheckpointHandler(),
             },
         )
+        # orbax deletes those leftovers in a background future; wait for it here, so that what
+        # this Checkpointer sees (and a caller lists) never races with a half-done cleanup.
+        # (orbax 0.12 has no public call for it; without the method there is nothing to wait on.)
+        await_cleanup = getattr(self._mngr, "_maybe_await_cleanup_tmp_directory", None)
+        if await_cleanup is not None:
+            await_cleanup()
 
     def save(self, step: int, tree: Any, meta: dict | None = None) -> None:
         """Save ``tree`` (arrays, key arrays) and ``meta`` (JSON-able dict) as checkpoint ``step``.
