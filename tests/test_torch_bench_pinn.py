@@ -9,6 +9,8 @@ import pytest
 from experiments import bench_pinn
 from experiments.bench_pinn_torch import make_torch_step
 
+STANDARD_PROMOTION = "optax 0.2.8's schedules and Adam mix int32 step counters with floats"
+
 
 @pytest.mark.slow
 def test_bench_rows_for_every_contender_and_variant():
