@@ -41,19 +41,12 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from experiments.common import Row
 from jaxgrad.checkpoint import CheckpointMismatchError, CorruptCheckpointError, save_params
 from jaxgrad.cli import check_config, option, parse, positive, to_dict
-from jaxgrad.data import (
-    ImageDataset,
-    is_cifar10_dir,
-    load_cifar10,
-    load_image_folder,
-    make_synthetic,
-    train_val_split,
-)
+from jaxgrad.data import ImageDataset, is_cifar10_dir, load_cifar10, load_image_folder
+from jaxgrad.data.sources import check_fits, load_classification_data
 from jaxgrad.distributed import initialize, main_print, replicate
 from jaxgrad.doctor import diagnose
 from jaxgrad.guard import NonFiniteError, check_nonfinite
@@ -221,35 +214,17 @@ class Config:
 
 
 def load_data(cfg: Config) -> tuple[ImageDataset, ImageDataset, str]:
-    """``(train, eval set, eval name)``: CIFAR-10 is scored on its test split (as the seed);
-    image folders and the synthetic set on ``n_val`` held-out training images."""
-    if cfg.data == "synthetic":
-        ds, name = make_synthetic(cfg.synthetic_size, seed=cfg.seed), "val"
-    elif cfg.data == "cifar10":
-        train = load_cifar10(cfg.data_dir, train=True, download=cfg.download)
-        evals, name = load_cifar10(cfg.data_dir, train=False), "test"
-    else:
-        ds = load_image_folder(cfg.data_dir, cache_dir=cfg.cache_dir, progress=cfg.progress)
-        name = "val"
-    if name == "val":
-        if not 0 < cfg.n_val < len(ds):
-            raise ValueError(f"--n-val {cfg.n_val} must be in (0, {len(ds)}): {ds.source} "
-                             f"holds {len(ds)} images")  # fmt: skip
-        train, evals = train_val_split(ds, cfg.n_val, seed=cfg.seed)
-    if cfg.train_limit is not None and cfg.train_limit < len(train):
-        # a random subset: image folders are stored class by class, a prefix would not do
-        keep = np.random.default_rng(cfg.seed).permutation(len(train))[: cfg.train_limit]
-        train = train.subset(np.sort(keep))
-    return train, evals, name
+    """``(train, eval set, eval name)``: CIFAR-10 scored on its test split (as the seed), image
+    folders and the synthetic set on ``--n-val`` held-out training images."""
+    return load_classification_data(
+        cfg.data, data_dir=cfg.data_dir, n_val=cfg.n_val, seed=cfg.seed, download=cfg.download,
+        synthetic_size=cfg.synthetic_size, train_limit=cfg.train_limit, cache_dir=cfg.cache_dir,
+        progress=cfg.progress,
+    )  # fmt: skip
 
 
 def _check_fits(ds: ImageDataset, vit: ViTConfig) -> None:
-    want = (vit.image_size, vit.image_size, vit.channels)
-    if ds.images.shape[1:] != want or ds.num_classes != vit.num_classes:
-        raise ValueError(
-            f"{ds.source}: images {ds.images.shape[1:]} and {ds.num_classes} classes, but the "
-            f"ViT expects {want} and {vit.num_classes} classes; resize the images"
-        )
+    check_fits(ds, image_shape=(vit.image_size,) * 2 + (vit.channels,), num_classes=vit.num_classes)
 
 
 def main(cfg: Config) -> dict:
