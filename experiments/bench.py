@@ -16,7 +16,7 @@ Scenarios (``--scenarios``): ``step`` one jitted train step per dispatch (donate
 ``make_multi_step``); ``epoch`` a full epoch from a device-resident dataset, shuffled on the
 device, scanned in chunks, plus the evaluation pass (the seed's loop body); ``eval`` the
 forward pass over the eval set; ``clip`` a CLIP train step; ``torch`` the PyTorch twin
-(experiments.torch_vit) for each batch and ``--torch`` variant (eager fp32, AMP bf16,
+(experiments._support.torch_vit) for each batch and ``--torch`` variant (eager fp32, AMP bf16,
 torch.compile + AMP bf16). The per-term gradient ratio has its own benchmark:
 ``python -m experiments.bench_terms``.
 
@@ -46,7 +46,7 @@ from experiments.bench_torch import (
     time_torch,
 )
 from jaxgrad import tasks
-from jaxgrad.bench import (
+from jaxgrad.inspect.bench import (
     CLOCKS,
     Timing,
     bench_jit,
@@ -56,11 +56,11 @@ from jaxgrad.bench import (
     profile_jit,
     vit_forward_flops,
 )
-from jaxgrad.cli import check_config, option, parse, to_dict
+from jaxgrad.report.cli import check_config, option, parse, to_dict
 from jaxgrad.data.captions import caption_table
 from jaxgrad.data.synthetic import CLASS_NAMES
-from jaxgrad.io import atomic_write_json
-from jaxgrad.loop import (
+from jaxgrad.report.io import atomic_write_json
+from jaxgrad.training.loop import (
     abstract_params,
     chunk_plan,
     init_params,
@@ -71,9 +71,9 @@ from jaxgrad.loop import (
 )
 from jaxgrad.models.clip import ClipConfig, ClipModel
 from jaxgrad.models.vit import ViT, ViTConfig
-from jaxgrad.rng import named_keys
-from jaxgrad.tables import print_table
-from jaxgrad.train import init_train_state, make_multi_step, make_train_step
+from jaxgrad.training.rng import named_keys
+from jaxgrad.report.tables import print_table
+from jaxgrad.training.step import init_train_state, make_multi_step, make_train_step
 
 PRECISIONS = ("highest", "default", "bf16")
 SCENARIOS = ("step", "scan", "epoch", "eval", "clip", "torch")
@@ -226,7 +226,7 @@ def run_step(cfg: Config, params, keys: dict, peak: float | None, *, scan: bool)
 
 
 def profile_step(step, params, opt, data, keys: dict, precision: str) -> dict:
-    """The step's top XLA ops by time (jaxgrad.bench.profile_jit), printed and returned."""
+    """The step's top XLA ops by time (jaxgrad.inspect.bench.profile_jit), printed and returned."""
     state = init_train_state(jax.tree.map(jnp.copy, params), opt)
     with matmul_precision(precision):
         prof = profile_jit(step, state, data, keys["step"], carry=True)
@@ -239,7 +239,7 @@ def profile_step(step, params, opt, data, keys: dict, precision: str) -> dict:
 
 
 def run_epoch(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]:
-    """The seed's loop body, one epoch + evaluation, through ``jaxgrad.loop`` as the ViT
+    """The seed's loop body, one epoch + evaluation, through ``jaxgrad.training.loop`` as the ViT
     experiment runs it: a device-resident dataset, a permutation drawn on the device, up to
     ``--chunk`` gathered steps per ``lax.scan`` dispatch; the last partial batch is dropped (the
     seed's DataLoader keeps its 16 images: 0.03% of the data). Compile time: the first epoch's

@@ -4,10 +4,10 @@
 
 One random-initialised ``CLIPVisionModelWithProjection`` (ViT-B/32 at 224 by default) is saved
 with ``save_pretrained`` to a temp folder and loaded on both sides: by transformers (eager fp32,
-``torch.inference_mode``) and by :func:`jaxgrad.models.hf_clip.load_pretrained` (one jitted
+``torch.inference_mode``) and by :func:`jaxgrad.port.hf_clip.load_pretrained` (one jitted
 forward). Both get the same ``[B, 3, 224, 224]`` pixel_values; the embeddings are checked equal
 first (max abs difference printed), then timed **interleaved** (one JAX sample, one torch
-sample, repeated) with :func:`jaxgrad.bench.measure`: warm-up apart, ``block_until_ready`` on
+sample, repeated) with :func:`jaxgrad.inspect.bench.measure`: warm-up apart, ``block_until_ready`` on
 the JAX side, medians. Threads: ``--threads N`` pins both (XLA's Eigen pool via ``XLA_FLAGS``,
 set before jax is imported, and ``torch.set_num_threads``). The load average before and after
 is printed beside the figures: on a shared CPU they are noisy.
@@ -62,8 +62,8 @@ def main(argv=None) -> dict:
     import transformers as T
     from flax import nnx
 
-    from jaxgrad.bench import measure
-    from jaxgrad.models.hf_clip import CLIPVisionConfig, load_pretrained
+    from jaxgrad.inspect.bench import measure
+    from jaxgrad.port.hf_clip import CLIPVisionConfig, load_pretrained
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
     measure(run_jax, runs=1, warmup=args.warmup)
     measure(run_torch, runs=1, warmup=args.warmup, sync=lambda _: None)
     for _ in range(args.runs):  # interleaved: one sample each, in turn
-        # wall seconds (jaxgrad.bench.measure) and this process's CPU seconds around them: on
+        # wall seconds (jaxgrad.inspect.bench.measure) and this process's CPU seconds around them: on
         # a loaded machine the CPU time is what the call itself cost
         c0 = time.process_time()
         jt += measure(run_jax, runs=1, warmup=0)
@@ -143,7 +143,7 @@ def main(argv=None) -> dict:
         flush=True,
     )
     if args.out:
-        from jaxgrad.io import atomic_write_json
+        from jaxgrad.report.io import atomic_write_json
 
         atomic_write_json(args.out, res)
     return res

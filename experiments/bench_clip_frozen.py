@@ -4,10 +4,10 @@ frozen tower in every step (steps/s, interleaved), on whatever device JAX finds.
     python -m experiments.bench_clip_frozen --size b32 --batch 32 --runs 5 --threads 1
 
 Both sides train the same text encoder with the same loss and optimizer
-(``jaxgrad.tasks.clip_loss_fn`` / ``clip_optimizer`` / ``make_train_step``):
+(``jaxgrad.tasks.clip.clip_loss_fn`` / ``clip_optimizer`` / ``make_train_step``):
 
 - **cache**: ``batch["images"]`` holds the tower's ``[B, E]`` features, read from the cache that
-  ``--freeze-image`` writes once (:func:`jaxgrad.features.cached_features`); no tower runs;
+  ``--freeze-image`` writes once (:func:`jaxgrad.tasks.features.cached_features`); no tower runs;
 - **tower**: ``batch["images"]`` holds CLIP pixel_values ``[B, 3, S, S]``; the frozen tower runs
   forward in every step (``stop_gradient`` + the optimizer's frozen mask), which is PyTorch's
   ``clip_model.get_image_features(x).detach()`` inside the loop.
@@ -62,15 +62,15 @@ def main(argv=None) -> dict:
     import numpy as np
     from flax import nnx
 
-    from jaxgrad.bench import measure
+    from jaxgrad.inspect.bench import measure
     from jaxgrad.data.captions import caption_table
-    from jaxgrad.features import extract_features
-    from jaxgrad.loop import init_params
+    from jaxgrad.tasks.features import extract_features
+    from jaxgrad.training.loop import init_params
     from jaxgrad.models.clip import ClipConfig, ClipModel
-    from jaxgrad.models.hf_clip import CLIPVisionConfig
+    from jaxgrad.port.hf_clip import CLIPVisionConfig
     from jaxgrad.models.text import TextConfig
-    from jaxgrad.tasks import CLIP_STEP, clip_loss_fn, clip_optimizer
-    from jaxgrad.train import init_train_state, make_train_step
+    from jaxgrad.tasks.clip import CLIP_STEP, clip_loss_fn, clip_optimizer
+    from jaxgrad.training.step import init_train_state, make_train_step
 
     shape = {"b32": CLIPVisionConfig.vit_b32(), "b16": CLIPVisionConfig.vit_b16(),
              "tiny": CLIPVisionConfig.tiny()}[args.size]  # fmt: skip
@@ -139,7 +139,7 @@ def main(argv=None) -> dict:
         flush=True,
     )
     if args.out:
-        from jaxgrad.io import atomic_write_json
+        from jaxgrad.report.io import atomic_write_json
 
         atomic_write_json(args.out, res)
     return res

@@ -5,9 +5,9 @@ medians and the new/old ratio of wall and CPU time per step; returns them from `
 
 - ``old``: one-hot ``optax.softmax_cross_entropy`` (with label smoothing) and
   ``optax.apply_if_finite`` (the guard before issue 13: gradients only);
-- ``new``: :func:`jaxgrad.losses.cross_entropy` (NaN loss for an out-of-range label) and
-  :func:`jaxgrad.guard.skip_nonfinite` (loss, gradient, update and new params), with the loss
-  passed as ``value=`` by :func:`jaxgrad.train.make_train_step`.
+- ``new``: :func:`jaxgrad.losses.classification.cross_entropy` (NaN loss for an out-of-range label) and
+  :func:`jaxgrad.training.guard.skip_nonfinite` (loss, gradient, update and new params), with the loss
+  passed as ``value=`` by :func:`jaxgrad.training.step.make_train_step`.
 
 The two steps run interleaved (old, new, new, old, ...), each sample ``--steps`` donated steps
 then ``block_until_ready``, after compilation and warm-up; the PyTorch equivalent is the seed's
@@ -25,13 +25,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxgrad.cli import check_config, option, parse, positive
+from jaxgrad.report.cli import check_config, option, parse, positive
 from jaxgrad.data.pipeline import normalize
-from jaxgrad.guard import skip_nonfinite
-from jaxgrad.loop import init_params
-from jaxgrad.losses import cross_entropy
+from jaxgrad.training.guard import skip_nonfinite
+from jaxgrad.training.loop import init_params
+from jaxgrad.losses.classification import cross_entropy
 from jaxgrad.models.vit import ViT, ViTConfig
-from jaxgrad.train import init_train_state, make_train_step
+from jaxgrad.training.step import init_train_state, make_train_step
 
 
 @dataclasses.dataclass(frozen=True)

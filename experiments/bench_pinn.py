@@ -27,12 +27,12 @@ import optax
 from flax import nnx
 
 from experiments import helmholtz as helm
-from jaxgrad.cli import option, parse, positive
-from jaxgrad.rng import named_keys
-from jaxgrad.tables import print_table
-from jaxgrad.terms import term_grads
-from jaxgrad.train import init_train_state, make_multi_step
-from jaxgrad.weighting import lr_annealing, weighted_sum
+from jaxgrad.report.cli import option, parse, positive
+from jaxgrad.training.rng import named_keys
+from jaxgrad.report.tables import print_table
+from jaxgrad.losses.terms import term_grads
+from jaxgrad.training.step import init_train_state, make_multi_step
+from jaxgrad.losses.weighting import lr_annealing, weighted_sum
 
 CONTENDERS = ("jax-forward", "jax-jvp", "torch-eager", "torch-compile")
 
@@ -44,7 +44,7 @@ class Config:
     )
     contenders: tuple[str, ...] = option(
         CONTENDERS,
-        "jax-forward: jaxgrad.pde.forward_laplacian; jax-jvp: jvp of jvp; torch-*: the anchor",
+        "jax-forward: jaxgrad.losses.pde.forward_laplacian; jax-jvp: jvp of jvp; torch-*: the anchor",
         choices=CONTENDERS,
     )
     block: int = option(500, "steps per timed sample")

@@ -156,7 +156,7 @@ def make_torch_step(
             g_res, g_bc = per_term(weights, biases, x_res, x_bc)
             top = max(float(g.detach().abs().max()) for g in g_res)
             mean = sum(float(g.detach().abs().mean()) for g in g_bc) / len(g_bc)
-            # the authors differentiate the weighted term λ·L_bc (jaxgrad.weighting.lr_annealing)
+            # the authors differentiate the weighted term λ·L_bc (jaxgrad.losses.weighting.lr_annealing)
             state["lam_bc"] = 0.9 * state["lam_bc"] + 0.1 * top / (state["lam_bc"] * mean)
         state["step"] += 1
         return state["lam_bc"]

@@ -4,14 +4,14 @@ Run: ``python -m experiments.bench_terms`` (CPU is fine; ``--tiny`` for seconds)
 printed table and ``runs/bench_terms/bench_terms.json``.
 
 The network is the Helmholtz PINN ([2, 50, 50, 50, 1], tanh). Term 0 is the PDE residual
-(Laplacian by :func:`jaxgrad.pde.forward_laplacian`, ``--laplacian jvp`` for jvp of jvp) on
+(Laplacian by :func:`jaxgrad.losses.pde.forward_laplacian`, ``--laplacian jvp`` for jvp of jvp) on
 128 points; terms 1..K-1 are boundary mean squares on 128 points each. Jitted, same inputs,
 compile apart, warm-up, ``block_until_ready``; every variant of both frameworks is timed in
 turns (round-robin, one call each per round), median of ``--runs`` rounds. Each framework's
 per-term gradients are compared with *its own* summed gradient:
 
 - ``jax sum``: ``jax.grad`` of ``Σ_i L_i`` (one gradient; the JAX rows' baseline);
-- ``jax split`` / ``jax vmap`` / ``jax jacrev``: :func:`jaxgrad.terms.term_grads`;
+- ``jax split`` / ``jax vmap`` / ``jax jacrev``: :func:`jaxgrad.losses.terms.term_grads`;
 - ``torch sum``: ``torch.autograd.grad(Σ_i L_i, params)`` (the PyTorch rows' baseline);
 - ``torch loop``: the PyTorch answer of seed 002 on the same network, weights and points::
 
@@ -29,11 +29,11 @@ import dataclasses
 import os
 from pathlib import Path
 
-from experiments.terms_timing import CLOCKS, LAPLACIANS, run
-from jaxgrad.bench import device_info
-from jaxgrad.cli import check_config, option, parse, positive, to_dict
-from jaxgrad.io import atomic_write_json
-from jaxgrad.tables import print_table
+from experiments._support.terms_timing import CLOCKS, LAPLACIANS, run
+from jaxgrad.inspect.bench import device_info
+from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
+from jaxgrad.report.io import atomic_write_json
+from jaxgrad.report.tables import print_table
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""The PyTorch side of ``experiments.bench``: the seed's train step on experiments.torch_vit.
+"""The PyTorch side of ``experiments.bench``: the seed's train step on experiments._support.torch_vit.
 
 torch is imported inside :func:`time_torch`, so importing this module never needs torch. The
-statistics are jaxgrad.bench's (:func:`jaxgrad.bench.measure`), with ``torch.cuda.synchronize``
+statistics are jaxgrad.inspect.bench's (:func:`jaxgrad.inspect.bench.measure`), with ``torch.cuda.synchronize``
 as the sync on a GPU. The PyTorch code being timed, per variant::
 
     model = ViT(...).to(device).train(); opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -13,7 +13,7 @@ as the sync on a GPU. The PyTorch code being timed, per variant::
 
 from __future__ import annotations
 
-from jaxgrad.bench import Timing, clock_fn, measure
+from jaxgrad.inspect.bench import Timing, clock_fn, measure
 from jaxgrad.models.vit import ViTConfig
 
 __all__ = ["H100_TORCH_ANCHOR_MS", "TORCH_PRECISION", "TORCH_VARIANTS", "time_torch"]
@@ -54,13 +54,13 @@ def time_torch(
 
     ``compile_s`` is the first step's time (torch.compile compiles there; eager pays its
     first-call costs). ``threads`` > 0 calls ``torch.set_num_threads`` on CPU. ``clock``:
-    ``wall`` or ``cpu`` (this process's CPU seconds, all threads: jaxgrad.bench.clock_fn).
+    ``wall`` or ``cpu`` (this process's CPU seconds, all threads: jaxgrad.inspect.bench.clock_fn).
     """
     now = clock_fn(clock)
     import torch
     import torch.nn.functional as F
 
-    from experiments.torch_vit import from_vit_config
+    from experiments._support.torch_vit import from_vit_config
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev == "cpu" and threads:

@@ -18,9 +18,9 @@ The PyTorch it reproduces (seed 000)::
     for group in optimizer.param_groups: print(group['params'])       # is my encoder in it?
 
 Here: one pure ``loss_fn(params, batch, key)`` over the ``nnx.split`` params of both towers,
-``jaxgrad.train.make_train_step`` with the ``logit_scale`` clamp as its post-update projection,
-``jax.lax.stop_gradient`` for ``.detach()`` plus ``jaxgrad.freeze.optimizer_with_frozen`` so a
-frozen tower carries no optimizer state, and ``jaxgrad.coverage`` to print what the optimizer
+``jaxgrad.training.step.make_train_step`` with the ``logit_scale`` clamp as its post-update projection,
+``jax.lax.stop_gradient`` for ``.detach()`` plus ``jaxgrad.autodiff.freeze.optimizer_with_frozen`` so a
+frozen tower carries no optimizer state, and ``jaxgrad.inspect.coverage`` to print what the optimizer
 updates. Captions are drawn on the device from templates each step; evaluation is zero-shot
 classification of held-out images (one prompt per class, and the mean of all prompts) and
 image↔text retrieval recall@1/5.
@@ -39,33 +39,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import Row, fmt
-from jaxgrad.cli import check_config, option, parse, positive, to_dict
-from jaxgrad.clip_eval import make_evaluator, plot_clip_run, print_param_groups
-from jaxgrad.clip_inputs import TowerInputs, tower_inputs, with_image_tower
-from jaxgrad.contrastive import MAX_LOGIT_SCALE
+from experiments._support.common import Row, fmt
+from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
+from jaxgrad.tasks.clip_eval import make_evaluator, plot_clip_run, print_param_groups
+from jaxgrad.tasks.clip_inputs import TowerInputs, tower_inputs, with_image_tower
+from jaxgrad.losses.contrastive import MAX_LOGIT_SCALE
 from jaxgrad.data.captions import TEMPLATES, Tokenizer, caption_table
 from jaxgrad.data.dataset import ImageDataset, train_val_split
 from jaxgrad.data.imagefolder import load_image_folder
 from jaxgrad.data.pipeline import take
 from jaxgrad.data.synthetic import make_synthetic
-from jaxgrad.distributed import initialize, is_main, main_print
-from jaxgrad.doctor import diagnose
-from jaxgrad.hf_random import HAVE_TRANSFORMERS, save_random_clip
-from jaxgrad.io import JsonlLogger, atomic_write_json
-from jaxgrad.loop import init_params, make_run_chunk, train_steps
+from jaxgrad.training.distributed import initialize, is_main, main_print
+from jaxgrad.inspect.doctor import diagnose
+from jaxgrad.port.hf_random import HAVE_TRANSFORMERS, save_random_clip
+from jaxgrad.report.io import JsonlLogger, atomic_write_json
+from jaxgrad.training.loop import init_params, make_run_chunk, train_steps
 from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, ClipConfig, ClipModel
-from jaxgrad.models.hf_clip import load_pretrained
+from jaxgrad.port.hf_clip import load_pretrained
 from jaxgrad.models.text import TextConfig
 from jaxgrad.models.vit import ViTConfig
-from jaxgrad.plan import Plan
-from jaxgrad.plots import run_title
-from jaxgrad.progress import Progress
-from jaxgrad.rng import named_keys
-from jaxgrad.runs import open_run_dir
-from jaxgrad.tasks import CLIP_STEP, clip_loss_fn, clip_optimizer, param_groups
-from jaxgrad.train import TrainState, init_train_state
-from jaxgrad.xla import RUN_ONCE
+from jaxgrad.report.plan import Plan
+from jaxgrad.report.plots import run_title
+from jaxgrad.report.progress import Progress
+from jaxgrad.training.rng import named_keys
+from jaxgrad.training.runs import open_run_dir
+from jaxgrad.tasks.clip import CLIP_STEP, clip_loss_fn, clip_optimizer, param_groups
+from jaxgrad.training.step import TrainState, init_train_state
+from jaxgrad.training.xla import RUN_ONCE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,10 +217,10 @@ class Setup(NamedTuple):
     graphdef: Any
     params: Any
     rest: Any
-    loss_fn: Any  # jaxgrad.tasks.clip_loss_fn
-    optimizer: Any  # jaxgrad.tasks.clip_optimizer
+    loss_fn: Any  # jaxgrad.tasks.clip.clip_loss_fn
+    optimizer: Any  # jaxgrad.tasks.clip.clip_optimizer
     frozen: Any  # the bool mask the optimizer freezes (all False without --freeze-image)
-    inputs: TowerInputs  # what batch["images"] holds for train and val (jaxgrad.clip_inputs)
+    inputs: TowerInputs  # what batch["images"] holds for train and val (jaxgrad.tasks.clip_inputs)
 
 
 def setup(cfg: Config, train: ImageDataset, val: ImageDataset | None = None) -> Setup:

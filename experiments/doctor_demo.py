@@ -19,7 +19,7 @@ Five cases, each on a small two-tower or MLP model (flax NNX, params from ``nnx.
 5. a NaN — an (unsquared) L2-norm penalty on a zero-initialised gate: d‖w‖/dw = 0/0.
 
 ``main`` then trains the disconnected model for ``--steps`` with per-module gradient norms
-inside the jitted step (:mod:`jaxgrad.gradnorms`): the text tower's norm is 0 from the start
+inside the jitted step (:mod:`jaxgrad.inspect.gradnorms`): the text tower's norm is 0 from the start
 (a vanishing alert) and ``grad_norms.png`` plots every module over steps.
 """
 
@@ -36,16 +36,16 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments.common import Row
-from jaxgrad.cli import check_config, option, parse
-from jaxgrad.doctor import FlowReport, diagnose
-from jaxgrad.freeze import frozen_mask, optimizer_with_frozen, path_str
-from jaxgrad.gradnorms import GradNormMonitor, make_grad_norm_metrics
-from jaxgrad.io import atomic_write_json
-from jaxgrad.loop import init_params
-from jaxgrad.rng import named_keys
-from jaxgrad.train import init_train_state, make_multi_step
-from jaxgrad.xla import RUN_ONCE
+from experiments._support.common import Row
+from jaxgrad.report.cli import check_config, option, parse
+from jaxgrad.inspect.doctor import FlowReport, diagnose
+from jaxgrad.autodiff.freeze import frozen_mask, optimizer_with_frozen, path_str
+from jaxgrad.inspect.gradnorms import GradNormMonitor, make_grad_norm_metrics
+from jaxgrad.report.io import atomic_write_json
+from jaxgrad.training.loop import init_params
+from jaxgrad.training.rng import named_keys
+from jaxgrad.training.step import init_train_state, make_multi_step
+from jaxgrad.training.xla import RUN_ONCE
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ a test runs it. Output (``--out``): ``gpu_suite.json`` and ``gpu_suite.md``. Par
 1. ``peak``: the measured bf16 matmul peak (float32 on a CPU) — MFU is given against it and
    against the datasheet dense bf16 peak (989 TFLOP/s, H100/H200 SXM; none on a CPU), labelled.
 2. ``vit``: the seed ViT's train step (the experiment's own loss, ``jaxgrad.tasks``, and
-   step, ``jaxgrad.loop.make_run_chunk``: gather from a device-resident dataset + Adam) at each
+   step, ``jaxgrad.training.loop.make_run_chunk``: gather from a device-resident dataset + Adam) at each
    ``--batch`` in fp32 (matmul precision highest), TF32 (JAX's default) and bf16, one step per
    dispatch and ``--chunk`` scanned steps per dispatch; bf16 also with ``attn_dropout=False``
    (no dropout on attention probabilities: cuDNN fused attention on a GPU). vit-pytorch drops
@@ -46,18 +46,18 @@ import optax
 
 from experiments import terms_timing
 from experiments.bench_torch import TORCH_PRECISION, time_torch
-from experiments.gpu_suite_report import markdown
+from experiments._support.gpu_suite_report import markdown
 from jaxgrad import tasks
-from jaxgrad.bench import Timing, bench_jit, device_info, vit_forward_flops
-from jaxgrad.cli import option, parse, positive, to_dict
+from jaxgrad.inspect.bench import Timing, bench_jit, device_info, vit_forward_flops
+from jaxgrad.report.cli import option, parse, positive, to_dict
 from jaxgrad.data.captions import caption_table
 from jaxgrad.data.synthetic import CLASS_NAMES, make_synthetic
-from jaxgrad.io import atomic_write_bytes, atomic_write_json
-from jaxgrad.loop import INIT_OPTIONS, abstract_params, init_params, make_run_chunk
+from jaxgrad.report.io import atomic_write_bytes, atomic_write_json
+from jaxgrad.training.loop import INIT_OPTIONS, abstract_params, init_params, make_run_chunk
 from jaxgrad.models.clip import ClipConfig, ClipModel
 from jaxgrad.models.vit import ViT, ViTConfig
-from jaxgrad.rng import named_keys
-from jaxgrad.train import init_train_state, make_train_step
+from jaxgrad.training.rng import named_keys
+from jaxgrad.training.step import init_train_state, make_train_step
 
 #: dense bf16 datasheet peak of an H100/H200 SXM (TFLOP/s); no datasheet figure for a CPU
 DATASHEET_BF16_TFLOPS = 989.0

@@ -7,7 +7,7 @@ The target is an experiment name (``vit_cifar10`` → ``python -m experiments.vi
 dotted module, or a ``.py`` file. Every process gets the CPU platform with
 ``--devices-per-process`` devices, gloo cross-process collectives, and
 ``JAXGRAD_COORDINATOR`` / ``JAXGRAD_NUM_PROCESSES`` / ``JAXGRAD_PROCESS_ID`` (a free localhost
-port for process 0), which :func:`jaxgrad.distributed.initialize` reads. Output lines are
+port for process 0), which :func:`jaxgrad.training.distributed.initialize` reads. Output lines are
 prefixed ``[p<i>]``. The exit code is 0 only when every process exits 0; when one fails, the
 others get ``--grace-s`` seconds to stop by themselves (the distributed runtime ends them once
 the peer's heartbeat is missed) and are then killed, so a launch never hangs.
@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 
-from jaxgrad.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
+from jaxgrad.training.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 
 __all__ = ["command_for", "free_port", "launch"]
 

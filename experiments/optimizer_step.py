@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from experiments.common import Row, allclose, close_row, fmt
-from jaxgrad.cli import check_config, option, parse
-from jaxgrad.train import init_train_state, make_train_step
+from experiments._support.common import Row, allclose, close_row, fmt
+from jaxgrad.report.cli import check_config, option, parse
+from jaxgrad.training.step import init_train_state, make_train_step
 
 
 @dataclasses.dataclass(frozen=True)

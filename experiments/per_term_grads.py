@@ -22,9 +22,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from experiments.common import Row, allclose, fmt
-from jaxgrad.cli import check_config, option, parse
-from jaxgrad.rng import named_keys
+from experiments._support.common import Row, allclose, fmt
+from jaxgrad.report.cli import check_config, option, parse
+from jaxgrad.training.rng import named_keys
 
 
 @dataclasses.dataclass(frozen=True)

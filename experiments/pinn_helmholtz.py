@@ -10,14 +10,14 @@ net [2, 50, 50, 50, 1], tanh, Xavier init, standardised inputs; Adam 1e-3 decaye
 1,000 steps (smoothly); mini-batches of 128 per edge and 128 residual points, fresh each step.
 ``L = L_r + λ_bc·Σ_edges L_bc``. Variants, same seeds and data keys:
 
-- ``plain``: λ_bc = 1;  ``annealed``: λ_bc from :func:`jaxgrad.weighting.lr_annealing`;
+- ``plain``: λ_bc = 1;  ``annealed``: λ_bc from :func:`jaxgrad.losses.weighting.lr_annealing`;
 - ``improved`` / ``improved_annealed``: the gated architecture
   (:class:`jaxgrad.models.mlp.ModifiedMLP`, the paper's equations) without / with annealing;
 - ``improved_code`` / ``improved_code_annealed`` (opt-in with ``--variants``): the gated
   architecture as the authors' released code builds it (``ModifiedMLP(form="code")``).
 
 The PyTorch it replaces needs one ``autograd.grad(term, params, retain_graph=True)`` per term
-every 10 steps; here the per-term gradients come from :func:`jaxgrad.terms.term_grads` inside
+every 10 steps; here the per-term gradients come from :func:`jaxgrad.losses.terms.term_grads` inside
 the same jitted call as the training steps.
 """
 
@@ -32,9 +32,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments.common import Row, fmt
-from experiments.helmholtz import exact_u, make_model, make_terms_fn, sample
-from experiments.pinn_common import (
+from experiments._support.common import Row, fmt
+from experiments._support.helmholtz import exact_u, make_model, make_terms_fn, sample
+from jaxgrad.tasks.pinn import (
     PIPELINE_CHECK,
     is_pipeline_check,
     plot_fields,
@@ -43,11 +43,11 @@ from experiments.pinn_common import (
     relative_l2,
     train,
 )
-from jaxgrad.cli import check_config, option, parse, positive, to_dict
-from jaxgrad.io import atomic_write_json
-from jaxgrad.rng import named_keys
-from jaxgrad.tables import print_table
-from jaxgrad.terms import term_grads
+from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
+from jaxgrad.report.io import atomic_write_json
+from jaxgrad.training.rng import named_keys
+from jaxgrad.report.tables import print_table
+from jaxgrad.losses.terms import term_grads
 
 VARIANTS = {  # name -> (architecture, weighting method); run in this order
     "plain": ("mlp", "fixed"),
@@ -87,7 +87,7 @@ class Config:
     out_dir: str = option("runs/pinn_helmholtz", "metrics and plots go here ('' = none)")
     laplacian: str = option(
         "forward",
-        "how Δu is computed: 'forward' (jaxgrad.pde.forward_laplacian: value, gradient and "
+        "how Δu is computed: 'forward' (jaxgrad.losses.pde.forward_laplacian: value, gradient and "
         "Laplacian in one pass, the fast path) or 'jvp' (jvp of jvp per axis, the reference)",
         choices=("forward", "jvp"),
     )

@@ -33,8 +33,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments.common import Row, fmt
-from experiments.pinn_common import (
+from experiments._support.common import Row, fmt
+from jaxgrad.tasks.pinn import (
     METHODS,
     PIPELINE_CHECK,
     is_pipeline_check,
@@ -44,12 +44,12 @@ from experiments.pinn_common import (
     relative_l2,
     train,
 )
-from jaxgrad.cli import check_config, option, parse, positive, to_dict
-from jaxgrad.io import atomic_write_json
+from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
+from jaxgrad.report.io import atomic_write_json
 from jaxgrad.models.mlp import MLP
-from jaxgrad.pde import check_points, laplacian, normal_derivative
-from jaxgrad.rng import named_keys
-from jaxgrad.terms import cosine_matrix, grad_stats, term_grads
+from jaxgrad.losses.pde import check_points, laplacian, normal_derivative
+from jaxgrad.training.rng import named_keys
+from jaxgrad.losses.terms import cosine_matrix, grad_stats, term_grads
 
 STD = 1 / np.sqrt(12)  # std of U(0, 1)
 

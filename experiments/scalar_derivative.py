@@ -15,7 +15,7 @@ The PyTorch it reproduces::
     optimizer = torch.optim.SGD(model.fc.parameters(), lr=0.001)   # only the head trains
 
 ``jax.grad`` is a pure function: it returns 14 every call. Accumulation is shown two ways: a
-functional accumulator you thread through (:func:`jaxgrad.accumulate.accumulate`) and mutable
+functional accumulator you thread through (:func:`jaxgrad.autodiff.accumulate.accumulate`) and mutable
 ``jax.new_ref`` cells filled by ``jax.vjp(...).with_refs`` (:meth:`jaxgrad.Pullback.accumulate_into`).
 """
 
@@ -30,8 +30,8 @@ import optax
 from flax import nnx
 
 import jaxgrad as jg
-from experiments.common import Row, allclose, close_row, fmt
-from jaxgrad.cli import check_config, option, parse
+from experiments._support.common import Row, allclose, close_row, fmt
+from jaxgrad.report.cli import check_config, option, parse
 
 
 @dataclasses.dataclass(frozen=True)

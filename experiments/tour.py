@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from experiments.common import Row
+from experiments._support.common import Row
 from jaxgrad import tables
 
 #: experiment modules, in the order a PyTorch user meets the ideas
@@ -79,11 +79,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--no-compile-cache",
         action="store_true",
-        help="compile everything afresh, keep nothing (see jaxgrad.xla.enable_compile_cache)",
+        help="compile everything afresh, keep nothing (see jaxgrad.training.xla.enable_compile_cache)",
     )
     args = parser.parse_args(argv)
     if not args.no_compile_cache:
-        from jaxgrad.xla import enable_compile_cache
+        from jaxgrad.training.xla import enable_compile_cache
 
         print(f"compilation cache: {enable_compile_cache() or 'off'}")
     t0 = time.perf_counter()

@@ -27,9 +27,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from experiments.common import Row, allclose, close_row, fmt
-from jaxgrad.autograd import backward, grad, hvp, nth_grad, pullback
-from jaxgrad.cli import check_config, option, parse
+from experiments._support.common import Row, allclose, close_row, fmt
+from jaxgrad.autodiff.autograd import backward, grad, hvp, nth_grad, pullback
+from jaxgrad.report.cli import check_config, option, parse
 
 X = ((2.0, 1.0),)  # the seed's x, shape [1, 2]
 Y = ((1.0, 2.0), (3.0, 4.0))  # the seed's y, shape [2, 2]

@@ -4,14 +4,14 @@ Layers (imports point downwards only): autograd helpers and losses (jax/optax on
 models (flax NNX) ← training pieces ← experiments (outside this package).
 """
 
-from jaxgrad.accumulate import (
+from jaxgrad.autodiff.accumulate import (
     accumulate,
     accumulating_optimizer,
     grad_refs,
     read_refs,
     zero_grad,
 )
-from jaxgrad.autograd import (
+from jaxgrad.autodiff.autograd import (
     Backward,
     Pullback,
     backward,
@@ -22,22 +22,22 @@ from jaxgrad.autograd import (
     nth_grad,
     pullback,
 )
-from jaxgrad.coverage import optimizer_coverage
-from jaxgrad.deps import data_dependence, dependence_matrix, grad_dependence
-from jaxgrad.doctor import diagnose, grad_flow
-from jaxgrad.freeze import frozen_mask, optimizer_with_frozen
-from jaxgrad.guard import NonFiniteError, check_finite_state, check_nonfinite, skip_nonfinite
-from jaxgrad.parallel import data_parallel, make_mesh, shard_batch
-from jaxgrad.rng import named_keys
-from jaxgrad.terms import cosine_matrix, grad_stats, term_grads, term_values_and_grads
-from jaxgrad.train import (
+from jaxgrad.inspect.coverage import optimizer_coverage
+from jaxgrad.autodiff.deps import data_dependence, dependence_matrix, grad_dependence
+from jaxgrad.inspect.doctor import diagnose, grad_flow
+from jaxgrad.autodiff.freeze import frozen_mask, optimizer_with_frozen
+from jaxgrad.training.guard import NonFiniteError, check_finite_state, check_nonfinite, skip_nonfinite
+from jaxgrad.training.parallel import data_parallel, make_mesh, shard_batch
+from jaxgrad.training.rng import named_keys
+from jaxgrad.losses.terms import cosine_matrix, grad_stats, term_grads, term_values_and_grads
+from jaxgrad.training.step import (
     TrainState,
     init_train_state,
     make_eval_step,
     make_multi_step,
     make_train_step,
 )
-from jaxgrad.weighting import grad_norm_balancing, lr_annealing, pcgrad, pcgrad_loss
+from jaxgrad.losses.weighting import grad_norm_balancing, lr_annealing, pcgrad, pcgrad_loss
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,7 @@ Run alone (1 process, its local CPU devices) or through the launcher::
         tests/_mp_train.py --steps 4 --out /tmp/p.npz --ckpt-dir /tmp/ckpt
 
 Every process builds the same global batches (numpy, seeded by the step) and feeds only its own
-rows (:func:`jaxgrad.distributed.process_local`); process 0 prints and writes ``--out``; every
+rows (:func:`jaxgrad.training.distributed.process_local`); process 0 prints and writes ``--out``; every
 process takes part in the orbax save and restore. ``--resume`` continues from the latest
 checkpoint whatever the process count was when it was written (same global batch).
 """
@@ -21,13 +21,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxgrad.checkpoint import Checkpointer, save_params
-from jaxgrad.cli import option, parse, positive
-from jaxgrad.distributed import initialize, is_main, main_print, process_local
+from jaxgrad.training.checkpoint import Checkpointer, save_params
+from jaxgrad.report.cli import option, parse, positive
+from jaxgrad.training.distributed import initialize, is_main, main_print, process_local
 from jaxgrad.models.vit import ViT, ViTConfig
-from jaxgrad.parallel import data_parallel, make_mesh, place_state, shard_batch
-from jaxgrad.rng import named_keys
-from jaxgrad.train import init_train_state, make_train_step
+from jaxgrad.training.parallel import data_parallel, make_mesh, place_state, shard_batch
+from jaxgrad.training.rng import named_keys
+from jaxgrad.training.step import init_train_state, make_train_step
 
 
 @dataclasses.dataclass(frozen=True)

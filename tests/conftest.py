@@ -29,7 +29,7 @@ import sys
 import jax
 import pytest
 
-# Tests never write into the user's compilation cache (jaxgrad.xla.enable_compile_cache, called
+# Tests never write into the user's compilation cache (jaxgrad.training.xla.enable_compile_cache, called
 # by every experiment's CLI parse); subprocesses the tests start inherit this.
 os.environ["JAXGRAD_COMPILE_CACHE"] = "off"
 

@@ -6,10 +6,10 @@ import numpy as np
 import optax
 import pytest
 
-from jaxgrad.accumulate import accumulate, accumulating_optimizer, grad_refs, read_refs, zero_grad
-from jaxgrad.autograd import pullback
-from jaxgrad.freeze import frozen_mask, optimizer_with_frozen, path_str
-from jaxgrad.rng import named_keys
+from jaxgrad.autodiff.accumulate import accumulate, accumulating_optimizer, grad_refs, read_refs, zero_grad
+from jaxgrad.autodiff.autograd import pullback
+from jaxgrad.autodiff.freeze import frozen_mask, optimizer_with_frozen, path_str
+from jaxgrad.training.rng import named_keys
 
 STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"
 

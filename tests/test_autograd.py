@@ -1,4 +1,4 @@
-"""jaxgrad.autograd against hand-derived gradients, check_grads, jit, and its documented errors."""
+"""jaxgrad.autodiff.autograd against hand-derived gradients, check_grads, jit, and its documented errors."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""jaxgrad.bench (the timing helper) and experiments.bench (the benchmark CLI) on tiny sizes."""
+"""jaxgrad.inspect.bench (the timing helper) and experiments.bench (the benchmark CLI) on tiny sizes."""
 
 import dataclasses
 import importlib.util
@@ -13,7 +13,7 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxgrad.bench import (
+from jaxgrad.inspect.bench import (
     H100_BF16_PEAK_TFLOPS,
     Timing,
     bench_jit,
@@ -27,11 +27,11 @@ from jaxgrad.bench import (
     vit_forward_flops,
     xla_flops,
 )
-from jaxgrad.cli import parse
+from jaxgrad.report.cli import parse
 from jaxgrad.models.vit import ViT, ViTConfig
-from jaxgrad.rng import named_keys
-from jaxgrad.train import init_train_state, make_multi_step, make_train_step
-from jaxgrad.xla import RUN_ONCE
+from jaxgrad.training.rng import named_keys
+from jaxgrad.training.step import init_train_state, make_multi_step, make_train_step
+from jaxgrad.training.xla import RUN_ONCE
 
 STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from jaxgrad.xla import CACHE_ENV, compile_cache_dir
+from jaxgrad.training.xla import CACHE_ENV, compile_cache_dir
 
 SCRIPT = """
 import dataclasses, sys
 import jax, jax.numpy as jnp
-from jaxgrad.cli import option, parse
+from jaxgrad.report.cli import option, parse
 
 @dataclasses.dataclass(frozen=True)
 class Config:

@@ -1,4 +1,4 @@
-"""Contrastive losses against hand-derived forms (jaxgrad.contrastive)."""
+"""Contrastive losses against hand-derived forms (jaxgrad.losses.contrastive)."""
 
 import math
 
@@ -9,7 +9,7 @@ import optax
 import pytest
 from jax.test_util import check_grads
 
-from jaxgrad.contrastive import (
+from jaxgrad.losses.contrastive import (
     clip_loss,
     retrieval_metrics,
     seed_contrastive_loss,

@@ -1,4 +1,4 @@
-"""jaxgrad.deps as used by ``jaxgrad.grad(allow_unused=True)``: structure, never numeric zeros.
+"""jaxgrad.autodiff.deps as used by ``jaxgrad.grad(allow_unused=True)``: structure, never numeric zeros.
 
 Each case: which argument PyTorch would report as unused (``None``), through jit, scan, cond,
 while and custom rules, and the same answer when the whole call is itself under ``jax.jit``.
@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgrad.autograd import grad
-from jaxgrad.deps import data_dependence
+from jaxgrad.autodiff.autograd import grad
+from jaxgrad.autodiff.deps import data_dependence
 
 ONES = jnp.ones(3, jnp.float32)
 

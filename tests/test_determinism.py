@@ -2,8 +2,8 @@
 
 Across processes (the second run is this file run as a script, started first so that it trains
 while this process does) with a dropout MLP, which compiles quickly; within one process with
-a one-block ViT. Runs save through :class:`jaxgrad.checkpoint.Checkpointer` and hash what they
-restore. :func:`jaxgrad.determinism.tree_hash` itself is checked to see
+a one-block ViT. Runs save through :class:`jaxgrad.training.checkpoint.Checkpointer` and hash what they
+restore. :func:`jaxgrad.inspect.determinism.tree_hash` itself is checked to see
 every bit, dtype, shape, leaf name and key.
 """
 
@@ -21,13 +21,13 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxgrad.checkpoint import Checkpointer
+from jaxgrad.training.checkpoint import Checkpointer
 from jaxgrad.data.pipeline import epoch_indices, normalize, take
 from jaxgrad.data.synthetic import make_synthetic
-from jaxgrad.determinism import GPU_DETERMINISM_FLAG, tree_hash
+from jaxgrad.inspect.determinism import GPU_DETERMINISM_FLAG, tree_hash
 from jaxgrad.models.vit import ViT, ViTConfig
-from jaxgrad.rng import named_keys
-from jaxgrad.train import init_train_state, make_train_step
+from jaxgrad.training.rng import named_keys
+from jaxgrad.training.step import init_train_state, make_train_step
 
 STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"
 

@@ -1,4 +1,4 @@
-"""Multi-process training on JAX's distributed runtime (jaxgrad.distributed, experiments.launch).
+"""Multi-process training on JAX's distributed runtime (jaxgrad.training.distributed, experiments.launch).
 
 The training tests run ``tests/_mp_train.py`` (a tiny ViT, dropout on, Adam) in subprocesses:
 two processes x two CPU devices (gloo collectives) against one process x four devices, and a
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from experiments.launch import command_for, launch
-from jaxgrad.distributed import (
+from jaxgrad.training.distributed import (
     ENV_COORDINATOR,
     ENV_NUM_PROCESSES,
     ENV_PROCESS_ID,
@@ -26,7 +26,7 @@ from jaxgrad.distributed import (
     initialize,
     local_rows,
 )
-from jaxgrad.parallel import make_mesh
+from jaxgrad.training.parallel import make_mesh
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "_mp_train.py"

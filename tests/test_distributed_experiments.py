@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from test_distributed import ROOT, _assert_close, _env, _finish, _params
 
-from jaxgrad.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
-from jaxgrad.parallel import make_mesh
+from jaxgrad.training.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
+from jaxgrad.training.parallel import make_mesh
 
 VIT = ["--tiny", "--epochs", 2]  # issue 17's command; tiny's batch 40 splits over 4 devices
 
@@ -151,7 +151,7 @@ def test_only_process_0_writes_prints_and_locks(tmp_path, monkeypatch, capsys, m
 
     from jaxgrad import io as jio
     from jaxgrad import plan, progress, runs, tables
-    from jaxgrad.checkpoint import save_params
+    from jaxgrad.training.checkpoint import save_params
 
     for module in (jio, plan, progress, runs, tables):
         monkeypatch.setattr(module, "is_main", lambda: main)
@@ -178,7 +178,7 @@ def test_only_process_0_writes_prints_and_locks(tmp_path, monkeypatch, capsys, m
         assert "name" in capsys.readouterr().out
     else:
         assert written == [] and stream.getvalue() == "" and capsys.readouterr().out == ""
-    assert waited == ["jaxgrad.runs.open_run_dir"]  # both wait: process 0 after locking
+    assert waited == ["jaxgrad.training.runs.open_run_dir"]  # both wait: process 0 after locking
     run.release()
 
 
@@ -188,9 +188,9 @@ def test_replicated_keys_restore_replicated(tmp_path):
     multi-process save fail ("Cannot serialize host local jax.Array")."""
     import jax
 
-    from jaxgrad.checkpoint import Checkpointer
-    from jaxgrad.distributed import replicate
-    from jaxgrad.parallel import replicated
+    from jaxgrad.training.checkpoint import Checkpointer
+    from jaxgrad.training.distributed import replicate
+    from jaxgrad.training.parallel import replicated
 
     mesh = make_mesh()
     keys = replicate({"step": jax.random.key(3), "w": np.arange(4.0, dtype=np.float32)}, mesh)
@@ -206,7 +206,7 @@ def test_replicated_keys_restore_replicated(tmp_path):
 def test_epoch_run_on_process_1_checkpoints_but_leaves_lock_logs_and_summary_to_process_0(
     tmp_path, monkeypatch, capsys
 ):
-    """``jaxgrad.lifecycle.EpochRun`` as process 1 sees it, on a directory process 0 already
+    """``jaxgrad.training.lifecycle.EpochRun`` as process 1 sees it, on a directory process 0 already
     wrote (metrics for epochs 1-2, a checkpoint of epoch 1): resuming restores and saves the
     checkpoints (every process takes part in orbax's save) but neither locks, rewinds, prints
     nor writes a summary; a fresh start (``--overwrite``) leaves process 0's metrics alone."""

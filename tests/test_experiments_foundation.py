@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import optimizer_step, per_term_grads, scalar_derivative, vjp
-from jaxgrad.cli import parse
+from jaxgrad.report.cli import parse
 
 STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"
 

@@ -1,4 +1,4 @@
-"""jaxgrad.features: frozen-tower features computed once, cached under weights + data + preprocessing,
+"""jaxgrad.tasks.features: frozen-tower features computed once, cached under weights + data + preprocessing,
 never read back for other weights or other data; the tower and the preprocessing's shapes."""
 
 import functools
@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 from jaxgrad.data import clip_preprocess
-from jaxgrad.features import cached_features, extract_features, model_fingerprint
-from jaxgrad.models.hf_clip import CLIPVisionConfig, CLIPVisionTower
+from jaxgrad.tasks.features import cached_features, extract_features, model_fingerprint
+from jaxgrad.port.hf_clip import CLIPVisionConfig, CLIPVisionTower
 
 CFG = CLIPVisionConfig.tiny()
 

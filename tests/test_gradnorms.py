@@ -8,13 +8,13 @@ import numpy as np
 import optax
 import pytest
 
-from jaxgrad.gradnorms import (
+from jaxgrad.inspect.gradnorms import (
     GradNormMonitor,
     GradNormWarning,
     make_grad_norm_metrics,
     module_groups,
 )
-from jaxgrad.train import init_train_state, make_multi_step, make_train_step
+from jaxgrad.training.step import init_train_state, make_multi_step, make_train_step
 
 PARAMS = {
     "enc": {"layers": {"0": {"w": jnp.ones(4)}, "1": {"w": jnp.ones(4)}}, "b": jnp.ones(2)},
@@ -112,10 +112,10 @@ def test_monitor_bad_inputs():
 
 
 def test_plot_leaves_always_zero_series_out_of_the_log_legend(tmp_path, monkeypatch):
-    import jaxgrad.plots
+    import jaxgrad.report.plots
 
     figs = []
-    monkeypatch.setattr(jaxgrad.plots, "save_figure", lambda fig, path: figs.append(fig))
+    monkeypatch.setattr(jaxgrad.report.plots, "save_figure", lambda fig, path: figs.append(fig))
     mon = GradNormMonitor(warn=False)
     for i in range(3):
         mon.record(i, {"grad_norm/image": 1.0 + i, "grad_norm/text": 0.0, "grad_norm/head": 0.5})

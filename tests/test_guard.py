@@ -8,14 +8,14 @@ import numpy as np
 import optax
 import pytest
 
-from jaxgrad.guard import (
+from jaxgrad.training.guard import (
     NonFiniteError,
     check_nonfinite,
     grads_finite_metric,
     nonfinite_counts,
     skip_nonfinite,
 )
-from jaxgrad.train import init_train_state, make_multi_step, make_train_step
+from jaxgrad.training.step import init_train_state, make_multi_step, make_train_step
 
 STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"
 

@@ -14,8 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxgrad.io import JsonlLogger
-from jaxgrad.runs import (
+from jaxgrad.report.io import JsonlLogger
+from jaxgrad.training.runs import (
     LOCK_NAME,
     ResumeConfigError,
     RunDirError,
@@ -142,7 +142,7 @@ def test_directory_holding_a_run_needs_resume_or_overwrite(tmp_path):
 def test_every_experiment_float_flag_rejects_nonfinite_and_out_of_range(module, argv, flag, capsys):
     import importlib
 
-    from jaxgrad.cli import parse
+    from jaxgrad.report.cli import parse
 
     cfg_cls = importlib.import_module(f"experiments.{module}").Config
     with pytest.raises(SystemExit) as e:
@@ -155,7 +155,7 @@ def test_every_experiment_float_flag_rejects_nonfinite_and_out_of_range(module, 
 def test_option_bounds_checked_for_any_config():
     import dataclasses
 
-    from jaxgrad.cli import check_config, option, parse
+    from jaxgrad.report.cli import check_config, option, parse
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -206,8 +206,8 @@ def _linear(params, batch, key):
     ],
 )
 def test_guard_skips_update_that_would_make_params_or_loss_nonfinite(opt, loss_fn, what):
-    from jaxgrad.guard import NonFiniteError, check_nonfinite, skip_nonfinite
-    from jaxgrad.train import init_train_state, make_train_step
+    from jaxgrad.training.guard import NonFiniteError, check_nonfinite, skip_nonfinite
+    from jaxgrad.training.step import init_train_state, make_train_step
 
     w0 = jnp.array([1.0, -2.0, -3e38], jnp.float32)
     optimizer = skip_nonfinite(opt())
@@ -221,7 +221,7 @@ def test_guard_skips_update_that_would_make_params_or_loss_nonfinite(opt, loss_f
 
 
 def test_nonfinite_state_is_refused_before_checkpointing():
-    from jaxgrad.guard import NonFiniteError, check_finite_state
+    from jaxgrad.training.guard import NonFiniteError, check_finite_state
 
     check_finite_state({"w": jnp.ones(3), "step": jnp.int32(3), "key": jax.random.key(0)})
     bad = {"w": jnp.ones(3), "layers": [{"b": jnp.array([0.0, jnp.nan])}]}
@@ -233,7 +233,7 @@ def test_nonfinite_state_is_refused_before_checkpointing():
 
 
 def test_restore_names_each_leaf_whose_shape_dtype_or_path_differs(tmp_path):
-    from jaxgrad.checkpoint import Checkpointer, CheckpointMismatchError
+    from jaxgrad.training.checkpoint import Checkpointer, CheckpointMismatchError
 
     with Checkpointer(tmp_path / "c") as ckpt:
         ckpt.save(1, {"w": jnp.arange(2.0), "b": jnp.zeros(3)})
@@ -251,7 +251,7 @@ def _corrupt(step_dir):
 
 
 def test_corrupt_latest_checkpoint_is_called_corrupt_and_resume_falls_back(tmp_path, capsys):
-    from jaxgrad.checkpoint import Checkpointer, CorruptCheckpointError
+    from jaxgrad.training.checkpoint import Checkpointer, CorruptCheckpointError
 
     like = {"w": jnp.zeros(4)}
     with Checkpointer(tmp_path / "c") as ckpt:
@@ -272,7 +272,7 @@ def test_corrupt_latest_checkpoint_is_called_corrupt_and_resume_falls_back(tmp_p
 def test_sigint_during_save_finishes_the_save_then_stops(tmp_path, monkeypatch, async_save):
     import signal
 
-    from jaxgrad.checkpoint import Checkpointer
+    from jaxgrad.training.checkpoint import Checkpointer
 
     ckpt = Checkpointer(tmp_path / "c", async_save=async_save)
     real_save = ckpt._mngr.save
@@ -292,7 +292,7 @@ def test_sigint_during_save_finishes_the_save_then_stops(tmp_path, monkeypatch, 
 def test_sigterm_during_save_reaches_the_previous_handler(tmp_path, monkeypatch):
     import signal
 
-    from jaxgrad.checkpoint import Checkpointer
+    from jaxgrad.training.checkpoint import Checkpointer
 
     seen = []
     old = signal.signal(signal.SIGTERM, lambda s, f: seen.append(s))
@@ -313,7 +313,7 @@ def test_sigterm_during_save_reaches_the_previous_handler(tmp_path, monkeypatch)
 
 
 def test_meta_with_numpy_scalars_is_converted_and_bad_meta_writes_nothing(tmp_path):
-    from jaxgrad.checkpoint import Checkpointer
+    from jaxgrad.training.checkpoint import Checkpointer
 
     with Checkpointer(tmp_path / "c") as ckpt:
         ckpt.save(1, {"w": jnp.ones(2)}, meta={"x": np.float32(1.5), "n": np.int64(3)})
@@ -327,7 +327,7 @@ def test_meta_with_numpy_scalars_is_converted_and_bad_meta_writes_nothing(tmp_pa
 
 
 def test_cross_entropy_matches_torch_definition_and_refuses_bad_labels():
-    from jaxgrad.losses import cross_entropy
+    from jaxgrad.losses.classification import cross_entropy
 
     logits = jnp.array([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]], jnp.float32)
     labels = jnp.array([2, 1])
@@ -350,7 +350,7 @@ def test_cross_entropy_matches_torch_definition_and_refuses_bad_labels():
 
 @pytest.mark.parametrize("name", ["seed_contrastive_loss", "clip_loss", "siglip_loss"])
 def test_contrastive_losses_refuse_out_of_range_class_labels(name):
-    import jaxgrad.contrastive as C
+    import jaxgrad.losses.contrastive as C
 
     f = jax.random.normal(jax.random.key(0), (4, 8))
     kw = dict(image_features=f, text_features=f[::-1], logit_scale=jnp.float32(1.0))
@@ -464,7 +464,7 @@ def _five(x, y, z, w, u):
 
 def test_custom_vjp_ignoring_cotangent_counts_as_used_provable_zeros_do_not():
     import jaxgrad
-    from jaxgrad.doctor import grad_flow
+    from jaxgrad.inspect.doctor import grad_flow
 
     args = [jnp.arange(3.0) + 1] * 4 + [jnp.ones(3)]
     want = jax.grad(_five, argnums=(0, 1, 2, 3, 4))(*args)
@@ -481,7 +481,7 @@ def test_custom_vjp_ignoring_cotangent_counts_as_used_provable_zeros_do_not():
 
 
 def test_reads_through_refs_count_as_data_dependence():
-    from jaxgrad.deps import data_dependence
+    from jaxgrad.autodiff.deps import data_dependence
 
     def written_then_read(a, b):
         r = jax.new_ref(jnp.zeros(3))
@@ -524,7 +524,7 @@ def test_one_class_folder_says_two_classes_needed(tmp_path):
 
 @pytest.mark.parametrize("content", [b"\x93NUMPY random bytes" * 10, "truncated"])
 def test_load_params_on_garbage_names_the_path_not_allow_pickle(tmp_path, content):
-    from jaxgrad.checkpoint import load_params, save_params
+    from jaxgrad.training.checkpoint import load_params, save_params
 
     like = {"w": jnp.ones(3), "b": jnp.zeros(2)}
     path = tmp_path / "params.npz"
@@ -539,7 +539,7 @@ def test_load_params_on_garbage_names_the_path_not_allow_pickle(tmp_path, conten
 
 
 def test_frozen_pattern_matching_nothing_is_an_error():
-    from jaxgrad.freeze import frozen_mask
+    from jaxgrad.autodiff.freeze import frozen_mask
 
     params = {"encoder": {"w": jnp.ones(2)}, "head": {"w": jnp.ones(2), "b": jnp.ones(1)}}
     assert frozen_mask(params, ["encoder", "head/b"]) == {

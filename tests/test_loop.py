@@ -1,4 +1,4 @@
-"""jaxgrad.loop: which batch each step trains on, the one-chunk-behind callback, the masked
+"""jaxgrad.training.loop: which batch each step trains on, the one-chunk-behind callback, the masked
 scanned evaluation, and the compiled-once model init.
 
 The model is a linear least-squares fit on tiny "images" (uint8 [N, 1, 1, 1]), so every step
@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from jaxgrad.data.pipeline import epoch_indices
-from jaxgrad.loop import (
+from jaxgrad.training.loop import (
     abstract_params,
     chunk_plan,
     init_params,
@@ -23,7 +23,7 @@ from jaxgrad.loop import (
     train_steps,
 )
 from jaxgrad.models.vit import ViT, ViTConfig
-from jaxgrad.train import init_train_state, make_train_step
+from jaxgrad.training.step import init_train_state, make_train_step
 
 N, B = 22, 4  # 5 full batches per epoch; the last 2 examples are dropped each epoch
 

@@ -16,8 +16,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxgrad.guard import nonfinite_counts, skip_nonfinite
-from jaxgrad.parallel import (
+from jaxgrad.training.guard import nonfinite_counts, skip_nonfinite
+from jaxgrad.training.parallel import (
     DATA,
     data_parallel,
     make_mesh,
@@ -27,8 +27,8 @@ from jaxgrad.parallel import (
     state_shardings,
     with_batch_sharding,
 )
-from jaxgrad.rng import named_keys
-from jaxgrad.train import init_train_state, make_multi_step, make_train_step
+from jaxgrad.training.rng import named_keys
+from jaxgrad.training.step import init_train_state, make_multi_step, make_train_step
 
 STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"
 

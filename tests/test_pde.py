@@ -5,14 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgrad.pde import (
+from jaxgrad.losses.pde import (
     forward_laplacian,
     gradient,
     laplacian,
     normal_derivative,
     second_derivative,
 )
-from jaxgrad.xla import RUN_ONCE
+from jaxgrad.training.xla import RUN_ONCE
 
 
 def u(p):
@@ -161,5 +161,5 @@ def test_forward_laplacian_constant_field_and_unsupported_primitive(pts):
     def scanned(p):
         return jax.lax.scan(lambda c, _: (jnp.tanh(c), None), p, length=2)[0].sum()
 
-    with pytest.raises(NotImplementedError, match="'scan'.*jaxgrad.pde.laplacian"):
+    with pytest.raises(NotImplementedError, match="'scan'.*jaxgrad.losses.pde.laplacian"):
         forward_laplacian(scanned, pts)

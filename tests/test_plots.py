@@ -1,15 +1,15 @@
-"""jaxgrad.plots: the figures say what the console says (percent, chance, whole epochs)."""
+"""jaxgrad.report.plots: the figures say what the console says (percent, chance, whole epochs)."""
 
 import pytest
 
-import jaxgrad.plots
-from jaxgrad.plots import plot_run_curves, run_title
+import jaxgrad.report.plots
+from jaxgrad.report.plots import plot_run_curves, run_title
 
 
 @pytest.fixture
 def figs(monkeypatch):
     captured = []
-    monkeypatch.setattr(jaxgrad.plots, "save_figure", lambda fig, path: captured.append(fig))
+    monkeypatch.setattr(jaxgrad.report.plots, "save_figure", lambda fig, path: captured.append(fig))
     return captured
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxgrad.models.hf_clip import CLIPVisionConfig, CLIPVisionTower, rules
+from jaxgrad.port.hf_clip import CLIPVisionConfig, CLIPVisionTower, rules
 from jaxgrad.port import PortError, Rule, convert, export, load_state_dict
 
 

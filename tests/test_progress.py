@@ -1,4 +1,4 @@
-"""jaxgrad.progress / jaxgrad.plan: fake chunks in, the bar's count and the printed lines out."""
+"""jaxgrad.report.progress / jaxgrad.report.plan: fake chunks in, the bar's count and the printed lines out."""
 
 import io
 import re
@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from jaxgrad.plan import Plan
-from jaxgrad.progress import Progress, format_duration, track
+from jaxgrad.report.plan import Plan
+from jaxgrad.report.progress import Progress, format_duration, track
 
 ANSI = re.compile(r"\x1b\[")
 

@@ -21,12 +21,12 @@ import numpy as np
 import optax
 import pytest
 
-from jaxgrad.checkpoint import Checkpointer
+from jaxgrad.training.checkpoint import Checkpointer
 from jaxgrad.data.pipeline import epoch_indices, normalize, take
 from jaxgrad.data.synthetic import make_synthetic
-from jaxgrad.determinism import tree_hash
-from jaxgrad.rng import named_keys
-from jaxgrad.train import init_train_state, make_train_step
+from jaxgrad.inspect.determinism import tree_hash
+from jaxgrad.training.rng import named_keys
+from jaxgrad.training.step import init_train_state, make_train_step
 
 N_IMAGES, BATCH = 48, 16  # 3 steps per epoch: 4 + 4 steps cross an epoch boundary mid-run
 HALF = 4

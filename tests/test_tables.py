@@ -1,8 +1,8 @@
-"""jaxgrad.tables: one table renderer (rich) for every printed table."""
+"""jaxgrad.report.tables: one table renderer (rich) for every printed table."""
 
 import pytest
 
-from jaxgrad.tables import render_table
+from jaxgrad.report.tables import render_table
 
 
 def test_columns_line_up_and_numbers_align_right():

@@ -8,7 +8,7 @@ from flax import nnx
 from jax.test_util import check_grads
 
 from jaxgrad.models.mlp import MLP
-from jaxgrad.terms import (
+from jaxgrad.losses.terms import (
     TERM_GRAD_METHODS,
     cosine_matrix,
     grad_stats,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgrad.contrastive import clip_loss, seed_contrastive_loss, siglip_loss
+from jaxgrad.losses.contrastive import clip_loss, seed_contrastive_loss, siglip_loss
 
 torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[torch]'")
 F = torch.nn.functional

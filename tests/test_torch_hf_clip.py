@@ -1,4 +1,4 @@
-"""transformers' CLIP image tower vs jaxgrad.models.hf_clip: a random-initialised checkpoint saved
+"""transformers' CLIP image tower vs jaxgrad.port.hf_clip: a random-initialised checkpoint saved
 with ``save_pretrained`` loads without torch and gives the same embeddings and gradients."""
 
 import json
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxgrad.contrastive import clip_loss
+from jaxgrad.losses.contrastive import clip_loss
 from jaxgrad.data import clip_preprocess
 from jaxgrad.models.clip import l2_normalize
-from jaxgrad.models.hf_clip import CLIPVisionConfig, load_pretrained, rules
+from jaxgrad.port.hf_clip import CLIPVisionConfig, load_pretrained, rules
 from jaxgrad.port import PortError, compare_layers, convert
 
 torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[torch]'")

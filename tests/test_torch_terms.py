@@ -7,8 +7,8 @@ import pytest
 from flax import nnx
 
 from jaxgrad.models.mlp import MLP
-from jaxgrad.pde import laplacian
-from jaxgrad.terms import term_grads
+from jaxgrad.losses.pde import laplacian
+from jaxgrad.losses.terms import term_grads
 
 STANDARD_PROMOTION = (
     "jaxgrad.models.mlp standardises [N, d] points with a [d] mean and std (rank promotion)"

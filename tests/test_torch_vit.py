@@ -1,6 +1,6 @@
-"""PyTorch parity: experiments.torch_vit (vit-pytorch line by line) vs the flax ViT.
+"""PyTorch parity: experiments._support.torch_vit (vit-pytorch line by line) vs the flax ViT.
 
-Weights go torch → flax through ``jaxgrad.models.vit_convert`` (the same path a user's
+Weights go torch → flax through ``jaxgrad.port.vit_convert`` (the same path a user's
 ``torch.save(model.state_dict())`` takes); logits and gradients must agree in eval mode.
 """
 
@@ -14,9 +14,9 @@ import optax
 import pytest
 from flax import nnx
 
-from experiments.torch_vit import from_vit_config
+from experiments._support.torch_vit import from_vit_config
 from jaxgrad.models import ViT, ViTConfig, count_params
-from jaxgrad.models.vit_convert import from_torch_state_dict, load_torch_state_dict
+from jaxgrad.port.vit_convert import from_torch_state_dict, load_torch_state_dict
 
 STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"
 
@@ -121,7 +121,7 @@ MEAN = dataclasses.replace(CFG, pool="mean")
 
 
 def test_pool_mean_converts_and_matches_torch_layer_by_layer():
-    from jaxgrad.models.vit_convert import rules
+    from jaxgrad.port.vit_convert import rules
     from jaxgrad.port import compare_layers
 
     tm, model = _pair(MEAN, seed=3)
@@ -143,7 +143,7 @@ def test_pool_mean_converts_and_matches_torch_layer_by_layer():
 
 
 def test_converter_needs_the_config_beside_the_weights(tmp_path):
-    from jaxgrad.models.vit_convert import load_checkpoint
+    from jaxgrad.port.vit_convert import load_checkpoint
 
     torch.manual_seed(0)
     tm = from_vit_config(MEAN).eval()

@@ -10,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxgrad.cli import option, parse, positive, to_dict
-from jaxgrad.train import init_train_state, make_eval_step, make_multi_step, make_train_step
+from jaxgrad.report.cli import option, parse, positive, to_dict
+from jaxgrad.training.step import init_train_state, make_eval_step, make_multi_step, make_train_step
 
 F32 = jnp.float32
 

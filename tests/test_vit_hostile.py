@@ -19,17 +19,17 @@ import jax.numpy as jnp
 import pytest
 
 from experiments import vit_cifar10 as exp
-from jaxgrad.checkpoint import Checkpointer
-from jaxgrad.cli import parse
-from jaxgrad.guard import NonFiniteError
-from jaxgrad.io import JsonlLogger
-from jaxgrad.lifecycle import split_overrides
-from jaxgrad.loop import init_params
+from jaxgrad.training.checkpoint import Checkpointer
+from jaxgrad.report.cli import parse
+from jaxgrad.training.guard import NonFiniteError
+from jaxgrad.report.io import JsonlLogger
+from jaxgrad.training.lifecycle import split_overrides
+from jaxgrad.training.loop import init_params
 from jaxgrad.models.vit import ViT
-from jaxgrad.rng import named_keys
-from jaxgrad.runs import LOCK_NAME, ResumeConfigError, RunDirError
-from jaxgrad.tasks import classifier_loss, classifier_metric
-from jaxgrad.train import init_train_state
+from jaxgrad.training.rng import named_keys
+from jaxgrad.training.runs import LOCK_NAME, ResumeConfigError, RunDirError
+from jaxgrad.tasks.classifier import classifier_loss, classifier_metric
+from jaxgrad.training.step import init_train_state
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"

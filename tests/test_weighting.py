@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgrad.weighting import (
+from jaxgrad.losses.weighting import (
     annealing_estimate,
     grad_norm_balancing,
     grad_norm_estimate,

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from jaxgrad.data.dataset import ImageDataset
-from jaxgrad.io import atomic_write_bytes
-from jaxgrad.progress import track
+from jaxgrad.report.io import atomic_write_bytes
+from jaxgrad.report.progress import track
 
 __all__ = ["IMAGE_EXTENSIONS", "default_cache_dir", "load_image_folder"]
 

@@ -8,7 +8,7 @@ The seed's ``DataLoader(shuffle=True)`` + ``ToTensor()`` + ``Normalize(0.5, 0.5)
     x = normalize(augment(aug_key, batch["images"]))   # inside the jitted train step
 
 No host round trip per batch: a whole chunk of an epoch can be gathered and scanned in one
-dispatch (see ``jaxgrad.train.make_multi_step``).
+dispatch (see ``jaxgrad.training.step.make_multi_step``).
 """
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ the SigLIP loss (init −10).
 The image tower is either the small ViT (``image: ViTConfig``, uint8-derived ``[B, H, W, 3]``
 input), a transformers CLIP vision tower (``image: CLIPVisionConfig``, CLIP-normalised NCHW
 ``pixel_values``; its ``visual_projection`` is the projection, so ``embed_dim`` must equal its
-``projection_dim``; load its weights with :func:`jaxgrad.models.hf_clip.load_pretrained` and
+``projection_dim``; load its weights with :func:`jaxgrad.port.hf_clip.load_pretrained` and
 assign ``model.image_encoder``), or absent (``image=None``): the image features come from a
-cache of a frozen tower (:mod:`jaxgrad.features`) and only the text tower exists here.
+cache of a frozen tower (:mod:`jaxgrad.tasks.features`) and only the text tower exists here.
 
-The model computes features, never a loss (see :mod:`jaxgrad.contrastive`). After each
+The model computes features, never a loss (see :mod:`jaxgrad.losses.contrastive`). After each
 optimizer step :func:`clamp_logit_scale` projects ``logit_scale`` back into ``[0, ln 100]``, as
 open_clip does; pass it as ``make_train_step(..., post_update=clamp_logit_scale)``.
 """
@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxgrad.contrastive import MAX_LOGIT_SCALE
-from jaxgrad.models.hf_clip import CLIPVisionConfig, CLIPVisionTower
+from jaxgrad.losses.contrastive import MAX_LOGIT_SCALE
+from jaxgrad.port.hf_clip import CLIPVisionConfig, CLIPVisionTower
 from jaxgrad.models.text import TextConfig, TextEncoder
 from jaxgrad.models.vit import ViT, ViTConfig
 
@@ -110,7 +110,7 @@ class ClipModel(nnx.Module):
         if isinstance(cfg.image, CLIPVisionConfig):
             self.image_encoder = CLIPVisionTower(cfg.image, rngs=rngs)
         elif cfg.image is None:
-            self.image_encoder = None  # features come from a cache (jaxgrad.features)
+            self.image_encoder = None  # features come from a cache (jaxgrad.tasks.features)
         else:
             self.image_encoder = ViT(image_cfg, rngs=rngs)
         self.text_encoder = TextEncoder(text_cfg, rngs=rngs)

@@ -12,7 +12,7 @@ import numpy as np
 from flax import nnx
 
 from jaxgrad.port.rules import LAYOUTS, Rule, _match, _path_str, param_paths, to_numpy
-from jaxgrad.tables import render_table
+from jaxgrad.report.tables import render_table
 
 __all__ = ["LayerReport", "compare_layers"]
 

@@ -1,0 +1,1 @@
+"""Shared pieces of the experiments that have no ``main`` (not runnable on their own)."""

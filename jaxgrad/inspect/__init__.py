@@ -1,0 +1,1 @@
+"""Looking at a program: the gradient-flow doctor, optimizer coverage, gradient norms, bit fingerprints, honest timing. Imports jaxgrad.autodiff and jaxgrad.report."""

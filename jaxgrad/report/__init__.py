@@ -1,0 +1,1 @@
+"""Everything a person sees: command lines, progress, the plan line, tables, plots, atomic output files. Imports jax, numpy, rich, tqdm, matplotlib only (process-0 printing via jaxgrad.report.rank)."""

@@ -1,0 +1,1 @@
+"""The training runtime: the one train step, the loop, non-finite guard, checkpoints, a run's lifecycle, PRNG keys, devices and processes, XLA options. Imports jax/flax/optax/orbax, jaxgrad.autodiff, jaxgrad.losses, jaxgrad.data and jaxgrad.report."""

@@ -1,0 +1,57 @@
+"""XLA compiler options shared across jaxgrad, and the persistent compilation cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["CACHE_ENV", "RUN_ONCE", "compile_cache_dir", "enable_compile_cache"]
+
+#: ``jax.jit(..., compiler_options=RUN_ONCE)`` for programs that run once or briefly (model init,
+#: the doctor's summaries, the coverage probe, tiny demo runs): XLA's backend optimisation level 0
+#: compiles several times faster on CPU, and their run time does not matter. Float results may
+#: differ from an optimised build in the last ulp.
+RUN_ONCE = {"xla_backend_optimization_level": 0}
+
+#: environment variable: unset = the default folder; ``off`` (or ``0``, ``no``, ``false``, empty)
+#: = no cache; anything else = the cache folder to use
+CACHE_ENV = "JAXGRAD_COMPILE_CACHE"
+_OFF = {"", "0", "off", "no", "false", "none"}
+
+
+def compile_cache_dir() -> Path | None:
+    """Where the experiments' compiled programs are kept: ``$JAXGRAD_COMPILE_CACHE`` if set
+    (None when it says ``off``), else ``$XDG_CACHE_HOME/jaxgrad/xla`` (``~/.cache/jaxgrad/xla``)."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in _OFF else Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "jaxgrad" / "xla"
+
+
+def enable_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
+    """Turn on JAX's persistent compilation cache; return the folder (None: left off).
+
+    A second run of an experiment or the tour then loads its compiled programs from disk
+    instead of compiling them again. ``path`` overrides :func:`compile_cache_dir`. Every
+    program is cached however fast it compiled (the tour's are small: JAX's default keeps only
+    those that took over 1 s). Call before the first compilation; the experiments call it in
+    :func:`jaxgrad.report.cli.parse` (``--no-compile-cache`` or ``JAXGRAD_COMPILE_CACHE=off`` skip it).
+    Raises OSError naming the folder if it cannot be created.
+    """
+    import jax
+
+    folder = Path(path).expanduser() if path is not None else compile_cache_dir()
+    if folder is None:
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(
+            f"cannot create the compilation cache folder {folder} ({e}): set {CACHE_ENV} to a "
+            f"writable folder, or to 'off' (or pass --no-compile-cache) to run without it."
+        ) from e
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return folder
