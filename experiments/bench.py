@@ -45,7 +45,8 @@ from experiments.bench_torch import (
     TORCH_VARIANTS,
     time_torch,
 )
-from jaxgrad import tasks
+from jaxgrad.data.captions import caption_table
+from jaxgrad.data.synthetic import CLASS_NAMES
 from jaxgrad.inspect.bench import (
     CLOCKS,
     Timing,
@@ -54,12 +55,14 @@ from jaxgrad.inspect.bench import (
     default_peak_tflops,
     device_info,
     profile_jit,
-    vit_forward_flops,
 )
+from jaxgrad.models.clip import ClipConfig, ClipModel
+from jaxgrad.models.vit import ViT, ViTConfig, vit_forward_flops
 from jaxgrad.report.cli import check_config, option, parse, to_dict
-from jaxgrad.data.captions import caption_table
-from jaxgrad.data.synthetic import CLASS_NAMES
 from jaxgrad.report.io import atomic_write_json
+from jaxgrad.report.tables import print_table
+from jaxgrad.tasks import classifier as classifier_task
+from jaxgrad.tasks import clip as clip_task
 from jaxgrad.training.loop import (
     abstract_params,
     chunk_plan,
@@ -69,10 +72,7 @@ from jaxgrad.training.loop import (
     steps_per_epoch,
     train_epoch,
 )
-from jaxgrad.models.clip import ClipConfig, ClipModel
-from jaxgrad.models.vit import ViT, ViTConfig
 from jaxgrad.training.rng import named_keys
-from jaxgrad.report.tables import print_table
 from jaxgrad.training.step import init_train_state, make_multi_step, make_train_step
 
 PRECISIONS = ("highest", "default", "bf16")
@@ -176,13 +176,17 @@ def vit_params(vit: ViTConfig, key: jax.Array) -> Any:
 
 def vit_loss(vit: ViTConfig):
     """The ViT experiment's loss: the seed's ``CrossEntropyLoss``, dropout on, no augmentation."""
-    return tasks.classifier_loss(vit_graphdef(vit), label_smoothing=0.0, use_augment=False)
+    return classifier_task.classifier_loss(
+        vit_graphdef(vit), label_smoothing=0.0, use_augment=False
+    )
 
 
 @functools.cache
 def vit_evaluate(vit: ViTConfig, batch_size: int):
     """The ViT experiment's evaluation pass, compiled once per (config, batch) and run."""
-    return make_evaluate(tasks.classifier_metric(vit_graphdef(vit)), batch_size=batch_size)
+    return make_evaluate(
+        classifier_task.classifier_metric(vit_graphdef(vit)), batch_size=batch_size
+    )
 
 
 def synthetic(key: jax.Array, shape: tuple[int, ...], vit: ViTConfig) -> dict:
@@ -299,11 +303,11 @@ def run_clip(cfg: Config, keys: dict, peak: float | None) -> list[dict]:
     graphdef, params, rest = init_params(ClipModel, clip, keys["init"])
     captions = (jnp.asarray(ids), jnp.asarray(mask))
     # the experiment's defaults
-    loss_fn = tasks.clip_loss_fn(graphdef, rest, captions, loss="clip", freeze_image=False,
+    loss_fn = clip_task.clip_loss_fn(graphdef, rest, captions, loss="clip", freeze_image=False,
                                  use_augment=True)  # fmt: skip
-    opt, _ = tasks.clip_optimizer(params, steps=1000, lr=1e-3, warmup_steps=50,
+    opt, _ = clip_task.clip_optimizer(params, steps=1000, lr=1e-3, warmup_steps=50,
                                   weight_decay=0.1, clip_norm=1.0, freeze_image=False)  # fmt: skip
-    step = make_train_step(loss_fn, opt, **tasks.CLIP_STEP)
+    step = make_train_step(loss_fn, opt, **clip_task.CLIP_STEP)
     rows = []
     for b in cfg.batch:
         data = synthetic(keys["data"], (b,), clip.image)

@@ -62,14 +62,14 @@ def main(argv=None) -> dict:
     import numpy as np
     from flax import nnx
 
-    from jaxgrad.inspect.bench import measure
     from jaxgrad.data.captions import caption_table
+    from jaxgrad.inspect.bench import measure
+    from jaxgrad.models.clip import ClipConfig, ClipModel
+    from jaxgrad.models.text import TextConfig
+    from jaxgrad.port.hf_clip import CLIPVisionConfig
+    from jaxgrad.tasks.clip import CLIP_STEP, clip_loss_fn, clip_optimizer
     from jaxgrad.tasks.features import extract_features
     from jaxgrad.training.loop import init_params
-    from jaxgrad.models.clip import ClipConfig, ClipModel
-    from jaxgrad.port.hf_clip import CLIPVisionConfig
-    from jaxgrad.models.text import TextConfig
-    from jaxgrad.tasks.clip import CLIP_STEP, clip_loss_fn, clip_optimizer
     from jaxgrad.training.step import init_train_state, make_train_step
 
     shape = {"b32": CLIPVisionConfig.vit_b32(), "b16": CLIPVisionConfig.vit_b16(),

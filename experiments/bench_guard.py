@@ -25,12 +25,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxgrad.report.cli import check_config, option, parse, positive
 from jaxgrad.data.pipeline import normalize
-from jaxgrad.training.guard import skip_nonfinite
-from jaxgrad.training.loop import init_params
 from jaxgrad.losses.classification import cross_entropy
 from jaxgrad.models.vit import ViT, ViTConfig
+from jaxgrad.report.cli import check_config, option, parse, positive
+from jaxgrad.training.guard import skip_nonfinite
+from jaxgrad.training.loop import init_params
 from jaxgrad.training.step import init_train_state, make_train_step
 
 

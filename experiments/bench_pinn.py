@@ -27,12 +27,12 @@ import optax
 from flax import nnx
 
 from experiments import helmholtz as helm
-from jaxgrad.report.cli import option, parse, positive
-from jaxgrad.training.rng import named_keys
-from jaxgrad.report.tables import print_table
 from jaxgrad.losses.terms import term_grads
-from jaxgrad.training.step import init_train_state, make_multi_step
 from jaxgrad.losses.weighting import lr_annealing, weighted_sum
+from jaxgrad.report.cli import option, parse, positive
+from jaxgrad.report.tables import print_table
+from jaxgrad.training.rng import named_keys
+from jaxgrad.training.step import init_train_state, make_multi_step
 
 CONTENDERS = ("jax-forward", "jax-jvp", "torch-eager", "torch-compile")
 

@@ -40,30 +40,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments._support.common import Row, fmt
-from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
-from jaxgrad.tasks.clip_eval import make_evaluator, plot_clip_run, print_param_groups
-from jaxgrad.tasks.clip_inputs import TowerInputs, tower_inputs, with_image_tower
-from jaxgrad.losses.contrastive import MAX_LOGIT_SCALE
 from jaxgrad.data.captions import TEMPLATES, Tokenizer, caption_table
 from jaxgrad.data.dataset import ImageDataset, train_val_split
 from jaxgrad.data.imagefolder import load_image_folder
 from jaxgrad.data.pipeline import take
 from jaxgrad.data.synthetic import make_synthetic
-from jaxgrad.training.distributed import initialize, is_main, main_print
 from jaxgrad.inspect.doctor import diagnose
-from jaxgrad.port.hf_random import HAVE_TRANSFORMERS, save_random_clip
-from jaxgrad.report.io import JsonlLogger, atomic_write_json
-from jaxgrad.training.loop import init_params, make_run_chunk, train_steps
-from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, ClipConfig, ClipModel
-from jaxgrad.port.hf_clip import load_pretrained
+from jaxgrad.models.clip import IMAGE_TOWER, MAX_LOGIT_SCALE, TEXT_TOWER, ClipConfig, ClipModel
 from jaxgrad.models.text import TextConfig
 from jaxgrad.models.vit import ViTConfig
+from jaxgrad.port.hf_clip import load_pretrained
+from jaxgrad.port.hf_random import HAVE_TRANSFORMERS, save_random_clip
+from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
+from jaxgrad.report.io import JsonlLogger, atomic_write_json
 from jaxgrad.report.plan import Plan
 from jaxgrad.report.plots import run_title
 from jaxgrad.report.progress import Progress
+from jaxgrad.tasks.clip import CLIP_STEP, clip_loss_fn, clip_optimizer, param_groups
+from jaxgrad.tasks.clip_eval import make_evaluator, plot_clip_run, print_param_groups
+from jaxgrad.tasks.clip_inputs import TowerInputs, tower_inputs, with_image_tower
+from jaxgrad.training.distributed import initialize, is_main, main_print
+from jaxgrad.training.loop import init_params, make_run_chunk, train_steps
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.runs import open_run_dir
-from jaxgrad.tasks.clip import CLIP_STEP, clip_loss_fn, clip_optimizer, param_groups
 from jaxgrad.training.step import TrainState, init_train_state
 from jaxgrad.training.xla import RUN_ONCE
 

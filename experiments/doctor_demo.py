@@ -37,10 +37,10 @@ import optax
 from flax import nnx
 
 from experiments._support.common import Row
-from jaxgrad.report.cli import check_config, option, parse
-from jaxgrad.inspect.doctor import FlowReport, diagnose
 from jaxgrad.autodiff.freeze import frozen_mask, optimizer_with_frozen, path_str
+from jaxgrad.inspect.doctor import FlowReport, diagnose
 from jaxgrad.inspect.gradnorms import GradNormMonitor, make_grad_norm_metrics
+from jaxgrad.report.cli import check_config, option, parse
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.training.loop import init_params
 from jaxgrad.training.rng import named_keys

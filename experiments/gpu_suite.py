@@ -45,17 +45,18 @@ import numpy as np
 import optax
 
 from experiments import terms_timing
-from experiments.bench_torch import TORCH_PRECISION, time_torch
 from experiments._support.gpu_suite_report import markdown
-from jaxgrad import tasks
-from jaxgrad.inspect.bench import Timing, bench_jit, device_info, vit_forward_flops
-from jaxgrad.report.cli import option, parse, positive, to_dict
+from experiments.bench_torch import TORCH_PRECISION, time_torch
 from jaxgrad.data.captions import caption_table
 from jaxgrad.data.synthetic import CLASS_NAMES, make_synthetic
-from jaxgrad.report.io import atomic_write_bytes, atomic_write_json
-from jaxgrad.training.loop import INIT_OPTIONS, abstract_params, init_params, make_run_chunk
+from jaxgrad.inspect.bench import Timing, bench_jit, device_info
 from jaxgrad.models.clip import ClipConfig, ClipModel
-from jaxgrad.models.vit import ViT, ViTConfig
+from jaxgrad.models.vit import ViT, ViTConfig, vit_forward_flops
+from jaxgrad.report.cli import option, parse, positive, to_dict
+from jaxgrad.report.io import atomic_write_bytes, atomic_write_json
+from jaxgrad.tasks import classifier as classifier_task
+from jaxgrad.tasks import clip as clip_task
+from jaxgrad.training.loop import INIT_OPTIONS, abstract_params, init_params, make_run_chunk
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.step import init_train_state, make_train_step
 
@@ -145,7 +146,7 @@ def run_vit(cfg: Config, peaks: dict) -> list[dict]:
         vit = model_config(cfg.smoke, precision, attn_dropout)
         graphdef = abstract_params(ViT, vit)[0]
         params = init_params(ViT, dataclasses.replace(vit, dtype="float32"), keys["init"])[1]
-        loss_fn = tasks.classifier_loss(graphdef, label_smoothing=0.0, use_augment=False)
+        loss_fn = classifier_task.classifier_loss(graphdef, label_smoothing=0.0, use_augment=False)
         opt = optax.adam(1e-3)
         # smoke: XLA's quick compile (minutes saved on a CPU; its timings mean nothing anyway)
         run = make_run_chunk(loss_fn, opt, compiler_options=INIT_OPTIONS if cfg.smoke else None)
@@ -202,11 +203,11 @@ def run_clip(cfg: Config, peaks: dict) -> list[dict]:
     tok, ids, mask = caption_table(CLASS_NAMES, max_len=clip.text.max_len)
     clip = dataclasses.replace(clip, text=dataclasses.replace(clip.text, vocab_size=len(tok)))
     graphdef, params, rest = init_params(ClipModel, clip, keys["init"])
-    loss_fn = tasks.clip_loss_fn(graphdef, rest, (jnp.asarray(ids), jnp.asarray(mask)),
+    loss_fn = clip_task.clip_loss_fn(graphdef, rest, (jnp.asarray(ids), jnp.asarray(mask)),
                                  loss="clip", freeze_image=False, use_augment=True)  # fmt: skip
-    opt, _ = tasks.clip_optimizer(params, steps=1000, lr=1e-3, warmup_steps=50,
+    opt, _ = clip_task.clip_optimizer(params, steps=1000, lr=1e-3, warmup_steps=50,
                                   weight_decay=0.1, clip_norm=1.0, freeze_image=False)  # fmt: skip
-    step = make_train_step(loss_fn, opt, **tasks.CLIP_STEP, jit=False)
+    step = make_train_step(loss_fn, opt, **clip_task.CLIP_STEP, jit=False)
     step = jax.jit(step, donate_argnums=(0,), compiler_options=INIT_OPTIONS if cfg.smoke else None)
     b = max(cfg.batch)
     ki, kl = jax.random.split(keys["data"])

@@ -34,6 +34,10 @@ from flax import nnx
 
 from experiments._support.common import Row, fmt
 from experiments._support.helmholtz import exact_u, make_model, make_terms_fn, sample
+from jaxgrad.losses.terms import term_grads
+from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
+from jaxgrad.report.io import atomic_write_json
+from jaxgrad.report.tables import print_table
 from jaxgrad.tasks.pinn import (
     PIPELINE_CHECK,
     is_pipeline_check,
@@ -43,11 +47,7 @@ from jaxgrad.tasks.pinn import (
     relative_l2,
     train,
 )
-from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
-from jaxgrad.report.io import atomic_write_json
 from jaxgrad.training.rng import named_keys
-from jaxgrad.report.tables import print_table
-from jaxgrad.losses.terms import term_grads
 
 VARIANTS = {  # name -> (architecture, weighting method); run in this order
     "plain": ("mlp", "fixed"),

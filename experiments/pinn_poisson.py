@@ -34,6 +34,11 @@ import optax
 from flax import nnx
 
 from experiments._support.common import Row, fmt
+from jaxgrad.losses.pde import check_points, laplacian, normal_derivative
+from jaxgrad.losses.terms import cosine_matrix, grad_stats, term_grads
+from jaxgrad.models.mlp import MLP
+from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
+from jaxgrad.report.io import atomic_write_json
 from jaxgrad.tasks.pinn import (
     METHODS,
     PIPELINE_CHECK,
@@ -44,12 +49,7 @@ from jaxgrad.tasks.pinn import (
     relative_l2,
     train,
 )
-from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
-from jaxgrad.report.io import atomic_write_json
-from jaxgrad.models.mlp import MLP
-from jaxgrad.losses.pde import check_points, laplacian, normal_derivative
 from jaxgrad.training.rng import named_keys
-from jaxgrad.losses.terms import cosine_matrix, grad_stats, term_grads
 
 STD = 1 / np.sqrt(12)  # std of U(0, 1)
 

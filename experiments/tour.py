@@ -18,7 +18,7 @@ import sys
 import time
 
 from experiments._support.common import Row
-from jaxgrad import tables
+from jaxgrad.report import tables
 
 #: experiment modules, in the order a PyTorch user meets the ideas
 TOUR = (

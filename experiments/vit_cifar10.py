@@ -43,29 +43,35 @@ import jax
 import jax.numpy as jnp
 
 from experiments._support.common import Row
-from jaxgrad.training.checkpoint import CheckpointMismatchError, CorruptCheckpointError, save_params
-from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
 from jaxgrad.data import ImageDataset, is_cifar10_dir, load_cifar10, load_image_folder
 from jaxgrad.data.sources import check_fits, load_classification_data
-from jaxgrad.training.distributed import initialize, main_print, replicate
 from jaxgrad.inspect.doctor import diagnose
-from jaxgrad.training.guard import NonFiniteError, check_nonfinite
+from jaxgrad.models.vit import ViT, ViTConfig, count_params
+from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
 from jaxgrad.report.io import atomic_write_json
+from jaxgrad.report.plan import Plan
+from jaxgrad.report.plots import plot_run_curves, run_title
+from jaxgrad.report.progress import Progress
+from jaxgrad.tasks.classifier import (
+    Hyper,
+    classifier_loss,
+    evaluate,
+    load_trained,
+    make_optimizer,
+    run_chunk_for,
+)
+from jaxgrad.training.checkpoint import CheckpointMismatchError, CorruptCheckpointError, save_params
+from jaxgrad.training.distributed import initialize, main_print, replicate
+from jaxgrad.training.guard import NonFiniteError, check_nonfinite
 from jaxgrad.training.lifecycle import EpochRun
 from jaxgrad.training.loop import (
     init_params,
     steps_per_epoch,
     train_epoch,
 )
-from jaxgrad.models.vit import ViT, ViTConfig, count_params
 from jaxgrad.training.parallel import make_mesh, place_state, replicated
-from jaxgrad.report.plan import Plan
-from jaxgrad.report.plots import plot_run_curves, run_title
-from jaxgrad.report.progress import Progress
-from jaxgrad.tasks.classifier import Hyper, evaluate, load_trained, make_optimizer, run_chunk_for
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.runs import ResumeConfigError, RunDirError, resolved_config
-from jaxgrad.tasks.classifier import classifier_loss
 from jaxgrad.training.step import init_train_state
 
 #: recipe defaults; any of them can be overridden by its flag

@@ -22,14 +22,20 @@ from jaxgrad.autodiff.autograd import (
     nth_grad,
     pullback,
 )
-from jaxgrad.inspect.coverage import optimizer_coverage
 from jaxgrad.autodiff.deps import data_dependence, dependence_matrix, grad_dependence
-from jaxgrad.inspect.doctor import diagnose, grad_flow
 from jaxgrad.autodiff.freeze import frozen_mask, optimizer_with_frozen
-from jaxgrad.training.guard import NonFiniteError, check_finite_state, check_nonfinite, skip_nonfinite
+from jaxgrad.inspect.coverage import optimizer_coverage
+from jaxgrad.inspect.doctor import diagnose, grad_flow
+from jaxgrad.losses.terms import cosine_matrix, grad_stats, term_grads, term_values_and_grads
+from jaxgrad.losses.weighting import grad_norm_balancing, lr_annealing, pcgrad, pcgrad_loss
+from jaxgrad.training.guard import (
+    NonFiniteError,
+    check_finite_state,
+    check_nonfinite,
+    skip_nonfinite,
+)
 from jaxgrad.training.parallel import data_parallel, make_mesh, shard_batch
 from jaxgrad.training.rng import named_keys
-from jaxgrad.losses.terms import cosine_matrix, grad_stats, term_grads, term_values_and_grads
 from jaxgrad.training.step import (
     TrainState,
     init_train_state,
@@ -37,7 +43,6 @@ from jaxgrad.training.step import (
     make_multi_step,
     make_train_step,
 )
-from jaxgrad.losses.weighting import grad_norm_balancing, lr_annealing, pcgrad, pcgrad_loss
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,13 @@ import numpy as np
 import optax
 import pytest
 
-from jaxgrad.autodiff.accumulate import accumulate, accumulating_optimizer, grad_refs, read_refs, zero_grad
+from jaxgrad.autodiff.accumulate import (
+    accumulate,
+    accumulating_optimizer,
+    grad_refs,
+    read_refs,
+    zero_grad,
+)
 from jaxgrad.autodiff.autograd import pullback
 from jaxgrad.autodiff.freeze import frozen_mask, optimizer_with_frozen, path_str
 from jaxgrad.training.rng import named_keys

@@ -15,12 +15,12 @@ import pytest
 from flax import nnx
 
 import jaxgrad
-from jaxgrad.training.checkpoint import Checkpointer
-from jaxgrad.report.cli import parse
 from jaxgrad.data import cifar10
 from jaxgrad.data.dataset import ImageDataset
 from jaxgrad.data.imagefolder import load_image_folder
 from jaxgrad.models.vit import ViT, ViTConfig
+from jaxgrad.report.cli import parse
+from jaxgrad.training.checkpoint import Checkpointer
 
 
 def listing(path):

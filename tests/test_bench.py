@@ -24,11 +24,10 @@ from jaxgrad.inspect.bench import (
     op_time_shares,
     profile_jit,
     profile_ops,
-    vit_forward_flops,
     xla_flops,
 )
+from jaxgrad.models.vit import ViT, ViTConfig, vit_forward_flops
 from jaxgrad.report.cli import parse
-from jaxgrad.models.vit import ViT, ViTConfig
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.step import init_train_state, make_multi_step, make_train_step
 from jaxgrad.training.xla import RUN_ONCE

@@ -22,15 +22,20 @@ from flax import nnx
 from experiments import clip_contrastive as exp
 from experiments import tour
 from experiments._support.common import Row
-from jaxgrad.report.cli import parse
-from jaxgrad.losses.contrastive import MAX_LOGIT_SCALE
-from jaxgrad.data.captions import PAD, TEMPLATES, UNK, Tokenizer, caption_table, words
 from jaxgrad.autodiff.deps import grad_dependence
 from jaxgrad.autodiff.freeze import path_str
-from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, ClipConfig, clamp_logit_scale
+from jaxgrad.data.captions import PAD, TEMPLATES, UNK, Tokenizer, caption_table, words
+from jaxgrad.models.clip import (
+    IMAGE_TOWER,
+    MAX_LOGIT_SCALE,
+    TEXT_TOWER,
+    ClipConfig,
+    clamp_logit_scale,
+)
 from jaxgrad.models.text import TextConfig, masked_mean
-from jaxgrad.training.runs import RunDirError
+from jaxgrad.report.cli import parse
 from jaxgrad.tasks.clip import CLIP_STEP, clip_optimizer, param_groups
+from jaxgrad.training.runs import RunDirError
 from jaxgrad.training.step import init_train_state, make_train_step
 
 STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"

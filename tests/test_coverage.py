@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxgrad.inspect.coverage import optimizer_coverage
 from jaxgrad.autodiff.freeze import frozen_mask, optimizer_with_frozen
+from jaxgrad.inspect.coverage import optimizer_coverage
 
 STANDARD_PROMOTION = "optax's int32 step counters (Adam, MultiSteps) in the probed update"
 

@@ -4,8 +4,8 @@ no dropout) replaces the seed's, flags still override it, and the new flags reac
 import dataclasses
 
 from experiments.vit_cifar10 import RECIPES, Config
-from jaxgrad.report.cli import parse
 from jaxgrad.models.vit import ViTConfig
+from jaxgrad.report.cli import parse
 
 CPU_MODEL = ViTConfig(patch_size=8, dim=128, depth=4, heads=4, dim_head=32, mlp_dim=256,
                       dropout=0.0, emb_dropout=0.0)  # fmt: skip

@@ -21,11 +21,11 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxgrad.training.checkpoint import Checkpointer
 from jaxgrad.data.pipeline import epoch_indices, normalize, take
 from jaxgrad.data.synthetic import make_synthetic
 from jaxgrad.inspect.determinism import GPU_DETERMINISM_FLAG, tree_hash
 from jaxgrad.models.vit import ViT, ViTConfig
+from jaxgrad.training.checkpoint import Checkpointer
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.step import init_train_state, make_train_step
 

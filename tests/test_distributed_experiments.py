@@ -149,8 +149,9 @@ def test_only_process_0_writes_prints_and_locks(tmp_path, monkeypatch, capsys, m
     writes them all); process 0 (and a single process) writes each exactly once."""
     import io
 
-    from jaxgrad import io as jio
-    from jaxgrad import plan, progress, runs, tables
+    from jaxgrad.report import io as jio
+    from jaxgrad.report import plan, progress, tables
+    from jaxgrad.training import runs
     from jaxgrad.training.checkpoint import save_params
 
     for module in (jio, plan, progress, runs, tables):
@@ -212,8 +213,8 @@ def test_epoch_run_on_process_1_checkpoints_but_leaves_lock_logs_and_summary_to_
     nor writes a summary; a fresh start (``--overwrite``) leaves process 0's metrics alone."""
     import jax.numpy as jnp
 
-    from jaxgrad import distributed, lifecycle, runs
-    from jaxgrad import io as jio
+    from jaxgrad.report import io as jio
+    from jaxgrad.training import distributed, lifecycle, runs
 
     out, tree = tmp_path / "run", {"w": jnp.arange(3.0)}
     run = lifecycle.EpochRun(out)  # process 0 (this process, unpatched): a run killed in epoch 2

@@ -13,8 +13,8 @@ import pytest
 from flax import nnx
 
 from jaxgrad.autodiff.deps import dependence_matrix, grad_dependence, jaxpr_reach, jaxpr_sources
-from jaxgrad.inspect.doctor import FlowReport, diagnose, grad_flow
 from jaxgrad.autodiff.freeze import frozen_mask, optimizer_with_frozen
+from jaxgrad.inspect.doctor import FlowReport, diagnose, grad_flow
 
 STANDARD_PROMOTION = (
     "the toy losses add [F] biases to [B, F] activations; diagnose() probes optax Adam"

@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 from jaxgrad.data import clip_preprocess
-from jaxgrad.tasks.features import cached_features, extract_features, model_fingerprint
 from jaxgrad.port.hf_clip import CLIPVisionConfig, CLIPVisionTower
+from jaxgrad.tasks.features import cached_features, extract_features, model_fingerprint
 
 CFG = CLIPVisionConfig.tiny()
 

@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from jaxgrad.data.pipeline import epoch_indices
+from jaxgrad.models.vit import ViT, ViTConfig
 from jaxgrad.training.loop import (
     abstract_params,
     chunk_plan,
@@ -22,7 +23,6 @@ from jaxgrad.training.loop import (
     train_epoch,
     train_steps,
 )
-from jaxgrad.models.vit import ViT, ViTConfig
 from jaxgrad.training.step import init_train_state, make_train_step
 
 N, B = 22, 4  # 5 full batches per epoch; the last 2 examples are dropped each epoch

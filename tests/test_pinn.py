@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 
 from experiments import helmholtz, pinn_helmholtz, pinn_poisson
-from jaxgrad.models.mlp import MLP, ModifiedMLP
 from jaxgrad.losses.pde import laplacian, normal_derivative
+from jaxgrad.models.mlp import MLP, ModifiedMLP
 
 STANDARD_PROMOTION = (
     "models.mlp standardises [N, d] points with a [d] mean; optax Adam's int32 counter"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxgrad.port.hf_clip import CLIPVisionConfig, CLIPVisionTower, rules
 from jaxgrad.port import PortError, Rule, convert, export, load_state_dict
+from jaxgrad.port.hf_clip import CLIPVisionConfig, CLIPVisionTower, rules
 
 
 @pytest.fixture(scope="module")

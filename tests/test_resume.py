@@ -21,10 +21,10 @@ import numpy as np
 import optax
 import pytest
 
-from jaxgrad.training.checkpoint import Checkpointer
 from jaxgrad.data.pipeline import epoch_indices, normalize, take
 from jaxgrad.data.synthetic import make_synthetic
 from jaxgrad.inspect.determinism import tree_hash
+from jaxgrad.training.checkpoint import Checkpointer
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.step import init_train_state, make_train_step
 

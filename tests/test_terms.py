@@ -7,7 +7,6 @@ import pytest
 from flax import nnx
 from jax.test_util import check_grads
 
-from jaxgrad.models.mlp import MLP
 from jaxgrad.losses.terms import (
     TERM_GRAD_METHODS,
     cosine_matrix,
@@ -15,6 +14,7 @@ from jaxgrad.losses.terms import (
     term_grads,
     term_values_and_grads,
 )
+from jaxgrad.models.mlp import MLP
 
 STANDARD_PROMOTION = (
     "jaxgrad.models.mlp standardises [N, d] points with a [d] mean and std (rank promotion)"

@@ -27,8 +27,8 @@ pytest.importorskip(
 )
 
 from experiments import clip_contrastive as exp  # noqa: E402
-from jaxgrad.port.hf_random import save_random_clip  # noqa: E402
 from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER  # noqa: E402
+from jaxgrad.port.hf_random import save_random_clip  # noqa: E402
 from jaxgrad.training.step import init_train_state, make_train_step  # noqa: E402
 
 STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats; NNX biases broadcast"

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxgrad.losses.contrastive import clip_loss
 from jaxgrad.data import clip_preprocess
+from jaxgrad.losses.contrastive import clip_loss
 from jaxgrad.models.clip import l2_normalize
-from jaxgrad.port.hf_clip import CLIPVisionConfig, load_pretrained, rules
 from jaxgrad.port import PortError, compare_layers, convert
+from jaxgrad.port.hf_clip import CLIPVisionConfig, load_pretrained, rules
 
 torch = pytest.importorskip("torch", reason="torch is not installed: pip install -e '.[torch]'")
 T = pytest.importorskip(

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxgrad.models.mlp import MLP
 from jaxgrad.losses.pde import laplacian
 from jaxgrad.losses.terms import term_grads
+from jaxgrad.models.mlp import MLP
 
 STANDARD_PROMOTION = (
     "jaxgrad.models.mlp standardises [N, d] points with a [d] mean and std (rank promotion)"

@@ -121,8 +121,8 @@ MEAN = dataclasses.replace(CFG, pool="mean")
 
 
 def test_pool_mean_converts_and_matches_torch_layer_by_layer():
-    from jaxgrad.port.vit_convert import rules
     from jaxgrad.port import compare_layers
+    from jaxgrad.port.vit_convert import rules
 
     tm, model = _pair(MEAN, seed=3)
     x = _images(seed=3)

@@ -19,16 +19,16 @@ import jax.numpy as jnp
 import pytest
 
 from experiments import vit_cifar10 as exp
-from jaxgrad.training.checkpoint import Checkpointer
+from jaxgrad.models.vit import ViT
 from jaxgrad.report.cli import parse
-from jaxgrad.training.guard import NonFiniteError
 from jaxgrad.report.io import JsonlLogger
+from jaxgrad.tasks.classifier import classifier_loss, classifier_metric
+from jaxgrad.training.checkpoint import Checkpointer
+from jaxgrad.training.guard import NonFiniteError
 from jaxgrad.training.lifecycle import split_overrides
 from jaxgrad.training.loop import init_params
-from jaxgrad.models.vit import ViT
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.runs import LOCK_NAME, ResumeConfigError, RunDirError
-from jaxgrad.tasks.classifier import classifier_loss, classifier_metric
 from jaxgrad.training.step import init_train_state
 
 ROOT = Path(__file__).resolve().parents[1]

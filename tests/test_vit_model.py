@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxgrad.training.loop import init_params
 from jaxgrad.models import ViT, ViTConfig, count_params
 from jaxgrad.port.vit_convert import from_torch_state_dict, to_torch_state_dict
+from jaxgrad.training.loop import init_params
 
 CFG = ViTConfig.tiny()
 

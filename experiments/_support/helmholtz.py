@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxgrad.models.mlp import MLP, ModifiedMLP
 from jaxgrad.losses.pde import forward_laplacian, laplacian
+from jaxgrad.models.mlp import MLP, ModifiedMLP
 
 __all__ = ["STD", "Problem", "exact_u", "forcing", "make_model", "make_terms_fn", "sample"]
 

@@ -14,9 +14,9 @@ import numpy as np
 from flax import nnx
 
 from jaxgrad.inspect.bench import compile_timed
-from jaxgrad.models.mlp import MLP
 from jaxgrad.losses.pde import forward_laplacian, laplacian
 from jaxgrad.losses.terms import TERM_GRAD_METHODS, term_grads
+from jaxgrad.models.mlp import MLP
 
 LAPLACIANS = ("forward", "jvp")
 

@@ -1,39 +1,46 @@
 """Image datasets as arrays (CIFAR-10, image folders, an embedded synthetic set) and on-device
-batching with explicit keys."""
+batching with explicit keys. Imports jax, numpy, PIL and jaxgrad.report only.
 
-from jaxgrad.data.cifar10 import CIFAR10_MD5, CIFAR10_URL, is_cifar10_dir, load_cifar10
-from jaxgrad.data.clip_preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
-from jaxgrad.data.dataset import ImageDataset, train_val_split
-from jaxgrad.data.imagefolder import load_image_folder
-from jaxgrad.data.pipeline import (
-    augment,
-    epoch_indices,
-    eval_indices,
-    normalize,
-    random_crop,
-    random_flip,
-    take,
-)
-from jaxgrad.data.synthetic import SYNTHETIC_SOURCE, make_synthetic
+The names below load their module on first use (PEP 562), so ``jaxgrad.data.pipeline`` in the
+training loop does not pull PIL, tarfile and urllib in with it.
+"""
 
-__all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
-    "CIFAR10_MD5",
-    "CIFAR10_URL",
-    "SYNTHETIC_SOURCE",
-    "ImageDataset",
-    "augment",
-    "clip_preprocess",
-    "epoch_indices",
-    "eval_indices",
-    "is_cifar10_dir",
-    "load_cifar10",
-    "load_image_folder",
-    "make_synthetic",
-    "normalize",
-    "random_crop",
-    "random_flip",
-    "take",
-    "train_val_split",
-]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "CIFAR10_MD5": "cifar10",
+    "CIFAR10_URL": "cifar10",
+    "is_cifar10_dir": "cifar10",
+    "load_cifar10": "cifar10",
+    "CLIP_MEAN": "clip_preprocess",
+    "CLIP_STD": "clip_preprocess",
+    "clip_preprocess": "clip_preprocess",
+    "ImageDataset": "dataset",
+    "train_val_split": "dataset",
+    "load_image_folder": "imagefolder",
+    "augment": "pipeline",
+    "epoch_indices": "pipeline",
+    "eval_indices": "pipeline",
+    "normalize": "pipeline",
+    "random_crop": "pipeline",
+    "random_flip": "pipeline",
+    "take": "pipeline",
+    "SYNTHETIC_SOURCE": "synthetic",
+    "make_synthetic": "synthetic",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'jaxgrad.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"jaxgrad.data.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -2,7 +2,7 @@
 
 ``[N, H, W, 3]`` uint8 → ``[N, 3, S, S]`` float32 ``pixel_values``: resize (PIL bicubic) so the
 shorter side is ``S``, centre crop ``S × S``, scale to [0, 1], normalise with OpenAI's CLIP mean
-and std, channels first (the layout :class:`jaxgrad.port.hf_clip.CLIPVisionTower` and
+and std, channels first (the layout :class:`jaxgrad.models.clip_vision.CLIPVisionTower` and
 transformers take). Runs on the host with PIL, as the processor does, so the numbers match it.
 """
 

@@ -6,7 +6,7 @@ The three classic mistakes when timing JAX are (1) counting compilation in the f
 
     step = jax.jit(train_step, donate_argnums=0)
     t = bench_jit(step, state, batch, key, name="vit b64", items=64, carry=True,
-                  flops=3 * vit_forward_flops(...) * 64)
+                  flops=3 * vit_forward_flops(...) * 64)  # jaxgrad.models.vit
     print(t.compile_s, t.ms_per_step, t.items_per_s, t.tflops, t.mfu)
 
 ``carry=True`` threads the first output back in as the first argument (a train step's state),
@@ -15,7 +15,7 @@ which is required when that argument is donated: a donated buffer cannot be pass
 FLOPs: XLA's ``compiled.cost_analysis()`` counts every op of the program (matmuls and the
 elementwise work) but counts a ``while``/``scan`` body **once**, whatever its trip count, and
 reports nothing for custom calls (cuDNN attention). Pass ``flops=`` (an analytic count, e.g.
-:func:`vit_forward_flops`) for scanned or custom-call programs; both numbers are kept.
+:func:`jaxgrad.models.vit.vit_forward_flops`) for scanned or custom-call programs; both numbers are kept.
 
 MFU = achieved FLOP/s ÷ the peak you pass in. :data:`H100_BF16_PEAK_TFLOPS` (787, measured on our
 H100 with a bf16 matmul) is the GPU default; on CPU there is no meaningful peak and MFU is ``None``
@@ -43,7 +43,7 @@ import numpy as np
 __all__ = [
     "CLOCKS", "H100_BF16_PEAK_TFLOPS", "OP_KINDS", "Timing", "bench_jit", "bench_loop", "clock_fn",
     "compile_timed", "default_peak_tflops", "device_info", "measure", "op_time_shares",
-    "profile_jit", "profile_ops", "vit_forward_flops", "xla_flops",
+    "profile_jit", "profile_ops", "xla_flops",
 ]  # fmt: skip
 
 #: bf16 dense matmul peak measured on the project's H100 80GB (see shared/guide/anchors.md).
@@ -361,35 +361,3 @@ def device_info(device: jax.Device | None = None) -> dict:
         else os.cpu_count(),
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-
-
-def vit_forward_flops(
-    *,
-    image_size: int,
-    patch_size: int,
-    dim: int,
-    depth: int,
-    heads: int,
-    dim_head: int,
-    mlp_dim: int,
-    num_classes: int,
-    channels: int = 3,
-) -> float:
-    """Matmul FLOPs (2 per multiply-add) of one vit-pytorch ViT forward pass for ONE image.
-
-    With ``N = (image_size/patch_size)² + 1`` tokens and ``inner = heads·dim_head``:
-    patch embedding ``2(N-1)·p²C·dim``; per block qkv ``2N·dim·3inner``, scores and
-    probabilities×values ``2·2N²·inner``, output projection ``2N·inner·dim``, MLP
-    ``2·2N·dim·mlp``; head ``2·dim·classes``. LayerNorm/softmax/GELU are left out (they are not
-    matmul-unit work), as in the usual MFU convention; a training step is ~3× the forward.
-    The seed config gives 1.691e9 (anchors.md: "about 1.69 GFLOP forward per image").
-    """
-    if image_size % patch_size:
-        raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
-    n = (image_size // patch_size) ** 2 + 1
-    inner = heads * dim_head
-    patch = 2 * (n - 1) * patch_size**2 * channels * dim
-    block = (
-        2 * n * dim * 3 * inner + 4 * n * n * inner + 2 * n * inner * dim + 4 * n * dim * mlp_dim
-    )
-    return float(patch + depth * block + 2 * dim * num_classes)

@@ -38,9 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxgrad.inspect.coverage import CoverageReport, optimizer_coverage
 from jaxgrad.autodiff.deps import jaxpr_sources, provably_zero
 from jaxgrad.autodiff.freeze import path_str
+from jaxgrad.inspect.coverage import CoverageReport, optimizer_coverage
 from jaxgrad.report.tables import render_table
 from jaxgrad.training.xla import RUN_ONCE
 

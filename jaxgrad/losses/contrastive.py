@@ -24,8 +24,6 @@ ones make the loss NaN, which the non-finite guard stops on (see :mod:`jaxgrad.l
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -33,16 +31,12 @@ import optax
 from jaxgrad.losses.classification import check_labels, labels_valid
 
 __all__ = [
-    "MAX_LOGIT_SCALE",
     "clip_loss",
     "contrastive_logits",
     "retrieval_metrics",
     "seed_contrastive_loss",
     "siglip_loss",
 ]
-
-#: CLIP clamps the learnable temperature so the multiplier exp(logit_scale) never exceeds 100.
-MAX_LOGIT_SCALE = math.log(100.0)
 
 
 def _check_pair(image_features: jax.Array, text_features: jax.Array) -> None:

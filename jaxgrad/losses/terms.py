@@ -34,6 +34,7 @@ import optax
 
 __all__ = [
     "TERM_GRAD_METHODS",
+    "check_terms",
     "cosine_matrix",
     "grad_stats",
     "is_weight_matrix",
@@ -45,7 +46,7 @@ __all__ = [
 TERM_GRAD_METHODS = ("split", "vmap", "jacrev")
 
 
-def _check_terms(out: Any) -> list[str]:
+def check_terms(out: Any) -> list[str]:
     """Validate a terms function's output (a shape-dtype tree); return the sorted term names."""
     if not isinstance(out, dict):
         raise TypeError(
@@ -93,7 +94,7 @@ def term_values_and_grads(
     if method not in TERM_GRAD_METHODS:
         raise ValueError(f"method must be one of {TERM_GRAD_METHODS}, got {method!r}")
     shapes = jax.eval_shape(terms_fn, params, *args)
-    names = _check_terms(shapes[0] if has_aux else shapes)
+    names = check_terms(shapes[0] if has_aux else shapes)
 
     def f(p):
         return terms_fn(p, *args)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxgrad.losses.terms import _check_terms, is_weight_matrix, term_values_and_grads
+from jaxgrad.losses.terms import check_terms, is_weight_matrix, term_values_and_grads
 
 __all__ = [
     "WeightRule",
@@ -275,7 +275,7 @@ def pcgrad_loss(
 
     def loss_fn(params, batch, key):
         terms = jax.lax.stop_gradient(terms_fn(params, batch))
-        _check_terms(terms)
+        check_terms(terms)
         return surgered(params, batch, key), {f"loss_{n}": v for n, v in terms.items()}
 
     return loss_fn

@@ -30,19 +30,22 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxgrad.losses.contrastive import MAX_LOGIT_SCALE
-from jaxgrad.port.hf_clip import CLIPVisionConfig, CLIPVisionTower
+from jaxgrad.models.clip_vision import CLIPVisionConfig, CLIPVisionTower
 from jaxgrad.models.text import TextConfig, TextEncoder
 from jaxgrad.models.vit import ViT, ViTConfig
 
 __all__ = [
     "IMAGE_TOWER",
+    "MAX_LOGIT_SCALE",
     "TEXT_TOWER",
     "ClipConfig",
     "ClipModel",
     "clamp_logit_scale",
     "l2_normalize",
 ]
+
+#: CLIP clamps the learnable temperature so the multiplier exp(logit_scale) never exceeds 100.
+MAX_LOGIT_SCALE = math.log(100.0)
 
 #: top-level parameter names of the two towers (path prefixes, e.g. to freeze one tower)
 IMAGE_TOWER, TEXT_TOWER = "image_encoder", "text_encoder"

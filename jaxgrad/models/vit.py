@@ -35,7 +35,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["ViT", "ViTConfig", "count_params", "torch_bias_init", "torch_kernel_init"]
+__all__ = [
+    "ViT",
+    "ViTConfig",
+    "count_params",
+    "torch_bias_init",
+    "torch_kernel_init",
+    "vit_forward_flops",
+]
 
 _EPS = 1e-5  # torch.nn.LayerNorm's default eps
 
@@ -310,3 +317,35 @@ class ViT(nnx.Module):
 def count_params(params) -> int:
     """Number of scalars in a params pytree (or a module's ``nnx.Param`` state)."""
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+def vit_forward_flops(
+    *,
+    image_size: int,
+    patch_size: int,
+    dim: int,
+    depth: int,
+    heads: int,
+    dim_head: int,
+    mlp_dim: int,
+    num_classes: int,
+    channels: int = 3,
+) -> float:
+    """Matmul FLOPs (2 per multiply-add) of one vit-pytorch ViT forward pass for ONE image.
+
+    With ``N = (image_size/patch_size)² + 1`` tokens and ``inner = heads·dim_head``:
+    patch embedding ``2(N-1)·p²C·dim``; per block qkv ``2N·dim·3inner``, scores and
+    probabilities×values ``2·2N²·inner``, output projection ``2N·inner·dim``, MLP
+    ``2·2N·dim·mlp``; head ``2·dim·classes``. LayerNorm/softmax/GELU are left out (they are not
+    matmul-unit work), as in the usual MFU convention; a training step is ~3× the forward.
+    The seed config gives 1.691e9 (anchors.md: "about 1.69 GFLOP forward per image").
+    """
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
+    n = (image_size // patch_size) ** 2 + 1
+    inner = heads * dim_head
+    patch = 2 * (n - 1) * patch_size**2 * channels * dim
+    block = (
+        2 * n * dim * 3 * inner + 4 * n * n * inner + 2 * n * inner * dim + 4 * n * dim * mlp_dim
+    )
+    return float(patch + depth * block + 2 * dim * num_classes)

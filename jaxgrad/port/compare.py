@@ -11,7 +11,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxgrad.port.rules import LAYOUTS, Rule, _match, _path_str, param_paths, to_numpy
+from jaxgrad.autodiff.freeze import path_str
+from jaxgrad.port.rules import LAYOUTS, Rule, match_rule, param_paths, to_numpy
 from jaxgrad.report.tables import render_table
 
 __all__ = ["LayerReport", "compare_layers"]
@@ -45,7 +46,7 @@ def _module_pairs(torch_module, nnx_module, rules: Sequence[Rule]) -> dict[str, 
     nnx_mods: dict[str, set] = {}
     for path, _ in nnx.iter_graph(nnx_module):
         if isinstance(_, nnx.Module):
-            name = _path_str(path)
+            name = path_str(path, ".")
             prefix = f"{name}." if name else ""
             nnx_mods[name] = {p for p in nnx_params if p.startswith(prefix)}
     # deepest torch module first takes the deepest NNX module holding the same params, so a
@@ -56,7 +57,7 @@ def _module_pairs(torch_module, nnx_module, rules: Sequence[Rule]) -> dict[str, 
         keys = [f"{tname}.{k}" if tname else k for k, _ in tmod.named_parameters()]
         if not keys:
             continue
-        mapped = {_match(rules, k, "key")[1] for k in keys}
+        mapped = {match_rule(rules, k, "key")[1] for k in keys}
         if None in mapped:
             continue
         cands = [n for n, params in nnx_mods.items() if params == mapped and n not in taken]
@@ -72,7 +73,7 @@ def _capture_nnx(nnx_module, paths: Iterable[str], store: dict):
     """Record the output of every NNX submodule at ``paths`` while the block runs."""
     wanted = {}
     for path, node in nnx.iter_graph(nnx_module):
-        name = _path_str(path)
+        name = path_str(path, ".")
         if name in paths and isinstance(node, nnx.Module):
             wanted[id(node)] = name
     classes = {type(n) for _, n in nnx.iter_graph(nnx_module) if id(n) in wanted}
@@ -228,14 +229,14 @@ def _compare_grads(torch_module, nnx_module, t_inputs, j_inputs, rules, t_loss, 
         return j_loss(nnx.merge(graphdef, p, rest)(*j_inputs))
 
     j_vals = {
-        _path_str(p): np.asarray(v)
+        path_str(p, "."): np.asarray(v)
         for p, v in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(jax.grad(loss)(params)))[
             0
         ]
     }
     rows, first_bad = [], None
     for key, g in t_grads.items():
-        rule, path = _match(rules, key, "key")
+        rule, path = match_rule(rules, key, "key")
         if rule is None or path not in want:
             continue
         tg = LAYOUTS[rule.layout][0](to_numpy(g).astype(np.float32), tuple(want[path].shape))

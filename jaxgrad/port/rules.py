@@ -10,7 +10,10 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxgrad.autodiff.freeze import path_str
+
 __all__ = [
+    "match_rule",
     "LAYOUTS",
     "PortError",
     "Rule",
@@ -71,10 +74,6 @@ def to_numpy(v: Any) -> np.ndarray:
     return np.asarray(v)
 
 
-def _path_str(path: tuple) -> str:
-    return ".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
-
-
 def param_paths(module_or_state: Any) -> dict[str, jax.ShapeDtypeStruct]:
     """``"a.b.0.kernel" -> ShapeDtypeStruct`` for every ``nnx.Param`` of a module (or a pure
     dict / State of params)."""
@@ -86,7 +85,7 @@ def param_paths(module_or_state: Any) -> dict[str, jax.ShapeDtypeStruct]:
         else module_or_state
     )
     leaves = jax.tree_util.tree_flatten_with_path(pure)[0]
-    return {_path_str(p): jax.ShapeDtypeStruct(np.shape(v), v.dtype) for p, v in leaves}
+    return {path_str(p, "."): jax.ShapeDtypeStruct(np.shape(v), v.dtype) for p, v in leaves}
 
 
 def _template_regex(template: str) -> re.Pattern:
@@ -97,7 +96,7 @@ def _template_regex(template: str) -> re.Pattern:
     return re.compile("".join(out) + r"\Z")
 
 
-def _match(rules: Sequence[Rule], key: str, side: str):
+def match_rule(rules: Sequence[Rule], key: str, side: str):
     """(rule, filled other-side name) of the first rule whose ``side`` template matches."""
     for rule in rules:
         m = _template_regex(getattr(rule, side)).match(key)
@@ -152,7 +151,7 @@ def convert(
         k = key.removeprefix(strip_prefix) if strip_prefix else key
         if _ignored(k, ignore):
             continue
-        rule, path = _match(rules, k, "key")
+        rule, path = match_rule(rules, k, "key")
         if rule is None or path not in want:
             unmapped.append(k if rule is None else f"{k} (rule gives {path}, not a param)")
             continue
@@ -218,8 +217,8 @@ def export(params: Any, rules: Sequence[Rule]) -> dict[str, np.ndarray]:
     leaves = jax.tree_util.tree_flatten_with_path(pure)[0]
     out, unmapped = {}, []
     for p, v in leaves:
-        path = _path_str(p)
-        rule, key = _match(rules, path, "path")
+        path = path_str(p, ".")
+        rule, key = match_rule(rules, path, "path")
         if rule is None:
             unmapped.append(path)
             continue

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxgrad.training.distributed import is_main
+from jaxgrad.report.rank import is_main
 
 __all__ = ["JsonlLogger", "atomic_write_bytes", "atomic_write_json", "to_jsonable"]
 

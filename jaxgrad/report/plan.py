@@ -20,8 +20,8 @@ from typing import IO
 
 import jax
 
-from jaxgrad.training.distributed import is_main
 from jaxgrad.report.progress import format_duration
+from jaxgrad.report.rank import is_main
 
 __all__ = ["Plan", "device_summary"]
 

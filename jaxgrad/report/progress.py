@@ -29,7 +29,7 @@ from typing import IO, Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from jaxgrad.training.distributed import is_main
+from jaxgrad.report.rank import is_main
 
 __all__ = ["Progress", "format_duration", "track"]
 

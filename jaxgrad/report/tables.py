@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from jaxgrad.training.distributed import is_main
+from jaxgrad.report.rank import is_main
 
 __all__ = ["print_table", "render_table"]
 

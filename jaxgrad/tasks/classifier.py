@@ -1,7 +1,14 @@
-"""The image classifier's training recipe as library pieces: the hyper-parameters, the
-optimizer they make, the jitted K-step program and the evaluation (``experiments.vit_cifar10``
-resolves a recipe and its flags into a :class:`Hyper`; tests and benchmarks build the same
-optimizer and program from one)."""
+"""The image-classification task (``experiments.vit_cifar10``) in one place: its loss
+(:func:`classifier_loss`), metric (:func:`classifier_metric`), hyper-parameters
+(:class:`Hyper`), the optimizer they make, the jitted K-step program, the evaluation and
+:func:`load_trained`. The experiment resolves a recipe and its flags into a :class:`Hyper`;
+tests and benchmarks build the same optimizer and program from one, and the benchmark times
+these very functions.
+
+The loss is ``loss_fn(params, batch, step_key) -> (loss, aux)`` on a uint8 batch
+``{"images": [B, H, W, 3], "labels": int32 [B]}``; ``step_key`` is the per-step key
+(``fold_in(key, step)`` inside the train step) and drives augmentation and dropout alike.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +20,77 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
+from flax import nnx
 
+from jaxgrad.data.mix import mix_images, mix_targets
+from jaxgrad.data.pipeline import augment, normalize
+from jaxgrad.losses.classification import cross_entropy, labels_valid
+from jaxgrad.models.vit import ViT, ViTConfig
 from jaxgrad.training.checkpoint import Checkpointer, load_params
 from jaxgrad.training.guard import skip_nonfinite
 from jaxgrad.training.loop import abstract_params, make_evaluate, make_run_chunk
-from jaxgrad.models.vit import ViT, ViTConfig
 from jaxgrad.training.rng import named_keys
-from jaxgrad.tasks.classifier import classifier_loss, classifier_metric
 from jaxgrad.training.step import init_train_state
 
-__all__ = ["Hyper", "evaluate", "load_trained", "make_optimizer", "run_chunk_for"]
+__all__ = [
+    "Hyper",
+    "classifier_loss",
+    "classifier_metric",
+    "evaluate",
+    "load_trained",
+    "make_optimizer",
+    "run_chunk_for",
+]
+
+
+def classifier_loss(
+    graphdef: nnx.GraphDef, *, label_smoothing: float, use_augment: bool, mix_prob: float = 0.0
+):
+    """``loss_fn(params, batch, step_key) -> (loss, {"accuracy"})``: the model in training mode
+    (dropout on), ``nn.CrossEntropyLoss(label_smoothing=)``; crop + flip when ``use_augment``;
+    with probability ``mix_prob`` a batch is mixed by mixup or cutmix (``jaxgrad.data.mix``;
+    accuracy is still counted against the unmixed labels).
+    """
+
+    def loss_fn(params, batch, step_key):
+        aug_key, dropout_key = jax.random.split(step_key)
+        images = batch["images"]
+        if use_augment:
+            images = augment(aug_key, images)
+        model = nnx.merge(graphdef, params)
+        images = normalize(images)
+        if mix_prob:
+            images, lam = mix_images(jax.random.fold_in(aug_key, 1), images, prob=mix_prob)
+        logits = model(images, deterministic=False, rngs=dropout_key)
+        labels = batch["labels"]
+        if mix_prob:  # soft targets: the label check is applied to the loss by hand
+            onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+            if label_smoothing:
+                onehot = optax.smooth_labels(onehot, label_smoothing)
+            loss = optax.softmax_cross_entropy(logits, mix_targets(onehot, lam)).mean()
+            loss = jnp.where(jnp.all(labels_valid(labels, logits.shape[-1])), loss, jnp.nan)
+        else:
+            # NaN for a label outside [0, num_classes): the guard skips the step and names labels
+            loss = cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        acc = (logits.argmax(-1) == batch["labels"]).mean(dtype=jnp.float32)
+        return loss, {"accuracy": acc}
+
+    return loss_fn
+
+
+def classifier_metric(graphdef: nnx.GraphDef):
+    """Per-example ``{"loss", "correct"}`` of the deterministic model (``model.eval()`` +
+    ``torch.no_grad()``: nothing else is needed in JAX), for ``make_evaluate(reduce="sum")``."""
+
+    def metric(params, images, labels):
+        logits = nnx.merge(graphdef, params)(normalize(images))
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        ce = jnp.where(labels_valid(labels, logits.shape[-1]), ce, jnp.nan)  # never a silent 0
+        return {"loss": ce, "correct": logits.argmax(-1) == labels}
+
+    return metric
 
 
 @dataclasses.dataclass(frozen=True)

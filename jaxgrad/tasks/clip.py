@@ -1,16 +1,10 @@
-"""The losses, optimizers and evaluation metrics of the long-running experiments, as public
-factories: the experiments, the benchmark (``experiments.bench`` times these very functions)
-and the tests share them.
+"""The CLIP-style contrastive task (``experiments.clip_contrastive``): :func:`clip_loss_fn`,
+:func:`clip_optimizer`, :data:`CLIP_STEP` (the step's clamp and extra metrics) and
+:func:`param_groups` (the seed's ``optimizer.param_groups`` check); the evaluation is in
+:mod:`jaxgrad.tasks.clip_eval`. The benchmark times these very functions.
 
-- image classification (``experiments.vit_cifar10``): :func:`classifier_loss`,
-  :func:`classifier_metric` (for :func:`jaxgrad.training.loop.make_evaluate`);
-- CLIP-style contrastive training (``experiments.clip_contrastive``): :func:`clip_loss_fn`,
-  :func:`clip_optimizer`, :data:`CLIP_STEP` (the step's clamp and extra metrics),
-  :func:`param_groups` (the seed's ``optimizer.param_groups`` check).
-
-Every loss is ``loss_fn(params, batch, step_key) -> (loss, aux)`` on a uint8 batch
-``{"images": [B, H, W, 3], "labels": int32 [B]}``; ``step_key`` is the per-step key
-(``fold_in(key, step)`` inside the train step) and drives augmentation and dropout alike.
+The loss is ``loss_fn(params, batch, step_key) -> (loss, aux)``; ``step_key`` is the per-step
+key (``fold_in(key, step)`` inside the train step).
 """
 
 from __future__ import annotations
@@ -23,17 +17,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxgrad.losses.contrastive import clip_loss, seed_contrastive_loss, siglip_loss
-from jaxgrad.data.mix import mix_images, mix_targets
-from jaxgrad.data.pipeline import augment, normalize
 from jaxgrad.autodiff.freeze import frozen_mask, optimizer_with_frozen, path_str
-from jaxgrad.losses.classification import cross_entropy, labels_valid
+from jaxgrad.data.pipeline import augment, normalize
+from jaxgrad.losses.contrastive import clip_loss, seed_contrastive_loss, siglip_loss
 from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, clamp_logit_scale, l2_normalize
 
 __all__ = [
     "CLIP_STEP",
-    "classifier_loss",
-    "classifier_metric",
     "IMAGE_GROUP",
     "IMAGE_INPUTS",
     "REST_GROUP",
@@ -43,54 +33,6 @@ __all__ = [
     "param_groups",
     "tower_grad_norms",
 ]
-
-
-def classifier_loss(
-    graphdef: nnx.GraphDef, *, label_smoothing: float, use_augment: bool, mix_prob: float = 0.0
-):
-    """``loss_fn(params, batch, step_key) -> (loss, {"accuracy"})``: the model in training mode
-    (dropout on), ``nn.CrossEntropyLoss(label_smoothing=)``; crop + flip when ``use_augment``;
-    with probability ``mix_prob`` a batch is mixed by mixup or cutmix (``jaxgrad.data.mix``;
-    accuracy is still counted against the unmixed labels).
-    """
-
-    def loss_fn(params, batch, step_key):
-        aug_key, dropout_key = jax.random.split(step_key)
-        images = batch["images"]
-        if use_augment:
-            images = augment(aug_key, images)
-        model = nnx.merge(graphdef, params)
-        images = normalize(images)
-        if mix_prob:
-            images, lam = mix_images(jax.random.fold_in(aug_key, 1), images, prob=mix_prob)
-        logits = model(images, deterministic=False, rngs=dropout_key)
-        labels = batch["labels"]
-        if mix_prob:  # soft targets: the label check is applied to the loss by hand
-            onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-            if label_smoothing:
-                onehot = optax.smooth_labels(onehot, label_smoothing)
-            loss = optax.softmax_cross_entropy(logits, mix_targets(onehot, lam)).mean()
-            loss = jnp.where(jnp.all(labels_valid(labels, logits.shape[-1])), loss, jnp.nan)
-        else:
-            # NaN for a label outside [0, num_classes): the guard skips the step and names labels
-            loss = cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        acc = (logits.argmax(-1) == batch["labels"]).mean(dtype=jnp.float32)
-        return loss, {"accuracy": acc}
-
-    return loss_fn
-
-
-def classifier_metric(graphdef: nnx.GraphDef):
-    """Per-example ``{"loss", "correct"}`` of the deterministic model (``model.eval()`` +
-    ``torch.no_grad()``: nothing else is needed in JAX), for ``make_evaluate(reduce="sum")``."""
-
-    def metric(params, images, labels):
-        logits = nnx.merge(graphdef, params)(normalize(images))
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        ce = jnp.where(labels_valid(labels, logits.shape[-1]), ce, jnp.nan)  # never a silent 0
-        return {"loss": ce, "correct": logits.argmax(-1) == labels}
-
-    return metric
 
 
 def tower_grad_norms(grads, updates, params) -> dict:

@@ -11,14 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxgrad.losses.contrastive import retrieval_metrics
 from jaxgrad.data.captions import TEMPLATES
 from jaxgrad.data.dataset import ImageDataset
 from jaxgrad.data.pipeline import normalize
-from jaxgrad.training.loop import make_evaluate
+from jaxgrad.losses.contrastive import retrieval_metrics
 from jaxgrad.models.clip import IMAGE_TOWER, l2_normalize
 from jaxgrad.report.plots import plot_run_curves
 from jaxgrad.report.tables import print_table
+from jaxgrad.training.loop import make_evaluate
 from jaxgrad.training.xla import RUN_ONCE
 
 __all__ = ["make_evaluator", "plot_clip_run", "print_param_groups"]

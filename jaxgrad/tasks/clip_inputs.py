@@ -25,8 +25,8 @@ import numpy as np
 from flax import nnx
 
 from jaxgrad.data.clip_preprocess import clip_preprocess
-from jaxgrad.tasks.features import FeatureCache, cached_features
 from jaxgrad.models.clip import IMAGE_TOWER
+from jaxgrad.tasks.features import FeatureCache, cached_features
 
 __all__ = ["TowerInputs", "tower_inputs", "with_image_tower"]
 
@@ -52,7 +52,7 @@ def tower_inputs(
     batch_size: int = 256,
 ) -> TowerInputs:
     """Cached features (``frozen``) or CLIP pixel_values of uint8 ``[N, H, W, 3]`` images for
-    ``tower`` (a :class:`jaxgrad.port.hf_clip.CLIPVisionTower`)."""
+    ``tower`` (a :class:`jaxgrad.models.clip_vision.CLIPVisionTower`)."""
     size = tower.cfg.image_size
     prep = functools.partial(clip_preprocess, size=size)
     if not frozen:

@@ -30,11 +30,11 @@ import optax
 from flax import nnx
 from matplotlib.lines import Line2D
 
+from jaxgrad.losses.terms import term_grads
+from jaxgrad.losses.weighting import grad_norm_balancing, lr_annealing, pcgrad_loss, weighted_sum
 from jaxgrad.report.plots import STYLES, save_figure, subplots
 from jaxgrad.report.progress import Progress
-from jaxgrad.losses.terms import term_grads
 from jaxgrad.training.step import init_train_state, make_multi_step
-from jaxgrad.losses.weighting import grad_norm_balancing, lr_annealing, pcgrad_loss, weighted_sum
 
 __all__ = [
     "METHODS",

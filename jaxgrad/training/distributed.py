@@ -43,6 +43,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxgrad.report.rank import is_main
 from jaxgrad.training.parallel import batch_sharding, replicated
 
 __all__ = [
@@ -216,15 +217,6 @@ def _probe(coordinator: str, process_id: int, timeout_s: float) -> None:
                     "--coordinator, and is that host reachable from here?"
                 ) from e
             time.sleep(0.5)
-
-
-def is_main() -> bool:
-    """True in process 0: the one that logs, draws progress bars and writes outputs.
-
-    True without a joined runtime, without starting a backend (``jaxgrad.report.io`` asks before any
-    write, also in programs that never touch a device).
-    """
-    return not jax.distributed.is_initialized() or jax.process_index() == 0
 
 
 def barrier(name: str) -> None:

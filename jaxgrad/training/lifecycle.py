@@ -33,10 +33,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from jaxgrad.report.io import JsonlLogger, atomic_write_json
 from jaxgrad.training.checkpoint import Checkpointer, CheckpointMismatchError
 from jaxgrad.training.distributed import main_print
 from jaxgrad.training.guard import check_finite_state
-from jaxgrad.report.io import JsonlLogger, atomic_write_json
 from jaxgrad.training.runs import (
     ResumeConfigError,
     changes_jsonable,

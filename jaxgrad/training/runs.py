@@ -47,8 +47,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from jaxgrad.training.distributed import barrier, is_main
 from jaxgrad.report.io import JsonlLogger, to_jsonable
+from jaxgrad.training.distributed import barrier, is_main
 
 __all__ = [
     "LOCK_NAME",
