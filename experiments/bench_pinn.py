@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments import helmholtz as helm
+from experiments._support import helmholtz as helm
 from jaxgrad.losses.terms import term_grads
 from jaxgrad.losses.weighting import lr_annealing, weighted_sum
 from jaxgrad.report.cli import option, parse, positive

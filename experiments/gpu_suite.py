@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import terms_timing
+from experiments._support import terms_timing
 from experiments._support.gpu_suite_report import markdown
 from experiments.bench_torch import TORCH_PRECISION, time_torch
 from jaxgrad.data.captions import caption_table

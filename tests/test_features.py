@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxgrad.data import clip_preprocess
+from jaxgrad.data.clip_preprocess import clip_preprocess
 from jaxgrad.port.hf_clip import CLIPVisionConfig, CLIPVisionTower
 from jaxgrad.tasks.features import cached_features, extract_features, model_fingerprint
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import helmholtz, pinn_helmholtz, pinn_poisson
+from experiments import pinn_helmholtz, pinn_poisson
+from experiments._support import helmholtz
 from jaxgrad.losses.pde import laplacian, normal_derivative
 from jaxgrad.models.mlp import MLP, ModifiedMLP
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from experiments import terms_timing
+from experiments._support import terms_timing
 
 
 def test_each_framework_is_divided_by_its_own_sum():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxgrad.data import clip_preprocess
+from jaxgrad.data.clip_preprocess import clip_preprocess
 from jaxgrad.losses.contrastive import clip_loss
 from jaxgrad.models.clip import l2_normalize
 from jaxgrad.port import PortError, compare_layers, convert

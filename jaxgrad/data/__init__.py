@@ -16,7 +16,6 @@ _WHERE = {
     "load_cifar10": "cifar10",
     "CLIP_MEAN": "clip_preprocess",
     "CLIP_STD": "clip_preprocess",
-    "clip_preprocess": "clip_preprocess",
     "ImageDataset": "dataset",
     "train_val_split": "dataset",
     "load_image_folder": "imagefolder",
