@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from experiments.bench_torch import (
+from experiments._support.bench_torch import (
     H100_TORCH_ANCHOR_MS,
     TORCH_PRECISION,
     TORCH_VARIANTS,
@@ -319,7 +319,7 @@ def run_clip(cfg: Config, keys: dict, peak: float | None) -> list[dict]:
 
 
 def run_torch(cfg: Config, peak: float | None, skipped: list[dict]) -> list[dict]:
-    """The same ViT train step in PyTorch (experiments.bench_torch), each variant on its own."""
+    """The same ViT train step in PyTorch (experiments._support.bench_torch), each variant on its own."""
     vit = vit_config(cfg, "highest")
     rows = []
     for variant, b, t in time_torch(

@@ -4,7 +4,7 @@ Run: ``python -m experiments.bench_pinn`` (a few minutes on 2 cores); ``--tiny``
 
 The step is ``experiments.pinn_helmholtz``'s (tanh MLP 2-50-50-50-1, 128 points per edge and
 128 residual points drawn each step, Adam; ``annealed`` adds learning-rate annealing every 10
-steps); the PyTorch anchor is ``experiments.bench_pinn_torch`` (Laplacian by double backward,
+steps); the PyTorch anchor is ``experiments._support.bench_pinn_torch`` (Laplacian by double backward,
 1 thread). Every contender runs ``block`` steps per sample, one contender after the other in
 the same process, ``runs`` rounds, so load changes hit all of them alike. JAX runs the way the
 experiment does: chunks of steps in one ``lax.scan`` per call (``--jax-chunk``, annealed:
@@ -116,7 +116,7 @@ def make_jax_block(cfg: Config, *, annealed: bool, laplacian: str, seed: int = 0
 
 
 def make_torch_block(cfg: Config, *, annealed: bool, variant: str):
-    from experiments.bench_pinn_torch import make_torch_step
+    from experiments._support.bench_pinn_torch import make_torch_step
 
     step = make_torch_step(
         variant, annealed=annealed, width=cfg.width, depth=cfg.depth, batch=cfg.batch,

@@ -15,7 +15,7 @@ a test runs it. Output (``--out``): ``gpu_suite.json`` and ``gpu_suite.md``. Par
    dispatch and ``--chunk`` scanned steps per dispatch; bf16 also with ``attn_dropout=False``
    (no dropout on attention probabilities: cuDNN fused attention on a GPU). vit-pytorch drops
    the probabilities: ``attn_dropout=True`` (the default) is the one that matches it.
-3. ``torch``: the same step in PyTorch, same process (``experiments.bench_torch``): eager fp32,
+3. ``torch``: the same step in PyTorch, same process (``experiments._support.bench_torch``): eager fp32,
    AMP bf16, torch.compile + AMP bf16.
 4. ``terms``: the per-term gradient ratio (``experiments.bench_terms``); ``clip``: a CLIP step.
 5. ``seed``: ``python -m experiments.vit_cifar10`` with the seed recipe, 10 epochs on the real
@@ -45,8 +45,8 @@ import numpy as np
 import optax
 
 from experiments._support import terms_timing
+from experiments._support.bench_torch import TORCH_PRECISION, time_torch
 from experiments._support.gpu_suite_report import markdown
-from experiments.bench_torch import TORCH_PRECISION, time_torch
 from jaxgrad.data.captions import caption_table
 from jaxgrad.data.synthetic import CLASS_NAMES, make_synthetic
 from jaxgrad.inspect.bench import Timing, bench_jit, device_info

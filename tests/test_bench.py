@@ -89,7 +89,7 @@ def test_every_timer_samples_on_the_clock_asked_for(fake_clocks, clock):
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")
 @pytest.mark.parametrize("clock", ["wall", "cpu"])
 def test_torch_rows_sample_on_the_clock_asked_for(fake_clocks, clock):
-    from experiments.bench_torch import time_torch
+    from experiments._support.bench_torch import time_torch
 
     skipped = []
     ((variant, b, t),) = time_torch(ViTConfig.tiny(), variants=("eager",), batches=(2,), runs=2,

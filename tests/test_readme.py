@@ -1,4 +1,4 @@
-"""The README's runnable command blocks run as written, so the README cannot rot.
+"""The runnable command blocks of the README and of docs/*.md run as written, so they cannot rot.
 
 A block is runnable when the line before its opening fence is ``<!-- runnable: tiny -->``
 (default suite; the block must take seconds) or ``<!-- runnable: tiny, slow -->`` (minutes:
@@ -33,13 +33,21 @@ def runnable_blocks(text: str) -> list[tuple[str, set[str], int]]:
     ]
 
 
-BLOCKS = runnable_blocks((ROOT / "README.md").read_text())
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCKS = [
+    (body, tags, f"{path.relative_to(ROOT)}:{line}")
+    for path in DOCS
+    for body, tags, line in runnable_blocks(path.read_text())
+]
 
 
-def test_the_readme_has_runnable_blocks_and_every_marker_is_read():
-    text = (ROOT / "README.md").read_text()
-    assert len(BLOCKS) == text.count("<!-- runnable:") >= 2
-    assert any("slow" not in tags for _, tags, _ in BLOCKS)  # something runs in the default suite
+def test_the_docs_have_runnable_blocks_and_every_marker_is_read():
+    for path in DOCS:
+        text = path.read_text()
+        assert len(runnable_blocks(text)) == text.count("<!-- runnable:"), path
+    readme = runnable_blocks((ROOT / "README.md").read_text())
+    assert any("slow" not in tags for _, tags, _ in readme)  # the README's run by default
+    assert len(BLOCKS) >= 3
 
 
 def test_runnable_blocks_finds_tags_and_bodies():
@@ -52,8 +60,8 @@ def test_runnable_blocks_finds_tags_and_bodies():
 @pytest.mark.parametrize(
     "script",
     [
-        pytest.param(b, marks=[pytest.mark.slow] if "slow" in tags else [], id=f"README.md:{line}")
-        for b, tags, line in BLOCKS
+        pytest.param(b, marks=[pytest.mark.slow] if "slow" in tags else [], id=where)
+        for b, tags, where in BLOCKS
     ],
 )
 def test_readme_block_runs(script, tmp_path):

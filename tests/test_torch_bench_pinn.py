@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import bench_pinn
-from experiments.bench_pinn_torch import make_torch_step
+from experiments._support.bench_pinn_torch import make_torch_step
 
 STANDARD_PROMOTION = "optax 0.2.8's schedules and Adam mix int32 step counters with floats"
 
