@@ -20,35 +20,36 @@ The PyTorch code being timed::
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-
-def _parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size", choices=("b32", "b16", "tiny"), default="b32",
-                   help="tower shape (default: b32, ViT-B/32 at 224)")  # fmt: skip
-    p.add_argument("--batch", type=int, default=16, help="images per call (default: 16)")
-    p.add_argument("--runs", type=int, default=5, help="timed samples per side (default: 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per side (default: 1)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="threads for both frameworks (default: 1; 0 = each its own default)")  # fmt: skip
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    args = p.parse_args(argv)
-    for name in ("batch", "runs"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.warmup < 0 or args.threads < 0:
-        p.error("--warmup and --threads must be >= 0")
-    return args
+from jaxgrad.report.cli import check_config, option, parse
 
 
-def main(argv=None) -> dict:
-    args = _parse(argv)
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Feature extraction, JAX vs transformers' PyTorch tower, interleaved."""
+
+    size: str = option("b32", "tower shape (b32: ViT-B/32 at 224)", choices=("b32", "b16", "tiny"))
+    batch: int = option(16, "images per call", ge=1)
+    runs: int = option(5, "timed samples per side", ge=1)
+    warmup: int = option(1, "untimed calls per side", ge=0)
+    threads: int = option(1, "threads for both frameworks (0 = each its own default)", ge=0)
+    out: str | None = option(None, "write the results as JSON here")
+
+    def __post_init__(self):
+        check_config(self)
+
+    @classmethod
+    def tiny(cls) -> Config:
+        return cls(size="tiny", batch=2, runs=2, warmup=1)
+
+
+def main(cfg: Config) -> dict:
+    args = cfg
     if args.threads:
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "")
@@ -150,4 +151,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main(parse(Config))

@@ -21,36 +21,35 @@ with the load average before and after: on a shared CPU the figures are noisy.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import statistics
-import sys
 import time
 
-
-def _parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size", choices=("b32", "b16", "tiny"), default="b32",
-                   help="tower shape (default: b32, ViT-B/32 at 224)")  # fmt: skip
-    p.add_argument("--batch", type=int, default=32, help="pairs per step (default: 32)")
-    p.add_argument("--runs", type=int, default=5, help="timed samples per side (default: 5)")
-    p.add_argument("--steps-per-run", type=int, default=2, help="steps per sample (default: 2)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="XLA CPU threads (default: 1; 0 = XLA's default)")  # fmt: skip
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    args = p.parse_args(argv)
-    for name in ("batch", "runs", "steps_per_run"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.batch < 2:
-        p.error("--batch must be >= 2: a contrastive batch needs negatives")
-    if args.threads < 0:
-        p.error("--threads must be >= 0")
-    return args
+from jaxgrad.report.cli import check_config, option, parse
 
 
-def main(argv=None) -> dict:
-    args = _parse(argv)
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Frozen tower from the feature cache vs the tower in every step, interleaved."""
+
+    size: str = option("b32", "tower shape (b32: ViT-B/32 at 224)", choices=("b32", "b16", "tiny"))
+    batch: int = option(32, "pairs per step (a contrastive batch needs negatives)", ge=2)
+    runs: int = option(5, "timed samples per side", ge=1)
+    steps_per_run: int = option(2, "steps per sample", ge=1)
+    threads: int = option(1, "XLA CPU threads (0 = XLA's default)", ge=0)
+    out: str | None = option(None, "write the results as JSON here")
+
+    def __post_init__(self):
+        check_config(self)
+
+    @classmethod
+    def tiny(cls) -> Config:
+        return cls(size="tiny", batch=4, runs=2, steps_per_run=1)
+
+
+def main(cfg: Config) -> dict:
+    args = cfg
     if args.threads:
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "")
@@ -146,4 +145,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main(parse(Config))
