@@ -24,14 +24,14 @@ import optax
 __all__ = ["frozen_mask", "optimizer_with_frozen", "path_str"]
 
 
-def path_str(path: tuple, separator: str = "/") -> str:
+def path_str(path: tuple, separator: str = "/", root: str = "<root>") -> str:
     """A key path → ``'encoder/layers/0/kernel'`` (``keystr(simple=True, separator=...)``;
     ``separator="."`` gives PyTorch-style ``'encoder.layers.0.kernel'``); flax NNX's trailing
-    ``.value`` attribute is dropped; the empty path is ``'<root>'``."""
+    ``.value`` attribute is dropped; the empty path is ``root``."""
     path = tuple(path)
     if path and getattr(path[-1], "name", None) == "value":
         path = path[:-1]
-    return jax.tree_util.keystr(path, simple=True, separator=separator) or "<root>"
+    return jax.tree_util.keystr(path, simple=True, separator=separator) or root
 
 
 def frozen_mask(params: Any, frozen: Sequence[str] | Callable[[str], bool]) -> Any:

@@ -46,7 +46,7 @@ def _module_pairs(torch_module, nnx_module, rules: Sequence[Rule]) -> dict[str, 
     nnx_mods: dict[str, set] = {}
     for path, _ in nnx.iter_graph(nnx_module):
         if isinstance(_, nnx.Module):
-            name = path_str(path, ".")
+            name = path_str(path, ".", root="")
             prefix = f"{name}." if name else ""
             nnx_mods[name] = {p for p in nnx_params if p.startswith(prefix)}
     # deepest torch module first takes the deepest NNX module holding the same params, so a
@@ -73,7 +73,7 @@ def _capture_nnx(nnx_module, paths: Iterable[str], store: dict):
     """Record the output of every NNX submodule at ``paths`` while the block runs."""
     wanted = {}
     for path, node in nnx.iter_graph(nnx_module):
-        name = path_str(path, ".")
+        name = path_str(path, ".", root="")
         if name in paths and isinstance(node, nnx.Module):
             wanted[id(node)] = name
     classes = {type(n) for _, n in nnx.iter_graph(nnx_module) if id(n) in wanted}
@@ -229,7 +229,7 @@ def _compare_grads(torch_module, nnx_module, t_inputs, j_inputs, rules, t_loss, 
         return j_loss(nnx.merge(graphdef, p, rest)(*j_inputs))
 
     j_vals = {
-        path_str(p, "."): np.asarray(v)
+        path_str(p, ".", root=""): np.asarray(v)
         for p, v in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(jax.grad(loss)(params)))[
             0
         ]

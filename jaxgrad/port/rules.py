@@ -85,7 +85,9 @@ def param_paths(module_or_state: Any) -> dict[str, jax.ShapeDtypeStruct]:
         else module_or_state
     )
     leaves = jax.tree_util.tree_flatten_with_path(pure)[0]
-    return {path_str(p, "."): jax.ShapeDtypeStruct(np.shape(v), v.dtype) for p, v in leaves}
+    return {
+        path_str(p, ".", root=""): jax.ShapeDtypeStruct(np.shape(v), v.dtype) for p, v in leaves
+    }
 
 
 def _template_regex(template: str) -> re.Pattern:
@@ -217,7 +219,7 @@ def export(params: Any, rules: Sequence[Rule]) -> dict[str, np.ndarray]:
     leaves = jax.tree_util.tree_flatten_with_path(pure)[0]
     out, unmapped = {}, []
     for p, v in leaves:
-        path = path_str(p, ".")
+        path = path_str(p, ".", root="")
         rule, key = match_rule(rules, path, "path")
         if rule is None:
             unmapped.append(path)
