@@ -141,7 +141,7 @@ def load_trained(path: str | os.PathLike) -> Trained:
         embedded = {**meta["vit"], "class_names": meta.get("class_names")}
         if sidecar is not None:
             _check_sidecar(side, sidecar, embedded, path)
-        fields, used = meta["vit"], None
+        fields, used = embedded, None
     elif sidecar is not None:
         fields, used = sidecar, side
     else:
