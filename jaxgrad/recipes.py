@@ -194,10 +194,12 @@ def evaluate_saved(trained: Trained, ds: ImageDataset, *, model: str, batch_size
     are matched to the model's label indices by name (:func:`jaxgrad.data.classes.match_classes`;
     a model without recorded names: by sorted order, with a one-line warning)."""
     if trained.class_names is not None:
-        ds = match_classes(ds, trained.class_names, model=model)
+        ds = match_classes(ds, trained.class_names, model=f"the model {model}")
     else:
         where = trained.sidecar or Path(model).with_name("vit_config.json")
-        warn_unrecorded(ds, model=model, how=f'add "class_names": [...] (label order) to {where}')
+        warn_unrecorded(
+            ds, model=f"the model {model}", how=f'add "class_names": [...] (label order) to {where}'
+        )
     vit = trained.vit
     check_fits(ds, image_shape=(vit.image_size,) * 2 + (vit.channels,), num_classes=vit.num_classes)
     images, labels = jax.numpy.asarray(ds.images), jax.numpy.asarray(ds.labels)

@@ -168,6 +168,6 @@ def test_a_model_without_recorded_names_is_scored_by_sorted_order_with_a_warning
     got = eval_only(cfg, old, folder)
     assert got["accuracy"] == eval_only(cfg, run / "vit_params.npz", folder)["accuracy"]
     err = capsys.readouterr().err
-    assert (f"warning: {old} records no class names, so the classes of imagefolder:{folder} are "
+    assert (f"warning: the model {old} records no class names, so the classes of imagefolder:{folder} are "
             "matched by sorted order (airplane, automobile,") in err  # fmt: skip
     assert f'add "class_names": [...] (label order) to {tmp_path / "vit_config.json"}' in err

@@ -34,7 +34,7 @@ def _listing(names: Sequence[str]) -> str:
 def match_classes(ds: ImageDataset, model_names: Sequence[str], *, model: str) -> ImageDataset:
     """``ds`` relabelled into the model's label space (``class_names = model_names``).
 
-    ``model`` names the saved model in messages. Prints one line when ``ds`` holds a subset
+    ``model`` says whose names ``model_names`` are, in messages (``"the model <path>"``). Prints one line when ``ds`` holds a subset
     of the model's classes. Raises DataError naming ``ds.source`` and the model's names for an
     unknown name or a name twice after normalising (in ``ds`` or in ``model_names``).
     """
@@ -42,10 +42,10 @@ def match_classes(ds: ImageDataset, model_names: Sequence[str], *, model: str) -
     index: dict[str, int] = {}
     for i, name in enumerate(model_names):
         if normalize_name(name) in index:
+            first = model_names[index[normalize_name(name)]]
             raise DataError(
-                f"{model}: records the class {name!r} twice (as {model_names[index[normalize_name(name)]]!r}"
-                f" too, case ignored): its labels are ambiguous; re-train on class folders with "
-                "distinct names"
+                f"{model} records the class {name!r} twice (as {first!r} too, case ignored): "
+                "its labels are ambiguous; re-train on class folders with distinct names"
             )
         index[normalize_name(name)] = i
     seen: dict[str, str] = {}
@@ -60,7 +60,7 @@ def match_classes(ds: ImageDataset, model_names: Sequence[str], *, model: str) -
     unknown = [n for n in ds.class_names if normalize_name(n) not in index]
     if unknown:
         raise DataError(
-            f"{ds.source}: class(es) {_listing(unknown)} are not classes of the model {model} "
+            f"{ds.source}: class(es) {_listing(unknown)} are not classes of {model} "
             f"(its classes: {_listing(model_names)}); rename those folders to the model's names "
             "or remove them"
         )
