@@ -293,7 +293,7 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path) -> di
     groups = report_groups(cfg, s)
     evaluate = make_evaluator(
         s.graphdef, s.rest, val, s.captions, seed=cfg.seed, fast=cfg.fast_compile,
-        images=s.inputs.val, image_input=s.inputs.kind,
+        images=s.inputs.val, image_input=s.inputs.kind, class_names=train.class_names,
     )  # fmt: skip
     state: TrainState = init_train_state(s.params, opt)
     data = (jnp.asarray(s.inputs.train), jnp.asarray(train.labels))
@@ -352,6 +352,7 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path) -> di
     chance = 1.0 / train.num_classes
     final = {
         "config": to_dict(cfg), "source": train.source, "train_seconds": seconds,
+        "classes": list(train.class_names),  # the zero-shot prompts' names, label order
         "last_train": last, "val": ev, "param_groups": groups, "chance": chance,
         "first_loss": hist["loss"][0] if hist["loss"] else None,
         "feature_cache": None if s.inputs.cache is None else {

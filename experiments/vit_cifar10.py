@@ -56,6 +56,7 @@ from jaxgrad.tasks.classifier import (
     Hyper,
     classifier_loss,
     evaluate,
+    evaluate_saved,
     load_trained,
     make_optimizer,
     run_chunk_for,
@@ -64,11 +65,7 @@ from jaxgrad.training.checkpoint import CheckpointMismatchError, CorruptCheckpoi
 from jaxgrad.training.distributed import initialize, main_print, replicate
 from jaxgrad.training.guard import NonFiniteError, check_nonfinite
 from jaxgrad.training.lifecycle import EpochRun
-from jaxgrad.training.loop import (
-    init_params,
-    steps_per_epoch,
-    train_epoch,
-)
+from jaxgrad.training.loop import init_params, steps_per_epoch, train_epoch
 from jaxgrad.training.parallel import make_mesh, place_state, replicated
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.runs import ResumeConfigError, RunDirError, resolved_config
@@ -209,8 +206,10 @@ class Config:
 
     def recorded(self, train: ImageDataset) -> dict:
         """What a checkpoint must match to be resumed: model, recipe and hyper-parameters, data
-        source and size, seed (flat, so ``--resume-override lr,batch_size`` names fields)."""
+        source, size and class names (label i's name), seed (flat, so ``--resume-override
+        lr,batch_size`` names fields)."""
         data = dict(data=self.data, data_source=train.source, n_train=len(train))
+        data.update(classes=list(train.class_names))
         data.update(n_val=self.n_val, train_limit=self.train_limit, seed=self.seed)
         if self.data == "synthetic":
             data["synthetic_size"] = self.synthetic_size
@@ -334,8 +333,9 @@ def _train(cfg: Config, h: Hyper, vit: ViTConfig, mesh, run: EpochRun, sets) -> 
         run.save(epoch + 1, {"state": state, "keys": keys}, history)
     bar.close()
     out = Path(cfg.out_dir)
-    save_params(out / "vit_params.npz", state.params)
-    atomic_write_json(out / "vit_config.json", dataclasses.asdict(vit))
+    model = {"vit": dataclasses.asdict(vit), "class_names": list(train.class_names)}
+    save_params(out / "vit_params.npz", state.params, meta=model)  # needs nothing beside it
+    atomic_write_json(out / "vit_config.json", {**model["vit"], "class_names": list(train.class_names)})  # fmt: skip
     if history:
         title = run_title(f"ViT {cfg.model}, {cfg.recipe} recipe", source=train.source)
         curve = lambda k: ([r["epoch"] for r in history], [r[k] for r in history])  # noqa: E731
@@ -365,20 +365,17 @@ def _smaller(cfg: Config, vit: ViTConfig) -> tuple[str, float] | None:
 
 def evaluate_only(cfg: Config) -> dict:
     """Accuracy of a saved model on every image of ``--data-dir`` (CIFAR-10 test split, or
-    every image of an image folder)."""
+    every image of an image folder), its classes matched to the model's by name."""
     path, data_dir = Path(cfg.checkpoint), Path(cfg.data_dir)
-    vit, graphdef, params = load_trained(path, cfg.vit())
+    trained = load_trained(path)
     ds = (
         load_cifar10(data_dir, train=False)
         if is_cifar10_dir(data_dir)
         else load_image_folder(data_dir, cache_dir=cfg.cache_dir, progress=cfg.progress)
     )
-    _check_fits(ds, vit)
-    ev = evaluate(
-        graphdef, cfg.eval_batch_size, params, jnp.asarray(ds.images), jnp.asarray(ds.labels)
-    )
+    ev = evaluate_saved(trained, ds, model=str(path), batch_size=cfg.eval_batch_size)
     main_print(f"{path}: accuracy {100 * ev['accuracy']:.2f}% on {ev['n']} images of {ds.source}")
-    return {**ev, "data": ds.source, "checkpoint": str(path)}
+    return {**ev, "data": ds.source, "checkpoint": str(path), "classes": list(ds.class_names)}
 
 
 def tour() -> list[Row]:

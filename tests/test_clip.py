@@ -25,6 +25,7 @@ from experiments._support.common import Row
 from jaxgrad.autodiff.deps import grad_dependence
 from jaxgrad.autodiff.freeze import path_str
 from jaxgrad.data.captions import PAD, TEMPLATES, UNK, Tokenizer, caption_table, words
+from jaxgrad.errors import DataError
 from jaxgrad.models.clip import (
     IMAGE_TOWER,
     MAX_LOGIT_SCALE,
@@ -35,6 +36,7 @@ from jaxgrad.models.clip import (
 from jaxgrad.models.text import TextConfig, masked_mean
 from jaxgrad.report.cli import parse
 from jaxgrad.tasks.clip import CLIP_STEP, clip_optimizer, param_groups
+from jaxgrad.tasks.clip_eval import make_evaluator
 from jaxgrad.training.runs import RunDirError
 from jaxgrad.training.step import init_train_state, make_train_step
 
@@ -256,6 +258,23 @@ def test_experiment_runs_and_writes_outputs(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [0, 1, 2, 2]  # eval at 0, train, eval
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert final["classes"] == list(exp.load_data(cfg)[0].class_names)  # the prompts' names
+
+
+def test_zero_shot_labels_are_matched_to_the_prompts_by_name(plain, data):
+    """An evaluation set naming the same classes in another order (its labels renumbered to
+    match) scores exactly the same; a name the prompts do not know is refused."""
+    train = data[0]
+    val = train.subset(np.arange(48))
+    names = train.class_names[::-1]  # reversed naming: label l is now class C-1-l
+    renamed = dataclasses.replace(val, labels=(len(names) - 1 - val.labels).astype(np.int32),
+                                  class_names=names)  # fmt: skip
+    ev = lambda v: make_evaluator(plain.graphdef, plain.rest, v, plain.captions, seed=0,
+                                  fast=True, class_names=train.class_names)(plain.params)  # fmt: skip
+    assert ev(renamed) == ev(val)
+    unknown = dataclasses.replace(val, class_names=(*train.class_names[:-1], "zebra"))
+    with pytest.raises(DataError, match="zebra are not classes of the CLIP run's training set"):
+        ev(unknown)
 
 
 def test_bad_config_raises():

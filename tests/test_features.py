@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from jaxgrad.data.clip_preprocess import clip_preprocess
+from jaxgrad.errors import CacheError
 from jaxgrad.port.hf_clip import CLIPVisionConfig, CLIPVisionTower
 from jaxgrad.tasks.features import cached_features, extract_features, model_fingerprint
 
@@ -90,6 +91,30 @@ def test_a_tampered_or_truncated_cache_is_refused_with_its_path(tower, images, t
         cached_features(
             tower, images, tmp_path, batch_size=8, preprocess=PRE, preprocess_id="clip32"
         )
+
+
+@pytest.mark.parametrize("keep_hash", [True, False], ids=["meta-as-read", "meta-without-hash"])
+def test_a_cache_rewritten_with_the_same_meta_and_zero_features_is_refused(
+    tower, images, tmp_path, keep_hash
+):
+    """Issue 21: the key and the meta match, the contents do not (zeros): refused with the path,
+    whether the rewrite kept the meta as read or the meta without its recorded hash."""
+    res = cached_features(tower, images, tmp_path, batch_size=8, preprocess=PRE,
+                          preprocess_id="clip32")  # fmt: skip
+    with np.load(res.path) as z:
+        meta, feats = json.loads(str(z["meta"])), z["features"]
+    if not keep_hash:
+        meta.pop("features_sha256")
+    np.savez(res.path, features=np.zeros_like(feats), meta=np.asarray(json.dumps(meta)))
+    with pytest.raises(CacheError, match=rf"{res.path}: feature cache contents do not match"):
+        cached_features(
+            tower, images, tmp_path, batch_size=8, preprocess=PRE, preprocess_id="clip32"
+        )
+    np.savez(res.path, features=feats, meta=np.asarray(json.dumps(meta)))  # as written: a hit
+    if keep_hash:
+        again = cached_features(tower, images, tmp_path, batch_size=8, preprocess=PRE,
+                                preprocess_id="clip32")  # fmt: skip
+        assert again.hit and np.array_equal(again.features, feats)
 
 
 def test_bad_arguments_are_refused(tower, images, tmp_path):

@@ -176,6 +176,7 @@ def read_config(path: str | Path) -> ViTConfig:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object of ViT(...) keyword arguments")
+    raw.pop("class_names", None)  # jaxgrad's sidecar records them; not a ViT(...) argument
     known = {f.name for f in dataclasses.fields(ViTConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:

@@ -17,28 +17,35 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxgrad.data.classes import match_classes, warn_unrecorded
+from jaxgrad.data.dataset import ImageDataset
 from jaxgrad.data.mix import mix_images, mix_targets
 from jaxgrad.data.pipeline import augment, normalize
+from jaxgrad.data.sources import check_fits
+from jaxgrad.errors import CheckpointError
 from jaxgrad.losses.classification import cross_entropy, labels_valid
 from jaxgrad.models.vit import ViT, ViTConfig
 from jaxgrad.training.checkpoint import Checkpointer, load_params
 from jaxgrad.training.guard import skip_nonfinite
 from jaxgrad.training.loop import abstract_params, make_evaluate, make_run_chunk
+from jaxgrad.training.params_meta import read_params_meta
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.step import init_train_state
 
 __all__ = [
     "Hyper",
+    "Trained",
     "classifier_loss",
     "classifier_metric",
     "evaluate",
+    "evaluate_saved",
     "load_trained",
     "make_optimizer",
     "run_chunk_for",
@@ -156,25 +163,105 @@ def evaluate(graphdef, batch_size: int, params, images, labels) -> dict:
     return {"loss": float(s["loss"]) / n, "accuracy": float(s["correct"]) / n, "n": n}
 
 
-def load_trained(path: str | os.PathLike, default: ViTConfig) -> tuple[ViTConfig, Any, Any]:
-    """``(vit config, graphdef, params)`` of a trained ViT: a ``ckpt/`` directory (its latest
-    readable checkpoint; the model config comes from the recorded run config) or a
-    ``vit_params.npz`` (config from the ``vit_config.json`` beside it, else ``default``)."""
+class Trained(NamedTuple):
+    """A saved ViT as :func:`load_trained` reads it."""
+
+    vit: ViTConfig
+    graphdef: Any
+    params: Any
+    class_names: tuple[str, ...] | None  # label i's class; None: not recorded (older file)
+    sidecar: Path | None  # the vit_config.json the config came from, if it came from one
+
+
+def load_trained(path: str | os.PathLike) -> Trained:
+    """A trained ViT from a ``ckpt/`` directory (its latest readable checkpoint; config and
+    class names from the recorded run config) or a ``vit_params.npz`` (config and class names
+    embedded in the file, hash-checked; a ``vit_config.json`` beside it must agree with them).
+    A params file without an embedded config (an older jaxgrad's, a converted PyTorch model)
+    needs the ``vit_config.json`` beside it. Raises CheckpointError naming the file."""
     path = Path(path)
     if path.is_dir():
         ckpt = Checkpointer(path)
         c = ckpt.read_meta().get("config")
         if c is None:
-            raise ValueError(f"{path}: written by an older jaxgrad (no recorded config); "
-                             "evaluate its vit_params.npz instead")  # fmt: skip
+            raise CheckpointError(f"{path}: written by an older jaxgrad (no recorded config); "
+                                  "evaluate its vit_params.npz instead")  # fmt: skip
         vit = ViTConfig(**{f.name: c[f"vit_{f.name}"] for f in dataclasses.fields(ViTConfig)})
         hyper = Hyper(**{f.name: c[f.name] for f in dataclasses.fields(Hyper)})
         graphdef, abstract, _ = abstract_params(ViT, vit)
         opt = make_optimizer(hyper, 1)
         state = jax.eval_shape(lambda p: init_train_state(p, opt), abstract)
         like = {"state": state, "keys": named_keys(0, "init", "step", "data")}
-        return vit, graphdef, ckpt.restore_latest(like)[0]["state"].params
+        params = ckpt.restore_latest(like)[0]["state"].params
+        names = c.get("classes")
+        return Trained(vit, graphdef, params, tuple(names) if names else None, None)
+    meta = read_params_meta(path)
     side = path.with_name("vit_config.json")
-    vit = ViTConfig(**json.loads(side.read_text())) if side.exists() else default
+    sidecar = _read_sidecar(side) if side.exists() else None
+    if meta is not None and "vit" in meta:
+        embedded = {**meta["vit"], "class_names": meta.get("class_names")}
+        if sidecar is not None:
+            _check_sidecar(side, sidecar, embedded, path)
+        fields, used = embedded, None
+    elif sidecar is not None:
+        fields, used = sidecar, side
+    else:
+        raise CheckpointError(
+            f"{path} carries no model config (an older jaxgrad file or a converted PyTorch "
+            f"model: a state_dict has none) and there is no {side.name} beside it; write the "
+            f'ViT(...) arguments (pool included) and "class_names" into {side}'
+        )
+    names = fields.get("class_names")
+    try:
+        vit = ViTConfig(**{k: v for k, v in fields.items() if k != "class_names"})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{used or path}: not a ViT config ({e}); fix the file") from None
     graphdef, abstract, _ = abstract_params(ViT, vit)
-    return vit, graphdef, load_params(path, abstract)
+    return Trained(vit, graphdef, load_params(path, abstract),
+                   tuple(names) if names else None, used)  # fmt: skip
+
+
+def _read_sidecar(side: Path) -> dict:
+    try:
+        raw = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{side}: not a readable JSON config ({e}); fix or delete it"
+        ) from None
+    names = raw.get("class_names") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict) or not (
+        names is None or (isinstance(names, list) and all(isinstance(n, str) for n in names))
+    ):
+        raise CheckpointError(f"{side}: expected a JSON object of ViT(...) fields with an "
+                              "optional \"class_names\" list of strings; fix it")  # fmt: skip
+    return raw
+
+
+def _check_sidecar(side: Path, sidecar: dict, embedded: dict, path: Path) -> None:
+    """A sidecar that says another model than the file's own config is refused (issue 21: an
+    edited ``pool`` or ``heads``/``dim_head`` keeps every shape, so nothing else would notice)."""
+    diffs = [f"{k} {embedded.get(k, '<absent>')!r} -> {v!r}" for k, v in sorted(sidecar.items())
+             if embedded.get(k, "<absent>") != v]  # fmt: skip
+    if diffs:
+        raise CheckpointError(
+            f"{side} disagrees with the config embedded in {path} ({path.name} -> {side.name}: "
+            f"{', '.join(diffs)}); the embedded one is what the params were trained with: "
+            f"delete {side} (the params file needs nothing beside it) or restore it"
+        )
+
+
+def evaluate_saved(trained: Trained, ds: ImageDataset, *, model: str, batch_size: int) -> dict:
+    """``{"loss", "accuracy", "n"}`` of a :func:`load_trained` model on ``ds``, whose classes
+    are matched to the model's label indices by name (:func:`jaxgrad.data.classes.match_classes`;
+    a model without recorded names: by sorted order, with a one-line warning)."""
+    if trained.class_names is not None:
+        ds = match_classes(ds, trained.class_names, model=f"the model {model}")
+    else:
+        where = trained.sidecar or Path(model).with_name("vit_config.json")
+        warn_unrecorded(
+            ds, model=f"the model {model}", how=f'add "class_names": [...] (label order) to {where}'
+        )
+    vit = trained.vit
+    check_fits(ds, image_shape=(vit.image_size,) * 2 + (vit.channels,), num_classes=vit.num_classes)
+    images, labels = jax.numpy.asarray(ds.images), jax.numpy.asarray(ds.labels)
+    return evaluate(trained.graphdef, batch_size, trained.params, images, labels)

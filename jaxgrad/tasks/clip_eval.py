@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from jaxgrad.data.captions import TEMPLATES
+from jaxgrad.data.classes import match_classes
 from jaxgrad.data.dataset import ImageDataset
 from jaxgrad.data.pipeline import normalize
 from jaxgrad.losses.contrastive import retrieval_metrics
@@ -26,9 +27,13 @@ __all__ = ["make_evaluator", "plot_clip_run", "print_param_groups"]
 
 def make_evaluator(
     graphdef, rest, val: ImageDataset, captions, *, seed: int, fast: bool = False,
-    chunk: int = 500, images=None, image_input: str = "images",
+    chunk: int = 500, images=None, image_input: str = "images", class_names=None,
 ):  # fmt: skip
     """``evaluate(params) -> metrics``: zero-shot top-1 (1 prompt, ensemble), recall@1/5.
+
+    ``class_names``: the names the caption table's classes were built from (the run's
+    recorded names; default ``val.class_names``); ``val``'s classes are matched to them by
+    name (:func:`jaxgrad.data.classes.match_classes`), never by position.
 
     Held-out images (``images``: default ``val.images``; CLIP pixel_values for
     ``image_input="pixels"``; cached tower features for ``"features"``, embedded once) are
@@ -38,6 +43,11 @@ def make_evaluator(
     """
     ids, cmask = captions
     t_all, c, length = ids.shape
+    if class_names is not None and tuple(class_names) != val.class_names:
+        val = match_classes(val, class_names, model="the CLIP run's training set")
+    if c != val.num_classes:
+        raise ValueError(f"make_evaluator: the caption table has {c} classes, the evaluation "
+                         f"set {val.num_classes} ({val.source}); pass class_names=")  # fmt: skip
     n_ret = min(len(val), 1000)  # retrieval over at most 1000 pairs
     t = np.random.default_rng(seed).integers(0, t_all, n_ret)  # the same captions every time
     all_ids = jnp.concatenate([ids.reshape(-1, length), ids[t, val.labels[:n_ret]]])

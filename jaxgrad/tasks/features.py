@@ -5,7 +5,8 @@ features every epoch; running it every step is wasted work. :func:`cached_featur
 once over the whole set and keeps the result in ``cache_dir``; the file name and the metadata
 inside carry the sha256 of the weights (every array of the model's state, its class and its
 ``cfg``), of the data (dtype, shape and bytes) and of the preprocessing, so other weights or
-other data never read a stale cache::
+other data never read a stale cache; the sha256 of the features themselves is recorded too and
+checked on every read, so a file rewritten under the same key is refused with its path::
 
     tower = load_pretrained(weights_dir)
     feats = cached_features(tower, ds.images, cache_dir, batch_size=256,
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxgrad.errors import CacheError
 from jaxgrad.report.io import atomic_write_bytes
 
 __all__ = [
@@ -37,7 +39,7 @@ __all__ = [
     "model_fingerprint",
 ]
 
-_FORMAT = 1  # bump when the cache file layout changes
+_FORMAT = 2  # bump when the cache file layout changes (2: the features' sha256 inside)
 
 
 class FeatureCache(NamedTuple):
@@ -148,20 +150,30 @@ def cached_features(
             with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
                 stored = json.loads(str(z["meta"]))
                 feats = z["features"]
+            if not isinstance(stored, dict):
+                raise TypeError(f"meta is a JSON {type(stored).__name__}, not an object")
         except Exception as e:  # truncated zip, missing member, bad JSON
-            raise ValueError(
+            raise CacheError(
                 f"{path}: unreadable feature cache ({type(e).__name__}: {e}); delete it to "
                 "recompute"
             ) from None
+        digest = stored.pop("features_sha256", None)
         if stored != meta or len(feats) != len(images):
             diff = sorted(k for k in meta if stored.get(k) != meta[k])
-            raise ValueError(
+            raise CacheError(
                 f"{path}: feature cache was written for other {diff or ['rows']} than these; "
                 "it is not used. Delete it to recompute"
+            )
+        if digest != data_fingerprint(feats):  # the key matches; the contents must too
+            raise CacheError(
+                f"{path}: feature cache contents do not match the sha256 recorded when it was "
+                "written (the file was rewritten or damaged); it is not used. Delete it to "
+                "recompute"
             )
         return FeatureCache(feats, path, True)
     feats = extract_features(model, images, batch_size=batch_size, preprocess=preprocess)
     buf = io.BytesIO()
-    np.savez(buf, features=feats, meta=np.asarray(json.dumps(meta, sort_keys=True)))
+    written = {**meta, "features_sha256": data_fingerprint(feats)}  # checked on every read
+    np.savez(buf, features=feats, meta=np.asarray(json.dumps(written, sort_keys=True)))
     atomic_write_bytes(path, buf.getvalue())
     return FeatureCache(feats, path, False)

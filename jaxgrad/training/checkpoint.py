@@ -33,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxgrad.report.io import atomic_write_bytes, to_jsonable
+from jaxgrad.training.params_meta import embed_meta, split_meta
 from jaxgrad.training.rng import is_key
 
 __all__ = [
@@ -334,19 +335,24 @@ def _flat(tree: Any) -> dict[str, Any]:
     return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
 
 
-def save_params(path: str | os.PathLike, params: Any) -> Path:
+def save_params(path: str | os.PathLike, params: Any, meta: dict | None = None) -> Path:
     """Write a params pytree (e.g. ``nnx.state(model, nnx.Param)``) to one ``.npz``, atomically.
 
     Each array is stored under its pytree path (``"['layers'][0]['attn']['to_qkv']['kernel']"``).
+    ``meta`` (JSON-able: the model config, class names) goes inside the file, tied to the arrays
+    by a sha256 (:mod:`jaxgrad.training.params_meta`; read back with ``read_params_meta``).
     """
     arrays = {k: np.asarray(v) for k, v in _flat(params).items()}
+    if meta is not None:
+        arrays = embed_meta(arrays, meta)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return atomic_write_bytes(path, buf.getvalue())
 
 
 def load_params(path: str | os.PathLike, like: Any) -> Any:
-    """Read :func:`save_params`' file into the structure of ``like`` (checks names and shapes)."""
+    """Read :func:`save_params`' file into the structure of ``like`` (checks names and shapes,
+    and the embedded hash when the file has one)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no parameter file {path}")
@@ -361,6 +367,7 @@ def load_params(path: str | os.PathLike, like: Any) -> Any:
             f"{type(e).__name__}. It is truncated, corrupt or another format; point at the "
             "params.npz of a finished run"
         ) from None
+    got = split_meta(path, got)[0]  # an edited file (meta or arrays) is refused here
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     if missing or extra:
         raise ValueError(
