@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import functools
 import importlib.util
+import os
 from typing import Any
 
 import jax
@@ -39,6 +40,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from experiments.bench_threads import CHILD_ENV, run_children
 from experiments.bench_torch import (
     H100_TORCH_ANCHOR_MS,
     TORCH_PRECISION,
@@ -89,16 +91,23 @@ class Config:
     precision: tuple[str, ...] = option(PRECISIONS, "JAX precisions to time", choices=PRECISIONS)
     scenarios: tuple[str, ...] = option(SCENARIOS, "what to run", choices=SCENARIOS)
     torch: tuple[str, ...] = option(
-        TORCH_VARIANTS, "PyTorch variants (torch.compile is slow to compile on CPU)",
+        TORCH_VARIANTS[:3], "PyTorch variants (torch.compile is slow to compile on CPU; "
+        "compile-fp32 is the fair compiled anchor there)",
         choices=TORCH_VARIANTS,
     )  # fmt: skip
     torch_threads: int = option(
         0, "torch.set_num_threads on CPU (0: torch's default); 1 stops OpenMP spin-waiting on a "
         "shared, oversubscribed CPU (10-20x slower steps otherwise)", ge=0,
     )  # fmt: skip
+    threads: tuple[int, ...] = option(
+        (0,), "CPU threads of both sides, e.g. 1 2: each N > 0 runs everything in a child "
+        "process pinned to N cores (XLA's pool) with torch.set_num_threads(N); 0: all cores, "
+        "torch per --torch-threads (experiments.bench_threads)", ge=0,
+    )  # fmt: skip
     runs: int = option(30, "timed samples per scenario (median and p10/p90 reported)", gt=0)
-    clock: str = option("wall", "what samples count: wall seconds, or cpu = this process's CPU "
-                        "seconds, all threads (JAX and torch alike)", choices=CLOCKS)  # fmt: skip
+    clock: str = option("wall", "what samples count: wall seconds, cpu = this process's CPU "
+                        "seconds, all threads (JAX and torch alike), or both (every scenario "
+                        "on each clock)", choices=(*CLOCKS, "both"))  # fmt: skip
     warmup: int = option(3, "untimed calls after compilation", ge=0)
     calls_per_sample: int = option(
         1, "back-to-back step calls per timed sample, one sync at its end (>1: dispatch overlaps "
@@ -317,10 +326,10 @@ def run_clip(cfg: Config, keys: dict, peak: float | None) -> list[dict]:
 def run_torch(cfg: Config, peak: float | None, skipped: list[dict]) -> list[dict]:
     """The same ViT train step in PyTorch (experiments.bench_torch), each variant on its own."""
     vit = vit_config(cfg, "highest")
-    rows = []
+    rows, threads = [], cfg.threads[0] or cfg.torch_threads
     for variant, b, t in time_torch(
         vit, variants=cfg.torch, batches=cfg.batch, runs=cfg.runs, warmup=cfg.warmup,
-        calls_per_sample=cfg.calls_per_sample, threads=cfg.torch_threads, seed=cfg.seed,
+        calls_per_sample=cfg.calls_per_sample, threads=threads, seed=cfg.seed,
         flops_per_image=forward_flops(vit), peak_tflops=peak, clock=cfg.clock, skipped=skipped,
     ):  # fmt: skip
         _add(rows, "step", "torch", TORCH_PRECISION[variant], b, t, variant=variant,
@@ -328,37 +337,68 @@ def run_torch(cfg: Config, peak: float | None, skipped: list[dict]) -> list[dict
     return rows
 
 
-#: the torch variants each JAX precision is compared with (vs torch: the faster of them)
+#: the torch variants each JAX precision is compared with (vs torch: the faster of them);
+#: fp32 rows are also set beside torch.compile fp32 (vs compile), the compiled anchor on CPU
 COMPARE = {"highest": ("eager",), "default": ("eager",), "bf16": ("amp", "compile")}
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """``vs_torch`` on JAX step rows: best matching torch ms ÷ JAX ms (> 1: JAX is faster)."""
-    torch_ms = {(r["variant"], r["batch"]): r["ms_per_step"] for r in rows
+    """``vs_torch`` on JAX step rows: best matching torch ms ÷ JAX ms (> 1: JAX is faster), at
+    the same batch, clock and thread count; ``vs_compile``: torch.compile fp32 ÷ JAX (fp32)."""
+    where = lambda r: (r["batch"], r.get("clock"), r.get("threads"))  # noqa: E731
+    torch_ms = {(r["variant"], *where(r)): r["ms_per_step"] for r in rows
                 if r["framework"] == "torch"}  # fmt: skip
     for r in (r for r in rows if r["framework"] == "jax" and r["scenario"] in ("step", "scan")):
-        b = r["batch"]
-        ref = [torch_ms[v, b] for v in COMPARE[r["precision"]] if (v, b) in torch_ms]
+        ref = [
+            torch_ms[v, *where(r)] for v in COMPARE[r["precision"]] if (v, *where(r)) in torch_ms
+        ]
         r["vs_torch"] = min(ref) / r["ms_per_step"] if ref else None
+        anchor = torch_ms.get(("compile-fp32", *where(r))) if r["precision"] != "bf16" else None
+        r["vs_compile"] = anchor / r["ms_per_step"] if anchor else None
 
 
-COLUMNS = ("scen.", "fw", "precision", "batch", "clock", "ms/step", "p90-p10", "img/s",
-           "TFLOP/s", "MFU", "compile", "vs torch")  # fmt: skip
+COLUMNS = ("scen.", "fw", "precision", "batch", "threads", "clock", "ms/step", "p90-p10",
+           "img/s", "TFLOP/s", "MFU", "compile", "vs torch", "vs compile")  # fmt: skip
 
 
 def _cells(r: dict) -> list[str]:
     """A result row's printed cells (:data:`COLUMNS`)."""
     mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
     tf = "n/a" if r["tflops"] is None else f"{r['tflops']:.3g}"
-    vs = r.get("vs_torch")
+    vs, vc = r.get("vs_torch"), r.get("vs_compile")
     spread = 1e3 * (r["p90_s"] - r["p10_s"]) / r["steps_per_call"]
-    return [r["scenario"], r["framework"], r["precision"], str(r["batch"]), r["clock"],
-            f"{r['ms_per_step']:.3f}", f"{spread:.3f}", f"{r['items_per_s']:.0f}", tf, mfu,
-            f"{r['compile_s']:.2f}", "-" if vs is None else f"{vs:.2f}x"]  # fmt: skip
+    return [r["scenario"], r["framework"], r["precision"], str(r["batch"]),
+            str(r.get("threads") or "all"), r["clock"], f"{r['ms_per_step']:.3f}",
+            f"{spread:.3f}", f"{r['items_per_s']:.0f}", tf, mfu, f"{r['compile_s']:.2f}",
+            "-" if vs is None else f"{vs:.2f}x", "-" if vc is None else f"{vc:.2f}x"]  # fmt: skip
 
 
 def main(cfg: Config) -> dict:
-    """Run the selected scenarios; print the table; write and return the JSON report."""
+    """Run the selected scenarios (per thread count, per clock); print the table; write and
+    return the JSON report."""
+    if any(cfg.threads) and CHILD_ENV not in os.environ:  # pinned children, one per count
+        rows, skipped = run_children(cfg)
+    else:
+        rows, skipped = [], []
+        for clock in CLOCKS if cfg.clock == "both" else (cfg.clock,):
+            got, skip = run_scenarios(dataclasses.replace(cfg, clock=clock))
+            rows += [{**r, "threads": cfg.threads[0]} for r in got]
+            skipped += skip
+    add_ratios(rows)
+    print_table([_cells(r) for r in rows], COLUMNS, right=COLUMNS[6:])
+    print("".join(f"skipped {s['scenario']}: {s['reason']}\n" for s in skipped), end="")
+    report = {"config": to_dict(cfg), "device": device_info(), "load": os.getloadavg(),
+              "peak_tflops": cfg.peak_tflops if cfg.peak_tflops is not None else
+              default_peak_tflops(), "results": rows, "skipped": skipped,
+              "h100_torch_anchor_ms": [{"variant": v, "batch": b, "ms": ms}
+                                       for (v, b), ms in H100_TORCH_ANCHOR_MS.items()]}  # fmt: skip
+    atomic_write_json(cfg.out, report)
+    print(f"wrote {cfg.out}")
+    return report
+
+
+def run_scenarios(cfg: Config) -> tuple[list[dict], list[dict]]:
+    """``(rows, skipped)`` of the selected scenarios on ``cfg.clock`` in this process."""
     key = jax.random.key(cfg.seed, impl=cfg.prng)
     keys = named_keys(key, "init", "step", "data")
     peak = cfg.peak_tflops if cfg.peak_tflops is not None else default_peak_tflops()
@@ -384,16 +424,7 @@ def main(cfg: Config) -> dict:
         rows += run_clip(cfg, keys, peak)
     if "torch" in cfg.scenarios and not no_torch:
         rows += run_torch(cfg, peak, skipped)
-    add_ratios(rows)
-    print_table([_cells(r) for r in rows], COLUMNS, right=COLUMNS[5:])
-    print("".join(f"skipped {s['scenario']}: {s['reason']}\n" for s in skipped), end="")
-    report = {"config": to_dict(cfg), "device": info, "peak_tflops": peak, "results": rows,
-              "skipped": skipped,
-              "h100_torch_anchor_ms": [{"variant": v, "batch": b, "ms": ms}
-                                       for (v, b), ms in H100_TORCH_ANCHOR_MS.items()]}  # fmt: skip
-    atomic_write_json(cfg.out, report)
-    print(f"wrote {cfg.out}")
-    return report
+    return rows, skipped
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import re
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -385,3 +386,42 @@ def test_bench_cli_runs_end_to_end_on_tiny_and_writes_complete_json(tmp_path):
         assert torch_row["variant"] == "eager" and torch_row["h100_anchor_ms"] is None  # b=8
     else:
         assert "torch" in skipped
+
+
+def test_ratios_pair_rows_of_the_same_batch_clock_and_threads():
+    from experiments.bench import add_ratios
+
+    def row(fw, ms, threads, clock, **kw):
+        return {"framework": fw, "scenario": "step", "batch": 64, "ms_per_step": ms,
+                "threads": threads, "clock": clock, **kw}  # fmt: skip
+
+    torch_rows = [row("torch", 30.0, 1, "cpu", variant="eager"),
+                  row("torch", 12.0, 1, "cpu", variant="compile-fp32"),
+                  row("torch", 90.0, 2, "cpu", variant="eager"),
+                  row("torch", 50.0, 1, "wall", variant="eager")]  # fmt: skip
+    jax_rows = [row("jax", 10.0, t, c, precision="highest")
+                for t, c in ((1, "cpu"), (2, "cpu"), (1, "wall"), (2, "wall"))]  # fmt: skip
+    add_ratios(torch_rows + jax_rows)
+    assert [r["vs_torch"] for r in jax_rows] == [3.0, 9.0, 5.0, None]
+    assert [r["vs_compile"] for r in jax_rows] == [1.2, None, None, None]
+
+
+def test_threads_run_one_child_per_count_and_gather_its_rows(monkeypatch, tmp_path):
+    import experiments.bench_threads as bt
+    from experiments.bench import Config
+
+    seen = []
+
+    def fake_run(argv, env, check):  # the child: its config arrives as JSON in the env
+        child = json.loads(env[bt.CHILD_ENV])
+        seen.append(child["threads"])
+        rows = [{"scenario": "step", "threads": child["threads"][0]}]
+        Path(child["out"]).write_text(json.dumps({"results": rows, "skipped": []}))
+
+    monkeypatch.setattr(bt.subprocess, "run", fake_run)
+    cfg = Config.tiny()
+    cfg = dataclasses.replace(cfg, threads=(1, 2), out=str(tmp_path / "b.json"))
+    rows, skipped = bt.run_children(cfg)
+    assert seen == [[1], [2]] and [r["threads"] for r in rows] == [1, 2] and skipped == []
+    with pytest.raises(ValueError, match="only"):
+        bt.pin_threads(10_000)
