@@ -30,20 +30,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import importlib.util
-from typing import Any
+import os
 
 import jax
 import jax.numpy as jnp
-import optax
-from flax import nnx
 
+from experiments._support.bench_threads import CHILD_ENV, child_config, run_children
 from experiments._support.bench_torch import (
     H100_TORCH_ANCHOR_MS,
     TORCH_PRECISION,
     TORCH_VARIANTS,
     time_torch,
+)
+from experiments._support.vit_bench import (
+    adam,
+    synthetic,
+    vit_config,
+    vit_evaluate,
+    vit_loss,
+    vit_params,
 )
 from jaxgrad.data.captions import caption_table
 from jaxgrad.data.synthetic import CLASS_NAMES
@@ -57,17 +63,14 @@ from jaxgrad.inspect.bench import (
     profile_jit,
 )
 from jaxgrad.models.clip import ClipConfig, ClipModel
-from jaxgrad.models.vit import ViT, ViTConfig, vit_forward_flops
+from jaxgrad.models.vit import ViTConfig, vit_forward_flops
 from jaxgrad.report.cli import check_config, option, parse, to_dict
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.report.tables import print_table
-from jaxgrad.tasks import classifier as classifier_task
 from jaxgrad.tasks import clip as clip_task
 from jaxgrad.training.loop import (
-    abstract_params,
     chunk_plan,
     init_params,
-    make_evaluate,
     make_run_chunk,
     steps_per_epoch,
     train_epoch,
@@ -78,7 +81,6 @@ from jaxgrad.training.step import init_train_state, make_multi_step, make_train_
 PRECISIONS = ("highest", "default", "bf16")
 SCENARIOS = ("step", "scan", "epoch", "eval", "clip", "torch")
 #: the CPU anchor's reduced vit-pytorch ViT (anchors.md: 346,570 params; patch 4, dropout 0.1)
-REDUCED = {"dim": 96, "depth": 3, "heads": 3, "dim_head": 64, "mlp_dim": 192}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,16 +91,23 @@ class Config:
     precision: tuple[str, ...] = option(PRECISIONS, "JAX precisions to time", choices=PRECISIONS)
     scenarios: tuple[str, ...] = option(SCENARIOS, "what to run", choices=SCENARIOS)
     torch: tuple[str, ...] = option(
-        TORCH_VARIANTS, "PyTorch variants (torch.compile is slow to compile on CPU)",
+        TORCH_VARIANTS[:3], "PyTorch variants (torch.compile is slow to compile on CPU; "
+        "compile-fp32 is the fair compiled anchor there)",
         choices=TORCH_VARIANTS,
     )  # fmt: skip
     torch_threads: int = option(
         0, "torch.set_num_threads on CPU (0: torch's default); 1 stops OpenMP spin-waiting on a "
         "shared, oversubscribed CPU (10-20x slower steps otherwise)", ge=0,
     )  # fmt: skip
+    threads: tuple[int, ...] = option(
+        (0,), "CPU threads of both sides, e.g. 1 2: each N > 0 runs everything in a child "
+        "process pinned to N cores (XLA's pool) with torch.set_num_threads(N); 0: all cores, "
+        "torch per --torch-threads (experiments._support.bench_threads)", ge=0,
+    )  # fmt: skip
     runs: int = option(30, "timed samples per scenario (median and p10/p90 reported)", gt=0)
-    clock: str = option("wall", "what samples count: wall seconds, or cpu = this process's CPU "
-                        "seconds, all threads (JAX and torch alike)", choices=CLOCKS)  # fmt: skip
+    clock: str = option("wall", "what samples count: wall seconds, cpu = this process's CPU "
+                        "seconds, all threads (JAX and torch alike), or both (every scenario "
+                        "on each clock)", choices=(*CLOCKS, "both"))  # fmt: skip
     warmup: int = option(3, "untimed calls after compilation", ge=0)
     calls_per_sample: int = option(
         1, "back-to-back step calls per timed sample, one sync at its end (>1: dispatch overlaps "
@@ -141,11 +150,6 @@ class Config:
         )  # fmt: skip
 
 
-def vit_config(cfg: Config, precision: str) -> ViTConfig:
-    base = ViTConfig(**REDUCED) if cfg.size == "reduced" else getattr(ViTConfig, cfg.size)()
-    return dataclasses.replace(base, dtype="bfloat16" if precision == "bf16" else "float32")
-
-
 def matmul_precision(precision: str):
     """Trace-time context: ``highest`` = true float32 matmuls (no TF32 on GPU)."""
     if precision == "highest":
@@ -159,44 +163,6 @@ def forward_flops(vit: ViTConfig) -> float:
     return vit_forward_flops(**{n: getattr(vit, n) for n in names})
 
 
-def optimizer(cfg: Config) -> optax.GradientTransformation:
-    """The seed's ``torch.optim.Adam(lr=1e-3)``; ``--flat-adam`` runs it on one flat vector."""
-    return optax.flatten(optax.adam(1e-3)) if cfg.flat_adam else optax.adam(1e-3)
-
-
-def vit_graphdef(vit: ViTConfig) -> nnx.GraphDef:
-    """The model's structure (no arrays allocated); its dtype decides the compute precision."""
-    return abstract_params(ViT, vit)[0]
-
-
-def vit_params(vit: ViTConfig, key: jax.Array) -> Any:
-    """Float32 params (as the experiment): one compiled init serves every compute dtype."""
-    return init_params(ViT, dataclasses.replace(vit, dtype="float32"), key)[1]
-
-
-def vit_loss(vit: ViTConfig):
-    """The ViT experiment's loss: the seed's ``CrossEntropyLoss``, dropout on, no augmentation."""
-    return classifier_task.classifier_loss(
-        vit_graphdef(vit), label_smoothing=0.0, use_augment=False
-    )
-
-
-@functools.cache
-def vit_evaluate(vit: ViTConfig, batch_size: int):
-    """The ViT experiment's evaluation pass, compiled once per (config, batch) and run."""
-    return make_evaluate(
-        classifier_task.classifier_metric(vit_graphdef(vit)), batch_size=batch_size
-    )
-
-
-def synthetic(key: jax.Array, shape: tuple[int, ...], vit: ViTConfig) -> dict:
-    """Device-resident random uint8 images ``[*shape, H, W, C]`` and int32 labels ``shape``."""
-    k_img, k_lbl = jax.random.split(key)
-    hw = (vit.image_size, vit.image_size, vit.channels)
-    images = jax.random.randint(k_img, (*shape, *hw), 0, 256, jnp.int32).astype(jnp.uint8)
-    return {"images": images, "labels": jax.random.randint(k_lbl, shape, 0, vit.num_classes)}
-
-
 def _add(rows: list[dict], scenario: str, framework: str, precision: str, batch: int,
          t: Timing, **extra) -> None:  # fmt: skip
     """Append one result row and print it as a progress line (the table comes at the end)."""
@@ -207,9 +173,9 @@ def _add(rows: list[dict], scenario: str, framework: str, precision: str, batch:
 
 def run_step(cfg: Config, params, keys: dict, peak: float | None, *, scan: bool) -> list[dict]:
     """One train step per dispatch (``scan=False``) or ``cfg.chunk`` per dispatch."""
-    rows, opt = [], optimizer(cfg)
+    rows, opt = [], adam(cfg.flat_adam)
     for precision in cfg.precision:
-        vit = vit_config(cfg, precision)
+        vit = vit_config(cfg.size, precision)
         factory = make_multi_step if scan else make_train_step
         step = factory(vit_loss(vit), opt)  # jitted, state donated
         for b in cfg.batch:
@@ -248,10 +214,10 @@ def run_epoch(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]
     ``--chunk`` gathered steps per ``lax.scan`` dispatch; the last partial batch is dropped (the
     seed's DataLoader keeps its 16 images: 0.03% of the data). Compile time: the first epoch's
     time minus the median of the next ``--epochs``."""
-    rows, opt, b = [], optimizer(cfg), cfg.epoch_batch
+    rows, opt, b = [], adam(cfg.flat_adam), cfg.epoch_batch
     n_steps = steps_per_epoch(cfg.epoch_images, b)
     for precision in cfg.precision:
-        vit = vit_config(cfg, precision)
+        vit = vit_config(cfg.size, precision)
         run_chunk = make_run_chunk(vit_loss(vit), opt)
         evaluate = vit_evaluate(vit, cfg.eval_batch)
         train = synthetic(keys["data"], (cfg.epoch_images,), vit)
@@ -282,7 +248,7 @@ def run_eval(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]:
     """The ViT experiment's evaluation pass over ``--eval-images`` (forward only)."""
     rows = []
     for precision in cfg.precision:
-        vit = vit_config(cfg, precision)
+        vit = vit_config(cfg.size, precision)
         evaluate = vit_evaluate(vit, cfg.eval_batch)
         test = synthetic(jax.random.fold_in(keys["data"], 1), (cfg.eval_images,), vit)
         call = lambda evaluate=evaluate, test=test: evaluate(params, test["images"], test["labels"])
@@ -320,11 +286,11 @@ def run_clip(cfg: Config, keys: dict, peak: float | None) -> list[dict]:
 
 def run_torch(cfg: Config, peak: float | None, skipped: list[dict]) -> list[dict]:
     """The same ViT train step in PyTorch (experiments._support.bench_torch), each variant on its own."""
-    vit = vit_config(cfg, "highest")
-    rows = []
+    vit = vit_config(cfg.size, "highest")
+    rows, threads = [], cfg.threads[0] or cfg.torch_threads
     for variant, b, t in time_torch(
         vit, variants=cfg.torch, batches=cfg.batch, runs=cfg.runs, warmup=cfg.warmup,
-        calls_per_sample=cfg.calls_per_sample, threads=cfg.torch_threads, seed=cfg.seed,
+        calls_per_sample=cfg.calls_per_sample, threads=threads, seed=cfg.seed,
         flops_per_image=forward_flops(vit), peak_tflops=peak, clock=cfg.clock, skipped=skipped,
     ):  # fmt: skip
         _add(rows, "step", "torch", TORCH_PRECISION[variant], b, t, variant=variant,
@@ -332,37 +298,68 @@ def run_torch(cfg: Config, peak: float | None, skipped: list[dict]) -> list[dict
     return rows
 
 
-#: the torch variants each JAX precision is compared with (vs torch: the faster of them)
+#: the torch variants each JAX precision is compared with (vs torch: the faster of them);
+#: fp32 rows are also set beside torch.compile fp32 (vs compile), the compiled anchor on CPU
 COMPARE = {"highest": ("eager",), "default": ("eager",), "bf16": ("amp", "compile")}
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """``vs_torch`` on JAX step rows: best matching torch ms ÷ JAX ms (> 1: JAX is faster)."""
-    torch_ms = {(r["variant"], r["batch"]): r["ms_per_step"] for r in rows
+    """``vs_torch`` on JAX step rows: best matching torch ms ÷ JAX ms (> 1: JAX is faster), at
+    the same batch, clock and thread count; ``vs_compile``: torch.compile fp32 ÷ JAX (fp32)."""
+    where = lambda r: (r["batch"], r.get("clock"), r.get("threads"))  # noqa: E731
+    torch_ms = {(r["variant"], *where(r)): r["ms_per_step"] for r in rows
                 if r["framework"] == "torch"}  # fmt: skip
     for r in (r for r in rows if r["framework"] == "jax" and r["scenario"] in ("step", "scan")):
-        b = r["batch"]
-        ref = [torch_ms[v, b] for v in COMPARE[r["precision"]] if (v, b) in torch_ms]
+        ref = [
+            torch_ms[v, *where(r)] for v in COMPARE[r["precision"]] if (v, *where(r)) in torch_ms
+        ]
         r["vs_torch"] = min(ref) / r["ms_per_step"] if ref else None
+        anchor = torch_ms.get(("compile-fp32", *where(r))) if r["precision"] != "bf16" else None
+        r["vs_compile"] = anchor / r["ms_per_step"] if anchor else None
 
 
-COLUMNS = ("scen.", "fw", "precision", "batch", "clock", "ms/step", "p90-p10", "img/s",
-           "TFLOP/s", "MFU", "compile", "vs torch")  # fmt: skip
+COLUMNS = ("scen.", "fw", "precision", "batch", "threads", "clock", "ms/step", "p90-p10",
+           "img/s", "TFLOP/s", "MFU", "compile", "vs torch", "vs compile")  # fmt: skip
 
 
 def _cells(r: dict) -> list[str]:
     """A result row's printed cells (:data:`COLUMNS`)."""
     mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
     tf = "n/a" if r["tflops"] is None else f"{r['tflops']:.3g}"
-    vs = r.get("vs_torch")
+    vs, vc = r.get("vs_torch"), r.get("vs_compile")
     spread = 1e3 * (r["p90_s"] - r["p10_s"]) / r["steps_per_call"]
-    return [r["scenario"], r["framework"], r["precision"], str(r["batch"]), r["clock"],
-            f"{r['ms_per_step']:.3f}", f"{spread:.3f}", f"{r['items_per_s']:.0f}", tf, mfu,
-            f"{r['compile_s']:.2f}", "-" if vs is None else f"{vs:.2f}x"]  # fmt: skip
+    return [r["scenario"], r["framework"], r["precision"], str(r["batch"]),
+            str(r.get("threads") or "all"), r["clock"], f"{r['ms_per_step']:.3f}",
+            f"{spread:.3f}", f"{r['items_per_s']:.0f}", tf, mfu, f"{r['compile_s']:.2f}",
+            "-" if vs is None else f"{vs:.2f}x", "-" if vc is None else f"{vc:.2f}x"]  # fmt: skip
 
 
 def main(cfg: Config) -> dict:
-    """Run the selected scenarios; print the table; write and return the JSON report."""
+    """Run the selected scenarios (per thread count, per clock); print the table; write and
+    return the JSON report."""
+    if any(cfg.threads) and CHILD_ENV not in os.environ:  # pinned children, one per count
+        rows, skipped = run_children(cfg)
+    else:
+        rows, skipped = [], []
+        for clock in CLOCKS if cfg.clock == "both" else (cfg.clock,):
+            got, skip = run_scenarios(dataclasses.replace(cfg, clock=clock))
+            rows += [{**r, "threads": cfg.threads[0]} for r in got]
+            skipped += skip
+    add_ratios(rows)
+    print_table([_cells(r) for r in rows], COLUMNS, right=COLUMNS[6:])
+    print("".join(f"skipped {s['scenario']}: {s['reason']}\n" for s in skipped), end="")
+    report = {"config": to_dict(cfg), "device": device_info(), "load": os.getloadavg(),
+              "peak_tflops": cfg.peak_tflops if cfg.peak_tflops is not None else
+              default_peak_tflops(), "results": rows, "skipped": skipped,
+              "h100_torch_anchor_ms": [{"variant": v, "batch": b, "ms": ms}
+                                       for (v, b), ms in H100_TORCH_ANCHOR_MS.items()]}  # fmt: skip
+    atomic_write_json(cfg.out, report)
+    print(f"wrote {cfg.out}")
+    return report
+
+
+def run_scenarios(cfg: Config) -> tuple[list[dict], list[dict]]:
+    """``(rows, skipped)`` of the selected scenarios on ``cfg.clock`` in this process."""
     key = jax.random.key(cfg.seed, impl=cfg.prng)
     keys = named_keys(key, "init", "step", "data")
     peak = cfg.peak_tflops if cfg.peak_tflops is not None else default_peak_tflops()
@@ -375,7 +372,7 @@ def main(cfg: Config) -> dict:
     if no_torch := "torch" in cfg.scenarios and importlib.util.find_spec("torch") is None:
         print("torch is not installed: the PyTorch side is skipped (pip install -e '.[torch]')")
         skipped.append({"scenario": "torch", "reason": "torch is not installed"})
-    params = vit_params(vit_config(cfg, "highest"), keys["init"])
+    params = vit_params(vit_config(cfg.size, "highest"), keys["init"])
     if "step" in cfg.scenarios:
         rows += run_step(cfg, params, keys, peak, scan=False)
     if "scan" in cfg.scenarios:
@@ -388,17 +385,9 @@ def main(cfg: Config) -> dict:
         rows += run_clip(cfg, keys, peak)
     if "torch" in cfg.scenarios and not no_torch:
         rows += run_torch(cfg, peak, skipped)
-    add_ratios(rows)
-    print_table([_cells(r) for r in rows], COLUMNS, right=COLUMNS[5:])
-    print("".join(f"skipped {s['scenario']}: {s['reason']}\n" for s in skipped), end="")
-    report = {"config": to_dict(cfg), "device": info, "peak_tflops": peak, "results": rows,
-              "skipped": skipped,
-              "h100_torch_anchor_ms": [{"variant": v, "batch": b, "ms": ms}
-                                       for (v, b), ms in H100_TORCH_ANCHOR_MS.items()]}  # fmt: skip
-    atomic_write_json(cfg.out, report)
-    print(f"wrote {cfg.out}")
-    return report
+    return rows, skipped
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    # a child of --threads N M: its config comes from the parent, pinned to N cores
+    main(child_config(Config) if CHILD_ENV in os.environ else parse(Config))

@@ -290,16 +290,16 @@ def _train(cfg: Config, h: Hyper, vit: ViTConfig, mesh, run: EpochRun, sets) -> 
     # a constant schedule does not depend on the number of epochs: one program for any count
     h_prog = dataclasses.replace(h, epochs=0) if h.schedule == "constant" else h
     run_chunk = run_chunk_for(graphdef, h_prog, spe, mesh if mesh.size > 1 else None)
-    plan = Plan(name=f"ViT {cfg.model} model, {cfg.recipe} recipe", params=count_params(params),
+    plan = Plan(name=f"ViT {vit.describe()}, {cfg.recipe} recipe", params=count_params(params),
                 steps_per_epoch=spe, epochs=max(h.epochs - start, 1), smaller=_smaller(cfg, vit))  # fmt: skip
     plan.announce()
     bar = Progress(h.epochs * spe, desc="vit", show=("loss", "accuracy"), enabled=cfg.progress,
                    initial=start * spe)  # fmt: skip
     t_start = time.perf_counter()
+    plan.start()
 
-    def on_chunk(done: int, metrics: dict) -> None:
-        if plan.estimate_s is None:
-            plan.first_chunk(steps=done, seconds=time.perf_counter() - t_start)
+    def on_chunk(done: int, metrics: dict) -> None:  # done: steps of this epoch
+        plan.chunk_done((epoch - start) * spe + done)
         bar(done, metrics)
 
     for epoch in range(start, h.epochs):
@@ -331,6 +331,7 @@ def _train(cfg: Config, h: Hyper, vit: ViTConfig, mesh, run: EpochRun, sets) -> 
             f"({record['epoch_seconds']:.1f} s) [{train.source}]"
         )
         run.save(epoch + 1, {"state": state, "keys": keys}, history)
+        plan.epoch_done(epoch + 1 - start)
     bar.close()
     out = Path(cfg.out_dir)
     model = {"vit": dataclasses.asdict(vit), "class_names": list(train.class_names)}

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import re
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -216,7 +217,7 @@ def test_vit_forward_flops_matches_the_anchor_and_hand_count():
 
 
 def test_vit_analytic_flops_agree_with_xla_for_a_forward_pass(key):
-    from experiments.bench import vit_graphdef
+    from experiments._support.vit_bench import vit_graphdef
 
     vit, _, params, _ = _tiny_vit_setup("default", key)
     graphdef = vit_graphdef(vit)
@@ -243,16 +244,16 @@ def _rbg(key) -> jax.Array:
 
 
 def _tiny_vit_setup(precision: str, key):
-    from experiments.bench import Config, vit_config, vit_loss, vit_params
+    from experiments._support.vit_bench import vit_config, vit_loss, vit_params
 
-    vit = vit_config(Config.tiny(), precision)
+    vit = vit_config("tiny", precision)
     keys = named_keys(_rbg(key), "init", "step", "data")
     params = vit_params(vit, keys["init"])
     return vit, keys, params, vit_loss(vit)
 
 
 def test_scanned_steps_equal_single_steps_for_tiny_vit_with_dropout(key):
-    from experiments.bench import synthetic
+    from experiments._support.vit_bench import synthetic
 
     vit, keys, params, loss_fn = _tiny_vit_setup("default", key)
     assert vit.dropout > 0 and vit.emb_dropout > 0  # dropout on: the keys matter
@@ -291,7 +292,7 @@ def _dot_dtypes(fn, *args) -> set[str]:
 
 def _master_dtypes_and_matmul_dtypes(precision: str, key) -> tuple[set, set]:
     """(dtypes of params + optimizer state after one step, output dtypes of the matmuls)."""
-    from experiments.bench import synthetic
+    from experiments._support.vit_bench import synthetic
 
     opt = optax.adam(1e-3)
     vit, keys, params, loss_fn = _tiny_vit_setup(precision, key)
@@ -332,9 +333,9 @@ ROW_FIELDS = {
 
 
 def test_reduced_size_is_the_cpu_anchors_vit():
-    from experiments.bench import Config, vit_config
+    from experiments._support.vit_bench import vit_config
 
-    vit = vit_config(Config(size="reduced"), "highest")
+    vit = vit_config("reduced", "highest")
     params = nnx.state(nnx.eval_shape(lambda: ViT(vit, rngs=nnx.Rngs(0))), nnx.Param)
     assert sum(x.size for x in jax.tree.leaves(params)) == 346_570  # anchors.md
     assert (vit.dim, vit.depth, vit.heads, vit.dim_head, vit.mlp_dim) == (96, 3, 3, 64, 192)
@@ -384,3 +385,42 @@ def test_bench_cli_runs_end_to_end_on_tiny_and_writes_complete_json(tmp_path):
         assert torch_row["variant"] == "eager" and torch_row["h100_anchor_ms"] is None  # b=8
     else:
         assert "torch" in skipped
+
+
+def test_ratios_pair_rows_of_the_same_batch_clock_and_threads():
+    from experiments.bench import add_ratios
+
+    def row(fw, ms, threads, clock, **kw):
+        return {"framework": fw, "scenario": "step", "batch": 64, "ms_per_step": ms,
+                "threads": threads, "clock": clock, **kw}  # fmt: skip
+
+    torch_rows = [row("torch", 30.0, 1, "cpu", variant="eager"),
+                  row("torch", 12.0, 1, "cpu", variant="compile-fp32"),
+                  row("torch", 90.0, 2, "cpu", variant="eager"),
+                  row("torch", 50.0, 1, "wall", variant="eager")]  # fmt: skip
+    jax_rows = [row("jax", 10.0, t, c, precision="highest")
+                for t, c in ((1, "cpu"), (2, "cpu"), (1, "wall"), (2, "wall"))]  # fmt: skip
+    add_ratios(torch_rows + jax_rows)
+    assert [r["vs_torch"] for r in jax_rows] == [3.0, 9.0, 5.0, None]
+    assert [r["vs_compile"] for r in jax_rows] == [1.2, None, None, None]
+
+
+def test_threads_run_one_child_per_count_and_gather_its_rows(monkeypatch, tmp_path):
+    import experiments._support.bench_threads as bt
+    from experiments.bench import Config
+
+    seen = []
+
+    def fake_run(argv, env, check):  # the child: its config arrives as JSON in the env
+        child = json.loads(env[bt.CHILD_ENV])
+        seen.append(child["threads"])
+        rows = [{"scenario": "step", "threads": child["threads"][0]}]
+        Path(child["out"]).write_text(json.dumps({"results": rows, "skipped": []}))
+
+    monkeypatch.setattr(bt.subprocess, "run", fake_run)
+    cfg = Config.tiny()
+    cfg = dataclasses.replace(cfg, threads=(1, 2), out=str(tmp_path / "b.json"))
+    rows, skipped = bt.run_children(cfg)
+    assert seen == [[1], [2]] and [r["threads"] for r in rows] == [1, 2] and skipped == []
+    with pytest.raises(ValueError, match="only"):
+        bt.pin_threads(10_000)

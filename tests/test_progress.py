@@ -129,3 +129,39 @@ def test_plan_announces_and_estimates_from_the_first_chunk():
     assert plan.estimate_s == pytest.approx(7 * 7030)
     short = Plan(name="tiny", params=10, steps_per_epoch=10, device="cpu", stream=io.StringIO())
     assert not short.first_chunk(steps=10, seconds=2.0, compiled=False).startswith("LONG")
+
+
+def test_plan_estimates_after_compilation_then_re_estimates_after_the_first_epoch():
+    out, clock = io.StringIO(), FakeClock()
+    plan = Plan(name="ViT model (dim 96)", params=10, steps_per_epoch=100, epochs=10,
+                device="cpu (2 cores)", stream=out, clock=clock)  # fmt: skip
+    plan.start()
+    clock.t = 50.0  # first chunk of 20 steps: 40 s of compilation + 20 steps at 0.5 s
+    assert plan.chunk_done(20) is None and plan.estimate_s is None
+    clock.t = 60.0  # 20 more steps in 10 s: 0.5 s per step once compiled
+    text = plan.chunk_done(40)
+    assert plan.compile_s == pytest.approx(40.0)
+    assert plan.estimate_s == pytest.approx(40.0 + 0.5 * 1000)  # not 2.5 s/step x 1000
+    assert text.startswith("estimate from steps 21-40 (after compilation; compilation ~40 s)")
+    assert "~50 s of steps per epoch, ~9.0 min in all on this CPU" in text
+    clock.t = 70.0
+    assert plan.chunk_done(60) is None  # one estimate from chunks, not one per chunk
+    clock.t = 100.0  # epoch 1 (evaluation included) ends: 60 s of it after compilation
+    text = plan.epoch_done(1)
+    assert plan.estimate_s == pytest.approx(100.0 + 9 * 60.0)
+    assert text == ("re-estimate after epoch 1 (1.7 min, compilation included): ~60 s per epoch, "
+                    "~10.7 min in all, ~9.0 min to go")  # fmt: skip
+    assert plan.epoch_done(2) is None
+    lines = out.getvalue().splitlines()  # printed: the chunk estimate and the re-estimate
+    assert len(lines) == 2 and lines[0].startswith("estimate from") and lines[1] == text
+
+
+def test_plan_names_the_model_size():
+    from jaxgrad.models.vit import ViTConfig
+
+    assert ViTConfig.seed().describe() == (
+        "seed model (dim 512, depth 6, 8x64 heads, mlp 1024, patch 4)"
+    )
+    cpu = ViTConfig(dim=192, depth=6, heads=3, mlp_dim=384)
+    assert cpu.describe() == "model (dim 192, depth 6, 3x64 heads, mlp 384, patch 4)"
+    assert ViTConfig(dtype="bfloat16").describe().startswith("seed model")

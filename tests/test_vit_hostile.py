@@ -201,8 +201,11 @@ def test_progress_plan_and_curves_say_what_runs(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(exp, "plot_run_curves", lambda path, **kw: drawn.update(kw))
     exp.main(tiny(tmp_path / "r", epochs=2, progress=True))
     out, err = capsys.readouterr()
-    assert "plan: ViT tiny model, seed recipe · 21,130 parameters · 2 epochs x 25 steps" in out
-    assert "estimate from the first 5 steps" in out  # batch 40: 25 steps = 5 chunks of 5
+    tiny_model = "model (dim 32, depth 2, 2x16 heads, mlp 64, patch 4)"
+    assert f"plan: ViT {tiny_model}, seed recipe · 21,130 parameters · 2 epochs x 25" in out
+    # batch 40: 25 steps = 5 chunks of 5; the estimate comes from the second chunk
+    assert "estimate from steps 6-10 (after compilation; compilation ~" in out
+    assert "re-estimate after epoch 1 (" in out
     lines = [s for s in err.splitlines() if s.startswith("vit epoch")]  # not a TTY: plain lines
     assert lines[0].startswith("vit epoch 1/2: 5/50 steps") and "loss" in lines[0]
     assert lines[-1].startswith("vit epoch 2/2: 50/50 steps") and "\r" not in err

@@ -215,6 +215,25 @@ def test_attn_dropout_off_drops_only_the_projection(model):
     assert not np.allclose(seed_like, got, atol=1e-3)
 
 
+def test_training_attention_is_vit_pytorchs_in_its_own_layout(model):
+    """The head-major training path (one projection viewed [dim, 3, heads, dim_head]) is
+    vit-pytorch's ``chunk(3)`` + ``b n (h d) -> b h n d`` attention with dropout on the
+    probabilities and then on the projection, in that order of the same dropout stream."""
+    attn = model.layers[0].attn
+    x = jax.random.normal(jax.random.key(4), (2, CFG.num_patches + 1, CFG.dim))
+    key = jax.random.key(8)
+    got = attn(x, deterministic=False, rngs=nnx.Rngs(dropout=key))
+    b, n, _ = x.shape
+    q, k, v = jnp.split(attn.to_qkv(attn.norm(x)), 3, axis=-1)  # torch's chunk(3, dim=-1)
+    q, k, v = (t.reshape(b, n, CFG.heads, CFG.dim_head).transpose(0, 2, 1, 3) for t in (q, k, v))
+    p = jax.nn.softmax(q @ k.transpose(0, 1, 3, 2) * CFG.dim_head**-0.5, axis=-1)
+    rngs = nnx.Rngs(dropout=key)
+    p = nnx.Dropout(CFG.dropout)(p, deterministic=False, rngs=rngs)
+    o = (p @ v).transpose(0, 2, 1, 3).reshape(b, n, -1)  # b h n d -> b n (h d)
+    want = nnx.Dropout(CFG.dropout)(attn.to_out(o), deterministic=False, rngs=rngs)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_attention_implementation_choice():
     assert ViTConfig().attention_implementation() is None  # float32: XLA's, numerics unchanged
     bf16 = ViTConfig(dtype="bfloat16")

@@ -5,8 +5,8 @@ statistics are jaxgrad.inspect.bench's (:func:`jaxgrad.inspect.bench.measure`), 
 as the sync on a GPU. The PyTorch code being timed, per variant::
 
     model = ViT(...).to(device).train(); opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    fwd = torch.compile(model) if variant == "compile" else model
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=variant != "eager"):
+    fwd = torch.compile(model) if variant.startswith("compile") else model
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=variant in ("amp", "compile")):
         loss = F.cross_entropy(fwd(x), y)
     opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
 """
@@ -18,10 +18,13 @@ from jaxgrad.models.vit import ViTConfig
 
 __all__ = ["H100_TORCH_ANCHOR_MS", "TORCH_PRECISION", "TORCH_VARIANTS", "time_torch"]
 
-TORCH_VARIANTS = ("eager", "amp", "compile")
+#: eager fp32, eager + AMP bf16, torch.compile + AMP bf16, torch.compile fp32 (the compiled
+#: anchor on CPU, where bf16 is emulated)
+TORCH_VARIANTS = ("eager", "amp", "compile", "compile-fp32")
 
 #: what each variant computes in (the table's precision column)
-TORCH_PRECISION = {"eager": "fp32", "amp": "amp bf16", "compile": "compile bf16"}
+TORCH_PRECISION = {"eager": "fp32", "amp": "amp bf16", "compile": "compile bf16",
+                   "compile-fp32": "compile fp32"}  # fmt: skip
 
 #: PyTorch on an H100 80GB, ms per train step (shared/guide/anchors.md), keyed (variant, batch)
 H100_TORCH_ANCHOR_MS = {
@@ -73,11 +76,11 @@ def time_torch(
                 torch.manual_seed(seed)
                 model = from_vit_config(vit).to(dev).train()
                 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-                fwd = torch.compile(model) if variant == "compile" else model
+                fwd = torch.compile(model) if variant.startswith("compile") else model
                 x = torch.randn(b, vit.channels, vit.image_size, vit.image_size, device=dev)
                 y = torch.randint(0, vit.num_classes, (b,), device=dev)
 
-                def step(fwd=fwd, opt=opt, x=x, y=y, amp=variant != "eager"):
+                def step(fwd=fwd, opt=opt, x=x, y=y, amp=variant in ("amp", "compile")):
                     with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
                         loss = F.cross_entropy(fwd(x), y)
                     opt.zero_grad(set_to_none=True)

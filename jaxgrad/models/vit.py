@@ -113,6 +113,14 @@ class ViTConfig:
         """A few thousand parameters: one step in milliseconds on CPU (tests, the tour)."""
         return cls(dim=32, depth=2, heads=2, dim_head=16, mlp_dim=64)
 
+    def describe(self) -> str:
+        """What the model is, for a plan line: ``seed model (dim 512, depth 6, 8x64 heads, mlp
+        1024, patch 4)`` or the same sizes without ``seed model`` for any other config."""
+        sizes = (f"dim {self.dim}, depth {self.depth}, {self.heads}x{self.dim_head} heads, "
+                 f"mlp {self.mlp_dim}, patch {self.patch_size}")  # fmt: skip
+        seed = dataclasses.replace(self, dtype="float32") == ViTConfig.seed()
+        return f"seed model ({sizes})" if seed else f"model ({sizes})"
+
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
