@@ -56,7 +56,7 @@ from jaxgrad.bench import (
     profile_jit,
     vit_forward_flops,
 )
-from jaxgrad.cli import check_config, option, parse, to_dict
+from jaxgrad.cli import check_config, option, run_main, to_dict
 from jaxgrad.data.captions import caption_table
 from jaxgrad.data.synthetic import CLASS_NAMES
 from jaxgrad.io import atomic_write_json
@@ -397,4 +397,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

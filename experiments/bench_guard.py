@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxgrad.cli import check_config, option, parse, positive
+from jaxgrad.cli import check_config, option, positive, run_main
 from jaxgrad.data.pipeline import normalize
 from jaxgrad.guard import skip_nonfinite
 from jaxgrad.loop import init_params
@@ -108,4 +108,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 
 from experiments import helmholtz as helm
-from jaxgrad.cli import option, parse, positive
+from jaxgrad.cli import option, positive, run_main
 from jaxgrad.rng import named_keys
 from jaxgrad.tables import print_table
 from jaxgrad.terms import term_grads
@@ -184,4 +184,4 @@ def main(cfg: Config) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

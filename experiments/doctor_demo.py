@@ -37,7 +37,7 @@ import optax
 from flax import nnx
 
 from experiments.common import Row
-from jaxgrad.cli import check_config, option, parse
+from jaxgrad.cli import check_config, option, run_main
 from jaxgrad.doctor import FlowReport, diagnose
 from jaxgrad.freeze import frozen_mask, optimizer_with_frozen, path_str
 from jaxgrad.gradnorms import GradNormMonitor, make_grad_norm_metrics
@@ -300,4 +300,4 @@ def tour() -> list[Row]:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

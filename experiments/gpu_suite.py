@@ -49,7 +49,7 @@ from experiments.bench_torch import TORCH_PRECISION, time_torch
 from experiments.gpu_suite_report import markdown
 from jaxgrad import tasks
 from jaxgrad.bench import Timing, bench_jit, device_info, vit_forward_flops
-from jaxgrad.cli import option, parse, positive, to_dict
+from jaxgrad.cli import option, positive, run_main, to_dict
 from jaxgrad.data.captions import caption_table
 from jaxgrad.data.synthetic import CLASS_NAMES, make_synthetic
 from jaxgrad.io import atomic_write_bytes, atomic_write_json
@@ -356,4 +356,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

@@ -43,7 +43,7 @@ from experiments.pinn_common import (
     relative_l2,
     train,
 )
-from jaxgrad.cli import check_config, option, parse, positive, to_dict
+from jaxgrad.cli import check_config, option, positive, run_main, to_dict
 from jaxgrad.io import atomic_write_json
 from jaxgrad.rng import named_keys
 from jaxgrad.tables import print_table
@@ -253,4 +253,4 @@ def tour() -> list[Row]:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

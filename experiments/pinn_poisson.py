@@ -44,7 +44,7 @@ from experiments.pinn_common import (
     relative_l2,
     train,
 )
-from jaxgrad.cli import check_config, option, parse, positive, to_dict
+from jaxgrad.cli import check_config, option, positive, run_main, to_dict
 from jaxgrad.io import atomic_write_json
 from jaxgrad.models.mlp import MLP
 from jaxgrad.pde import check_points, laplacian, normal_derivative
@@ -275,4 +275,4 @@ def tour() -> list[Row]:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

@@ -10,12 +10,13 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import optax
 
 from jaxgrad.checkpoint import Checkpointer, load_params
+from jaxgrad.errors import CheckpointError
 from jaxgrad.guard import skip_nonfinite
 from jaxgrad.loop import abstract_params, make_evaluate, make_run_chunk
 from jaxgrad.models.vit import ViT, ViTConfig
@@ -23,7 +24,7 @@ from jaxgrad.rng import named_keys
 from jaxgrad.tasks import classifier_loss, classifier_metric
 from jaxgrad.train import init_train_state
 
-__all__ = ["Hyper", "evaluate", "load_trained", "make_optimizer", "run_chunk_for"]
+__all__ = ["Hyper", "Trained", "evaluate", "load_trained", "make_optimizer", "run_chunk_for"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,16 +90,26 @@ def evaluate(graphdef, batch_size: int, params, images, labels) -> dict:
     return {"loss": float(s["loss"]) / n, "accuracy": float(s["correct"]) / n, "n": n}
 
 
-def load_trained(path: str | os.PathLike, default: ViTConfig) -> tuple[ViTConfig, Any, Any]:
-    """``(vit config, graphdef, params)`` of a trained ViT: a ``ckpt/`` directory (its latest
-    readable checkpoint; the model config comes from the recorded run config) or a
-    ``vit_params.npz`` (config from the ``vit_config.json`` beside it, else ``default``)."""
+class Trained(NamedTuple):
+    """A trained ViT as :func:`load_trained` read it; ``scored`` says which file and epoch."""
+
+    vit: ViTConfig
+    graphdef: Any
+    params: Any
+    scored: str  # "ckpt/2 (epoch 2)", "ckpt/1 (epoch 1; newer ckpt/2 unreadable)", the .npz
+
+
+def load_trained(path: str | os.PathLike, default: ViTConfig) -> Trained:
+    """``(vit config, graphdef, params, scored)`` of a trained ViT: a ``ckpt/`` directory (its
+    latest readable checkpoint, ``scored`` naming its epoch and any newer one skipped as
+    corrupt; the model config comes from the recorded run config) or a ``vit_params.npz``
+    (config from the ``vit_config.json`` beside it, else ``default``)."""
     path = Path(path)
     if path.is_dir():
         ckpt = Checkpointer(path)
         c = ckpt.read_meta().get("config")
         if c is None:
-            raise ValueError(f"{path}: written by an older jaxgrad (no recorded config); "
+            raise CheckpointError(f"{path}: written by an older jaxgrad (no recorded config); "
                              "evaluate its vit_params.npz instead")  # fmt: skip
         vit = ViTConfig(**{f.name: c[f"vit_{f.name}"] for f in dataclasses.fields(ViTConfig)})
         hyper = Hyper(**{f.name: c[f.name] for f in dataclasses.fields(Hyper)})
@@ -106,8 +117,14 @@ def load_trained(path: str | os.PathLike, default: ViTConfig) -> tuple[ViTConfig
         opt = make_optimizer(hyper, 1)
         state = jax.eval_shape(lambda p: init_train_state(p, opt), abstract)
         like = {"state": state, "keys": named_keys(0, "init", "step", "data")}
-        return vit, graphdef, ckpt.restore_latest(like)[0]["state"].params
+        tree, meta, step = ckpt.restore_latest(like)
+        skipped = [s for s in ckpt.all_steps() if s > step]
+        scored = f"{path / str(step)} (epoch {meta.get('epoch', step)}" + (
+            f"; newer {', '.join(str(path / str(s)) for s in skipped)} unreadable, skipped)"
+            if skipped else ")"
+        )  # fmt: skip
+        return Trained(vit, graphdef, tree["state"].params, scored)
     side = path.with_name("vit_config.json")
     vit = ViTConfig(**json.loads(side.read_text())) if side.exists() else default
     graphdef, abstract, _ = abstract_params(ViT, vit)
-    return vit, graphdef, load_params(path, abstract)
+    return Trained(vit, graphdef, load_params(path, abstract), str(path))

@@ -10,6 +10,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxgrad.errors import WeightsError
+
 __all__ = [
     "LAYOUTS",
     "PortError",
@@ -51,7 +53,7 @@ LAYOUTS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
-class PortError(ValueError):
+class PortError(WeightsError):
     """A state_dict that does not fit the NNX module: every problem, listed at once."""
 
     def __init__(self, message: str, *, unmapped=(), unfilled=(), mismatched=()):
