@@ -75,6 +75,12 @@ def _scan(root: Path) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
                 f"class folder {root / name} holds no {'/'.join(IMAGE_EXTENSIONS)} images; "
                 "remove it or add images"
             )
+        broken = [p for p in found if not p.exists()]  # a symlink to nothing
+        if broken:
+            raise DataError(
+                f"cannot decode image {broken[0]}: it is a broken symlink (to "
+                f"{os.readlink(broken[0])}); remove or replace the file"
+            )
         files += [(p, label) for p in found]
     return classes, files
 
