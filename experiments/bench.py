@@ -64,7 +64,7 @@ from jaxgrad.inspect.bench import (
 )
 from jaxgrad.models.clip import ClipConfig, ClipModel
 from jaxgrad.models.vit import ViTConfig, vit_forward_flops
-from jaxgrad.report.cli import check_config, option, parse, to_dict
+from jaxgrad.report.cli import check_config, option, run_main, to_dict
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.report.tables import print_table
 from jaxgrad.tasks import clip as clip_task
@@ -390,4 +390,7 @@ def run_scenarios(cfg: Config) -> tuple[list[dict], list[dict]]:
 
 if __name__ == "__main__":
     # a child of --threads N M: its config comes from the parent, pinned to N cores
-    main(child_config(Config) if CHILD_ENV in os.environ else parse(Config))
+    if CHILD_ENV in os.environ:
+        main(child_config(Config))
+    else:
+        run_main(main, Config)

@@ -26,7 +26,7 @@ import statistics
 import tempfile
 import time
 
-from jaxgrad.report.cli import check_config, option, parse
+from jaxgrad.report.cli import check_config, option, run_main
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,4 +151,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

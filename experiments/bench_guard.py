@@ -28,7 +28,7 @@ from flax import nnx
 from jaxgrad.data.pipeline import normalize
 from jaxgrad.losses.classification import cross_entropy
 from jaxgrad.models.vit import ViT, ViTConfig
-from jaxgrad.report.cli import check_config, option, parse, positive
+from jaxgrad.report.cli import check_config, option, positive, run_main
 from jaxgrad.training.guard import skip_nonfinite
 from jaxgrad.training.loop import init_params
 from jaxgrad.training.step import init_train_state, make_train_step
@@ -108,4 +108,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

@@ -29,7 +29,7 @@ from flax import nnx
 from experiments._support import helmholtz as helm
 from jaxgrad.losses.terms import term_grads
 from jaxgrad.losses.weighting import lr_annealing, weighted_sum
-from jaxgrad.report.cli import option, parse, positive
+from jaxgrad.report.cli import option, positive, run_main
 from jaxgrad.report.tables import print_table
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.step import init_train_state, make_multi_step
@@ -184,4 +184,4 @@ def main(cfg: Config) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

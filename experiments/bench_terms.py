@@ -31,7 +31,7 @@ from pathlib import Path
 
 from experiments._support.terms_timing import CLOCKS, LAPLACIANS, run
 from jaxgrad.inspect.bench import device_info
-from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
+from jaxgrad.report.cli import check_config, option, positive, run_main, to_dict
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.report.tables import print_table
 
@@ -90,4 +90,4 @@ def main(cfg: Config) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

@@ -45,13 +45,14 @@ from jaxgrad.data.dataset import ImageDataset, train_val_split
 from jaxgrad.data.imagefolder import load_image_folder
 from jaxgrad.data.pipeline import take
 from jaxgrad.data.synthetic import make_synthetic
+from jaxgrad.errors import ConfigError, MissingDataError
 from jaxgrad.inspect.doctor import diagnose
 from jaxgrad.models.clip import IMAGE_TOWER, MAX_LOGIT_SCALE, TEXT_TOWER, ClipConfig, ClipModel
 from jaxgrad.models.text import TextConfig
 from jaxgrad.models.vit import ViTConfig
 from jaxgrad.port.hf_clip import load_pretrained
 from jaxgrad.port.hf_random import HAVE_TRANSFORMERS, save_random_clip
-from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
+from jaxgrad.report.cli import check_config, option, positive, run_main, to_dict
 from jaxgrad.report.io import JsonlLogger, atomic_write_json
 from jaxgrad.report.plan import Plan
 from jaxgrad.report.plots import run_title
@@ -119,7 +120,15 @@ class Config:
     steps_per_dispatch: int = option(50, "max train steps scanned per device dispatch")
     seed: int = option(0, "one seed for init, data order, captions, augmentation")
     out_dir: str = option("runs/clip_contrastive", "JSONL metrics, PNG curves, final JSON")
-    overwrite: bool = option(False, "replace what an earlier run left in --out-dir")
+    overwrite: bool | None = option(
+        False,
+        "replace the CLIP run --out-dir holds (only a folder with a clip_contrastive run marker; "
+        "--tiny: replaces only a previous tiny run; --no-overwrite: never)",
+    )
+    tiny_run: bool = option(
+        False,
+        "record the run as a throwaway tiny run (set by --tiny): the next tiny run may replace it",
+    )
     progress: bool = option(True, "progress bar (plain lines when not a terminal)")
     fast_compile: bool = option(False, "XLA backend opt level 0: ~2x faster compiles, slower steps")
     doctor: bool = option(False, "print the gradient-flow doctor's report before training")
@@ -161,12 +170,13 @@ class Config:
 
     @classmethod
     def tiny(cls) -> Config:
-        """Seconds on a CPU; a throwaway run: it replaces its own --out-dir when re-run."""
+        """Seconds on a CPU; a throwaway run: re-run, it replaces a previous tiny CLIP run in its
+        --out-dir, and nothing else."""
         return cls(
             n_images=400, n_val=100, steps=150, batch_size=32, lr=3e-3, warmup_steps=10,
             embed_dim=32, image_dim=32, image_depth=1, patch_size=8, text_dim=32, text_depth=1,
             heads=2, eval_every=75, log_every=10, progress=False, fast_compile=True, augment=False,
-            out_dir="runs/clip_contrastive_tiny", overwrite=True,
+            out_dir="runs/clip_contrastive_tiny", overwrite=None, tiny_run=True,
         )  # fmt: skip
 
 
@@ -176,12 +186,15 @@ def load_data(cfg: Config) -> tuple[ImageDataset, ImageDataset]:
         ds = make_synthetic(cfg.n_images + cfg.n_val, seed=cfg.seed)
     else:
         if not Path(cfg.data_dir).is_dir():
-            raise FileNotFoundError(
+            raise MissingDataError(
                 f"--data-dir {cfg.data_dir} is not a folder; extract the images first, e.g. "
                 "mkdir -p data && tar -xzf ../shared/data/cifar10-train-jpeg.tar.gz -C data"
             )
         ds = load_image_folder(cfg.data_dir, progress=cfg.progress)
-        if cfg.n_images and cfg.n_images + cfg.n_val < len(ds):
+        if cfg.n_images and cfg.n_images + cfg.n_val >= len(ds):  # "at most": said, not silent
+            main_print(f"note: --n-images {cfg.n_images} + --n-val {cfg.n_val} is not below the "
+                       f"{len(ds)} images of {ds.source}: using all of them")  # fmt: skip
+        elif cfg.n_images:
             pick = np.random.default_rng(cfg.seed).permutation(len(ds))[: cfg.n_images + cfg.n_val]
             ds = ds.subset(np.sort(pick))
     return train_val_split(ds, cfg.n_val, seed=cfg.seed)
@@ -270,11 +283,12 @@ def main(cfg: Config) -> dict:
     initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
     train, val = load_data(cfg)
     if cfg.batch_size > len(train):  # before anything is written
-        raise SystemExit(
-            f"error: --batch-size {cfg.batch_size} is larger than the training set "
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is larger than the training set "
             f"({len(train)} images after --n-val {cfg.n_val}): lower --batch-size"
         )
-    with open_run_dir(cfg.out_dir, overwrite=cfg.overwrite):
+    with open_run_dir(cfg.out_dir, experiment="clip_contrastive", tiny=cfg.tiny_run,
+                      overwrite=bool(cfg.overwrite), rerun_tiny=cfg.overwrite is None):  # fmt: skip
         return _train(cfg, train, val, Path(cfg.out_dir))
 
 
@@ -411,4 +425,4 @@ def _pretrained_row() -> Row:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

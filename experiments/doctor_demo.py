@@ -40,7 +40,7 @@ from experiments._support.common import Row
 from jaxgrad.autodiff.freeze import frozen_mask, optimizer_with_frozen, path_str
 from jaxgrad.inspect.doctor import FlowReport, diagnose
 from jaxgrad.inspect.gradnorms import GradNormMonitor, make_grad_norm_metrics
-from jaxgrad.report.cli import check_config, option, parse
+from jaxgrad.report.cli import check_config, option, run_main
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.training.loop import init_params
 from jaxgrad.training.rng import named_keys
@@ -300,4 +300,4 @@ def tour() -> list[Row]:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

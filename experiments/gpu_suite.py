@@ -52,7 +52,7 @@ from jaxgrad.data.synthetic import CLASS_NAMES, make_synthetic
 from jaxgrad.inspect.bench import Timing, bench_jit, device_info
 from jaxgrad.models.clip import ClipConfig, ClipModel
 from jaxgrad.models.vit import ViT, ViTConfig, vit_forward_flops
-from jaxgrad.report.cli import option, parse, positive, to_dict
+from jaxgrad.report.cli import option, positive, run_main, to_dict
 from jaxgrad.report.io import atomic_write_bytes, atomic_write_json
 from jaxgrad.tasks import classifier as classifier_task
 from jaxgrad.tasks import clip as clip_task
@@ -357,4 +357,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

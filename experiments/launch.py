@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 
+from jaxgrad.report.cli import run_main
 from jaxgrad.training.distributed import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
 
 __all__ = ["command_for", "free_port", "launch"]
@@ -181,4 +182,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from experiments._support.common import Row, allclose, close_row, fmt
-from jaxgrad.report.cli import check_config, option, parse
+from jaxgrad.report.cli import check_config, option, run_main
 from jaxgrad.training.step import init_train_state, make_train_step
 
 
@@ -118,4 +118,4 @@ def tour() -> list[Row]:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

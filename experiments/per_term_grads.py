@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments._support.common import Row, allclose, fmt
-from jaxgrad.report.cli import check_config, option, parse
+from jaxgrad.report.cli import check_config, option, run_main
 from jaxgrad.training.rng import named_keys
 
 
@@ -93,4 +93,4 @@ def tour() -> list[Row]:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

@@ -35,7 +35,7 @@ from flax import nnx
 from experiments._support.common import Row, fmt
 from experiments._support.helmholtz import exact_u, make_model, make_terms_fn, sample
 from jaxgrad.losses.terms import term_grads
-from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
+from jaxgrad.report.cli import check_config, option, positive, run_main, to_dict
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.report.tables import print_table
 from jaxgrad.tasks.pinn import (
@@ -253,4 +253,4 @@ def tour() -> list[Row]:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

@@ -37,7 +37,7 @@ from experiments._support.common import Row, fmt
 from jaxgrad.losses.pde import check_points, laplacian, normal_derivative
 from jaxgrad.losses.terms import cosine_matrix, grad_stats, term_grads
 from jaxgrad.models.mlp import MLP
-from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
+from jaxgrad.report.cli import check_config, option, positive, run_main, to_dict
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.tasks.pinn import (
     METHODS,
@@ -275,4 +275,4 @@ def tour() -> list[Row]:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

@@ -31,7 +31,7 @@ from flax import nnx
 
 import jaxgrad as jg
 from experiments._support.common import Row, allclose, close_row, fmt
-from jaxgrad.report.cli import check_config, option, parse
+from jaxgrad.report.cli import check_config, option, run_main
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,4 +179,4 @@ def tour() -> list[Row]:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

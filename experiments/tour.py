@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import sys
 import time
 
 from experiments._support.common import Row
 from jaxgrad.report import tables
+from jaxgrad.report.cli import run_main
 
 #: experiment modules, in the order a PyTorch user meets the ideas
 TOUR = (
@@ -94,4 +94,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -27,10 +27,12 @@ The PyTorch it reproduces::
 Differences, on purpose: images are channels-last ``[B, 32, 32, 3]``; each epoch drops the last
 partial batch (781 steps of 64 instead of 781 + one of 16) so every step has one shape.
 Outputs (``--out-dir``, default runs/vit_cifar10; ``--tiny``: runs/vit_cifar10_tiny, replaced
-by the next tiny run): metrics.jsonl, curves.png, ckpt/ (orbax, one per epoch, each with the
+by the next tiny run, which replaces nothing but a tiny ViT run): .jaxgrad-run.json (the run
+marker: experiment, tiny or not, run id), metrics.jsonl, curves.png, ckpt/ (orbax, one per epoch, each with the
 run's config), vit_params.npz + vit_config.json (the ``torch.save(state_dict)`` equivalent),
 summary.json. A directory holding a run needs ``--resume`` (same config; ``--epochs`` may grow,
-other changes only via ``--resume-override lr,batch_size``, logged) or ``--overwrite``.
+other changes only via ``--resume-override lr,batch_size``, logged) or ``--overwrite`` (only a
+ViT run's folder: one without a jaxgrad run marker, or another experiment's, is refused).
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ import jax.numpy as jnp
 from experiments._support.common import Row
 from jaxgrad.data import ImageDataset, is_cifar10_dir, load_cifar10, load_image_folder
 from jaxgrad.data.sources import check_fits, load_classification_data
+from jaxgrad.errors import ConfigError
 from jaxgrad.inspect.doctor import diagnose
 from jaxgrad.models.vit import ViT, ViTConfig, count_params
-from jaxgrad.report.cli import check_config, option, parse, positive, to_dict
+from jaxgrad.report.cli import check_config, option, positive, run_main, to_dict
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.report.plan import Plan
 from jaxgrad.report.plots import plot_run_curves, run_title
@@ -61,14 +64,14 @@ from jaxgrad.tasks.classifier import (
     make_optimizer,
     run_chunk_for,
 )
-from jaxgrad.training.checkpoint import CheckpointMismatchError, CorruptCheckpointError, save_params
+from jaxgrad.training.checkpoint import save_params
 from jaxgrad.training.distributed import initialize, main_print, replicate
-from jaxgrad.training.guard import NonFiniteError, check_nonfinite
+from jaxgrad.training.guard import check_nonfinite
 from jaxgrad.training.lifecycle import EpochRun
 from jaxgrad.training.loop import init_params, steps_per_epoch, train_epoch
 from jaxgrad.training.parallel import make_mesh, place_state, replicated
 from jaxgrad.training.rng import named_keys
-from jaxgrad.training.runs import ResumeConfigError, RunDirError, resolved_config
+from jaxgrad.training.runs import resolved_config
 from jaxgrad.training.step import init_train_state
 
 #: recipe defaults; any of them can be overridden by its flag
@@ -135,7 +138,13 @@ class Config:
     seed: int = option(0, "seed for init, dropout, data order and the synthetic data")
     out_dir: str = option("runs/vit_cifar10", "where metrics, plots, checkpoints and params go")
     overwrite: bool | None = option(
-        False, "replace what --out-dir holds (--tiny: on unless --resume; --no-overwrite: off)"
+        False,
+        "replace the ViT run --out-dir holds (only a folder with a vit_cifar10 run marker; "
+        "--tiny: replaces only a previous tiny run unless --resume; --no-overwrite: never)",
+    )
+    tiny_run: bool = option(
+        False,
+        "record the run as a throwaway tiny run (set by --tiny): the next tiny run may replace it",
     )
     keep: int = option(3, "checkpoints kept")
     resume: bool = option(False, "continue from the latest complete checkpoint in --out-dir/ckpt")
@@ -184,7 +193,7 @@ class Config:
         return cls(
             model="tiny", synthetic_size=1200, n_val=200, epochs=3, batch_size=40, lr=2e-3,
             steps_per_dispatch=20, progress=False, out_dir="runs/vit_cifar10_tiny",
-            overwrite=None,
+            overwrite=None, tiny_run=True,
         )  # fmt: skip
 
     def hyper(self) -> Hyper:
@@ -239,18 +248,19 @@ def main(cfg: Config) -> dict:
         return evaluate_only(cfg)
     h, vit = cfg.hyper(), cfg.vit()
     if multi and cfg.devices is not None:
-        raise ValueError("--devices: a multi-process run uses every device of every process")
+        raise ConfigError("--devices: a multi-process run uses every device of every process")
     mesh = make_mesh(cfg.devices)  # one "data" axis over every process; jit splits each batch
     if h.batch_size % mesh.size:
-        raise ValueError(
+        raise ConfigError(
             f"--batch-size {h.batch_size} does not split over {mesh.size} devices: use a "
             f"multiple of {mesh.size}, or --devices that divides {h.batch_size}"
         )
     train, evals, eval_name = load_data(cfg)  # before the run directory: a bad one writes nothing
     _check_fits(train, vit)
     _check_fits(evals, vit)
-    overwrite = (not cfg.resume) if cfg.overwrite is None else cfg.overwrite
-    run = EpochRun(cfg.out_dir, resume=cfg.resume, overwrite=overwrite, keep=cfg.keep,
+    rerun_tiny = cfg.overwrite is None and not cfg.resume  # the tiny re-run: a tiny run only
+    run = EpochRun(cfg.out_dir, experiment="vit_cifar10", tiny=cfg.tiny_run, resume=cfg.resume,
+                   overwrite=bool(cfg.overwrite), rerun_tiny=rerun_tiny, keep=cfg.keep,
                    resume_or_start=cfg.resume_or_start, resume_override=cfg.resume_override)  # fmt: skip
     try:
         return _train(cfg, h, vit, mesh, run, (train, evals, eval_name))
@@ -375,8 +385,11 @@ def evaluate_only(cfg: Config) -> dict:
         else load_image_folder(data_dir, cache_dir=cfg.cache_dir, progress=cfg.progress)
     )
     ev = evaluate_saved(trained, ds, model=str(path), batch_size=cfg.eval_batch_size)
-    main_print(f"{path}: accuracy {100 * ev['accuracy']:.2f}% on {ev['n']} images of {ds.source}")
-    return {**ev, "data": ds.source, "checkpoint": str(path), "classes": list(ds.class_names)}
+    main_print(
+        f"{trained.scored}: accuracy {100 * ev['accuracy']:.2f}% on {ev['n']} images of {ds.source}"
+    )
+    return {**ev, "data": ds.source, "checkpoint": str(path), "scored": trained.scored,
+            "classes": list(ds.class_names)}  # fmt: skip
 
 
 def tour() -> list[Row]:
@@ -398,8 +411,4 @@ def tour() -> list[Row]:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse(Config))
-    except (RunDirError, ResumeConfigError, FileNotFoundError, NonFiniteError,
-            CheckpointMismatchError, CorruptCheckpointError) as e:  # fmt: skip
-        raise SystemExit(f"error: {e}") from None  # a refusal with its fix, not a traceback
+    run_main(main, Config)  # a refusal: one line "error: ...", exit 2 (--traceback for the trace)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from experiments._support.common import Row, allclose, close_row, fmt
 from jaxgrad.autodiff.autograd import backward, grad, hvp, nth_grad, pullback
-from jaxgrad.report.cli import check_config, option, parse
+from jaxgrad.report.cli import check_config, option, run_main
 
 X = ((2.0, 1.0),)  # the seed's x, shape [1, 2]
 Y = ((1.0, 2.0), (3.0, 4.0))  # the seed's y, shape [2, 2]
@@ -150,4 +150,4 @@ def tour() -> list[Row]:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    run_main(main, Config)

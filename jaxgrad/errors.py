@@ -6,7 +6,8 @@ experiment's entry point prints it as one line (``error: <message>``) and exits 
 the traceback only under ``--traceback`` or ``JAXGRAD_TRACEBACK=1``. Anything else that is
 raised is a bug in jaxgrad and keeps its traceback.
 
-Each type is also a ``ValueError`` so callers that caught ``ValueError`` keep working.
+Each type is also a ``ValueError`` so callers that caught ``ValueError`` keep working; the
+``Missing*`` types are also ``FileNotFoundError`` (a path the user named does not exist).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "MissingCheckpointError",
+    "MissingDataError",
+    "MissingWeightsError",
     "OutDirError",
     "UserError",
     "WeightsError",
@@ -48,3 +52,15 @@ class CacheError(UserError):
 
 class OutDirError(UserError):
     """An output folder that the run may not use or replace."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A data folder or file the user named does not exist."""
+
+
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """No (complete) checkpoint or params file where the user pointed."""
+
+
+class MissingWeightsError(WeightsError, FileNotFoundError):
+    """A pretrained-weights folder or file the user named does not exist."""

@@ -327,7 +327,8 @@ def test_second_run_on_an_out_dir_refused_unless_overwrite(tmp_path):
     exp.main(cfg)
     with pytest.raises(RunDirError, match="--overwrite"):
         exp.main(cfg)
-    assert exp.Config.tiny().overwrite  # --tiny runs are throwaway: re-running replaces them
+    # --tiny runs are throwaway: re-running replaces a previous tiny run (and nothing else)
+    assert exp.Config.tiny().overwrite is None and exp.Config.tiny().tiny_run
     final = exp.main(dataclasses.replace(cfg, overwrite=True))
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [0, 1, 2]  # one run, not two

@@ -265,4 +265,8 @@ def test_image_folder_reports_decoding_and_the_cache_on_stderr(tmp_path, capsys)
     load_image_folder(tmp_path / "imgs", cache_dir=tmp_path / "cache")
     assert "7 images from the cache" in capsys.readouterr().err
     load_image_folder(tmp_path / "imgs", cache_dir=tmp_path / "cache", progress=False)
-    assert capsys.readouterr().err == ""
+    # progress off: no progress lines; what was left out is still said (issue 21)
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: {tmp_path / 'imgs'}: left out 1 file(s) that are not .jpg/.jpeg/.png images "
+        "(apple/notes.txt)"
+    ]

@@ -171,10 +171,11 @@ def test_only_process_0_writes_prints_and_locks(tmp_path, monkeypatch, capsys, m
     p.announce()
     p.first_chunk(steps=2, seconds=1.0)
     tables.print_table([("x", 1)], ("name", "n"))
-    run = runs.open_run_dir(tmp_path / "run")
+    run = runs.open_run_dir(tmp_path / "run", experiment="test")
     written = sorted(str(f.relative_to(tmp_path)) for f in tmp_path.rglob("*") if f.is_file())
     if main:
-        assert written == ["m/metrics.jsonl", "p.npz", "run/.jaxgrad.lock", "summary.json"]
+        assert written == ["m/metrics.jsonl", "p.npz", "run/.jaxgrad-run.json", "run/.jaxgrad.lock",
+                           "summary.json"]  # fmt: skip
         assert "plan: t" in stream.getvalue() and "loss 0.5" in stream.getvalue()
         assert "name" in capsys.readouterr().out
     else:
@@ -217,7 +218,8 @@ def test_epoch_run_on_process_1_checkpoints_but_leaves_lock_logs_and_summary_to_
     from jaxgrad.training import distributed, lifecycle, runs
 
     out, tree = tmp_path / "run", {"w": jnp.arange(3.0)}
-    run = lifecycle.EpochRun(out)  # process 0 (this process, unpatched): a run killed in epoch 2
+    # process 0 (this process, unpatched): a run killed in epoch 2
+    run = lifecycle.EpochRun(out, experiment="test")
     run.start(tree, {"lr": 0.1})
     run.log(epoch=1)
     run.save(1, {"w": tree["w"] + 1}, [])
@@ -229,7 +231,7 @@ def test_epoch_run_on_process_1_checkpoints_but_leaves_lock_logs_and_summary_to_
     for module in (distributed, jio, runs):
         monkeypatch.setattr(module, "is_main", lambda: False)
     monkeypatch.setattr(runs, "barrier", lambda name: None)
-    run = lifecycle.EpochRun(out, resume=True)
+    run = lifecycle.EpochRun(out, experiment="test", resume=True)
     restored, _, epoch = run.start(tree, {"lr": 0.1})
     assert epoch == 1 and np.array_equal(restored["w"], [1.0, 2.0, 3.0])
     run.save(2, restored, [])
@@ -239,7 +241,7 @@ def test_epoch_run_on_process_1_checkpoints_but_leaves_lock_logs_and_summary_to_
     assert not (out / "summary.json").exists() and not (out / runs.LOCK_NAME).exists()
     assert capsys.readouterr().out == ""  # "resumed from ..." is process 0's line
 
-    run = lifecycle.EpochRun(out, overwrite=True)
+    run = lifecycle.EpochRun(out, experiment="test", overwrite=True)
     run.start(tree, {"lr": 0.1})
     run.abort()
     assert (out / "metrics.jsonl").read_text() == metrics  # only process 0 empties it

@@ -15,6 +15,7 @@ import optax
 import pytest
 
 from jaxgrad.report.io import JsonlLogger
+from jaxgrad.training.run_marker import MARKER_NAME
 from jaxgrad.training.runs import (
     LOCK_NAME,
     ResumeConfigError,
@@ -82,9 +83,9 @@ def test_rewind_leaves_every_epoch_once_in_every_interruption_case(tmp_path, log
 
 def test_second_live_run_refused_stale_lock_taken_over(tmp_path, capsys):
     out = tmp_path / "run"
-    first = open_run_dir(out)
+    first = open_run_dir(out, experiment="test")
     with pytest.raises(RunDirError, match=f"in use by a running process \\(pid {os.getpid()}"):
-        open_run_dir(out)
+        open_run_dir(out, experiment="test")
     first.release()
     # a lock left by a process that no longer exists
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
@@ -96,7 +97,7 @@ def test_second_live_run_refused_stale_lock_taken_over(tmp_path, capsys):
     (out / LOCK_NAME).write_text(
         json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": 0})
     )
-    with open_run_dir(out) as run:
+    with open_run_dir(out, experiment="test") as run:
         assert "taking over stale lock" in capsys.readouterr().err
         assert json.loads(run.lock.read_text())["pid"] == os.getpid()
     assert not (out / LOCK_NAME).exists()
@@ -104,22 +105,22 @@ def test_second_live_run_refused_stale_lock_taken_over(tmp_path, capsys):
 
 def test_directory_holding_a_run_needs_resume_or_overwrite(tmp_path):
     out = tmp_path / "run"
-    with open_run_dir(out):
+    with open_run_dir(out, experiment="test"):
         (out / "metrics.jsonl").write_text('{"epoch": 1}\n')
         (out / "ckpt").mkdir()
         (out / "ckpt" / "1").mkdir()
     with pytest.raises(RunDirError, match="--resume.*--out-dir.*--overwrite"):
-        open_run_dir(out)
-    with open_run_dir(out, resume=True):
+        open_run_dir(out, experiment="test")
+    with open_run_dir(out, experiment="test", resume=True):
         assert (out / "metrics.jsonl").exists()
     outside = tmp_path / "keep.txt"
     outside.write_text("x")
-    with open_run_dir(out, overwrite=True):
-        assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+    with open_run_dir(out, experiment="test", overwrite=True):
+        assert sorted(p.name for p in out.iterdir()) == sorted([LOCK_NAME, MARKER_NAME])
     assert outside.exists()
     (tmp_path / "file").write_text("x")
     with pytest.raises(RunDirError, match="is a file"):
-        open_run_dir(tmp_path / "file")
+        open_run_dir(tmp_path / "file", experiment="test")
 
 
 # ---- 3. config validation --------------------------------------------------------------------

@@ -28,6 +28,7 @@ from jaxgrad.training.guard import NonFiniteError
 from jaxgrad.training.lifecycle import split_overrides
 from jaxgrad.training.loop import init_params
 from jaxgrad.training.rng import named_keys
+from jaxgrad.training.run_marker import write_marker
 from jaxgrad.training.runs import LOCK_NAME, ResumeConfigError, RunDirError
 from jaxgrad.training.step import init_train_state
 
@@ -88,7 +89,8 @@ def test_epochs_may_grow_and_a_named_override_is_accepted_and_logged(two_epochs,
 def test_resume_without_a_complete_checkpoint_is_refused_unless_resume_or_start(tmp_path, capsys):
     out = tmp_path / "r"
     out.mkdir()
-    # killed during the first save: epoch 1 logged, no complete checkpoint
+    # killed during the first save: its marker written, epoch 1 logged, no complete checkpoint
+    write_marker(out, "vit_cifar10", tiny=True)
     JsonlLogger(out / "metrics.jsonl").log(epoch=1, train_loss=2.3)
     with pytest.raises(FileNotFoundError, match="no complete checkpoint.*--resume-or-start"):
         exp.main(tiny(out, epochs=1, resume=True))
@@ -121,7 +123,7 @@ def test_a_second_live_run_on_the_out_dir_is_refused(tmp_path):
     (out / LOCK_NAME).write_text(json.dumps(holder))
     with pytest.raises(RunDirError, match=f"in use by a running process \\(pid {os.getppid()}"):
         exp.main(tiny(out, epochs=1))
-    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written, no marker
 
 
 def test_a_nonfinite_state_is_never_checkpointed_and_the_message_is_true(tmp_path, capsys):
@@ -173,6 +175,7 @@ def test_old_checkpoint_without_a_recorded_config_is_refused_plainly(tmp_path):
     cfg = tiny(tmp_path / "r", epochs=1)
     _, params, _ = init_params(ViT, cfg.vit(), jax.random.key(0))
     state = init_train_state(params, exp.make_optimizer(cfg.hyper(), 20))
+    write_marker(tmp_path / "r", "vit_cifar10", tiny=True)  # only the checkpoint is old
     with Checkpointer(tmp_path / "r" / "ckpt") as ckpt:  # as written before the key rename
         keys = named_keys(0, "init", "dropout", "data")
         ckpt.save(1, {"state": state, "keys": keys}, meta={"epoch": 1, "history": []})
@@ -191,8 +194,9 @@ def test_tiny_runs_twice_in_a_row_and_other_runs_get_a_one_line_refusal(tmp_path
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, "-m", "experiments.vit_cifar10", "--tiny", "--no-overwrite"]
     p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "Traceback" not in p.stderr
     last = p.stderr.strip().splitlines()[-1]
+    assert [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")] == [last]
     assert last.startswith("error: ") and all(f in last for f in ("--resume", "--out-dir", "--overwrite"))  # fmt: skip
 
 

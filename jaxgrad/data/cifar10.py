@@ -38,6 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxgrad.data.dataset import ImageDataset
+from jaxgrad.errors import DataError, MissingDataError
 
 __all__ = ["CIFAR10_BATCH_MD5", "CIFAR10_MD5", "CIFAR10_URL", "is_cifar10_dir", "load_cifar10"]
 
@@ -99,7 +100,7 @@ def _download(url: str, dest: Path, md5: str) -> None:
                     bar.update(len(chunk))
         got = _md5(Path(tmp))
         if got != md5:
-            raise ValueError(
+            raise DataError(
                 f"downloaded {url} has md5 {got}, expected {md5} (truncated or corrupt "
                 "download); nothing was kept, run again"
             )
@@ -111,7 +112,7 @@ def _download(url: str, dest: Path, md5: str) -> None:
 def _extract(archive: Path, folder: Path, md5: str) -> None:
     got = _md5(archive)
     if got != md5:
-        raise ValueError(
+        raise DataError(
             f"{archive} has md5 {got}, expected {md5}: the archive is corrupt or truncated. "
             "Delete it and download again (download=True / --download)"
         )
@@ -120,10 +121,10 @@ def _extract(archive: Path, folder: Path, md5: str) -> None:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(tmp, filter="data")
         if not (tmp / FOLDER).is_dir():
-            raise ValueError(f"{archive} does not contain {FOLDER}/: not a CIFAR-10 python archive")
+            raise DataError(f"{archive} does not contain {FOLDER}/: not a CIFAR-10 python archive")
         os.replace(tmp / FOLDER, folder)
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise ValueError(f"cannot extract {archive} ({e}): delete it and download again") from e
+        raise DataError(f"cannot extract {archive} ({e}): delete it and download again") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -136,13 +137,18 @@ def is_cifar10_dir(data_dir: str | os.PathLike) -> bool:
 
 
 def _locate(data_dir: Path, download: bool) -> Path:
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(
+            f"--data-dir {data_dir} is a file, not a folder: point it at the folder that holds "
+            f"{FOLDER}/ or {ARCHIVE}"
+        )
     for cand in (data_dir / FOLDER, data_dir):
         if (cand / "batches.meta").exists():
             return cand
     archive = data_dir / ARCHIVE
     if not archive.exists():
         if not download:
-            raise FileNotFoundError(
+            raise MissingDataError(
                 f"no CIFAR-10 in {data_dir}: expected {FOLDER}/ or {ARCHIVE} there. Pass "
                 f"download=True (--download) to fetch it from {CIFAR10_URL}, or point "
                 "data_dir (--data-dir) at an existing copy"
@@ -154,10 +160,10 @@ def _locate(data_dir: Path, download: bool) -> Path:
 
 def _unpickle(path: Path, md5: str | None) -> dict:
     if not path.exists():
-        raise FileNotFoundError(f"CIFAR-10 batch {path} is missing: the copy is incomplete")
+        raise MissingDataError(f"CIFAR-10 batch {path} is missing: the copy is incomplete")
     raw = path.read_bytes()
     if md5 is not None and hashlib.md5(raw).hexdigest() != md5:
-        raise ValueError(
+        raise DataError(
             f"CIFAR-10 batch {path} has md5 {hashlib.md5(raw).hexdigest()}, not the official "
             f"{md5}: it is corrupt or not the official file, and it was not unpickled. Delete "
             "the folder and extract again; for a re-pickled copy you trust, pass batch_md5=None"
@@ -166,12 +172,12 @@ def _unpickle(path: Path, md5: str | None) -> dict:
         obj = _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except pickle.UnpicklingError as e:
         if "refused to load" in str(e):
-            raise ValueError(f"CIFAR-10 batch {path}: {e}; delete it") from None
-        raise ValueError(f"CIFAR-10 batch {path} is corrupt ({e}); delete the folder") from e
+            raise DataError(f"CIFAR-10 batch {path}: {e}; delete it") from None
+        raise DataError(f"CIFAR-10 batch {path} is corrupt ({e}); delete the folder") from e
     except (EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise ValueError(f"CIFAR-10 batch {path} is corrupt ({e}); delete the folder") from e
+        raise DataError(f"CIFAR-10 batch {path} is corrupt ({e}); delete the folder") from e
     if not isinstance(obj, dict):
-        raise ValueError(
+        raise DataError(
             f"CIFAR-10 batch {path} holds a {type(obj).__name__}, not a dict: not a CIFAR-10 "
             "python batch"
         )
@@ -182,25 +188,25 @@ def _batch(path: Path, md5: str | None, rows: int | None) -> tuple[np.ndarray, n
     batch = _unpickle(path, md5)
     missing = [k for k in (b"data", b"labels") if k not in batch]
     if missing:
-        raise ValueError(f"CIFAR-10 batch {path} has no {missing} entry (keys: "
+        raise DataError(f"CIFAR-10 batch {path} has no {missing} entry (keys: "
                          f"{sorted(batch)[:5]}): not a CIFAR-10 python batch")  # fmt: skip
     data = np.asarray(batch[b"data"])
     labels = np.asarray(batch[b"labels"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ValueError(
+        raise DataError(
             f"CIFAR-10 batch {path}: b'data' is {data.dtype}{list(data.shape)}, expected uint8 "
             "rows of 3072 bytes (3 x 32 x 32, channel-major)"
         )
     if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (len(data),):
-        raise ValueError(
+        raise DataError(
             f"CIFAR-10 batch {path}: b'labels' is {labels.dtype}{list(labels.shape)}, expected "
             f"{len(data)} integer class indices (one per row of b'data')"
         )
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"CIFAR-10 batch {path}: labels outside [0, 10): "
+        raise DataError(f"CIFAR-10 batch {path}: labels outside [0, 10): "
                          f"{np.unique(labels[(labels < 0) | (labels > 9)])[:5].tolist()}")  # fmt: skip
     if rows is not None and len(data) != rows:
-        raise ValueError(
+        raise DataError(
             f"CIFAR-10 batch {path} has {len(data)} images, the official batches {rows}: the "
             "copy is incomplete or not CIFAR-10"
         )
@@ -225,7 +231,7 @@ def load_cifar10(
     meta = _unpickle(meta_path, md5s and md5s.get("batches.meta"))
     label_names = meta.get(b"label_names")
     if not isinstance(label_names, list) or len(label_names) != 10:
-        raise ValueError(f"{meta_path}: b'label_names' must be a list of 10 class names, got "
+        raise DataError(f"{meta_path}: b'label_names' must be a list of 10 class names, got "
                          f"{type(label_names).__name__}: not CIFAR-10's meta")  # fmt: skip
     names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in label_names)
     images, labels = [], []

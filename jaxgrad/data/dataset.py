@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from jaxgrad.errors import DataError
+
 __all__ = ["ImageDataset", "train_val_split"]
 
 
@@ -61,6 +63,9 @@ def train_val_split(
     Returns ``(train, val)``; together they are a permutation of ``ds``.
     """
     if not 0 < n_val < len(ds):
-        raise ValueError(f"n_val must be in (0, {len(ds)}) for a dataset of {len(ds)}, got {n_val}")
+        raise DataError(
+            f"n_val (--n-val) must be in (0, {len(ds)}): {ds.source} holds {len(ds)} images, got "
+            f"{n_val}; lower --n-val or add images"
+        )
     perm = np.random.default_rng(seed).permutation(len(ds))
     return ds.subset(np.sort(perm[n_val:])), ds.subset(np.sort(perm[:n_val]))

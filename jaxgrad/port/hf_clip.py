@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxgrad.errors import MissingWeightsError, WeightsError
 from jaxgrad.models.clip_vision import CLIPVisionConfig, CLIPVisionTower
 from jaxgrad.port.rules import PortError, Rule, convert
 
@@ -64,24 +65,24 @@ _MODEL_TYPES = ("clip", "clip_vision_model")
 def _read_config(path: Path) -> tuple[CLIPVisionConfig, dict]:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
-        raise FileNotFoundError(
+        raise MissingWeightsError(
             f"{cfg_file}: not found; load_pretrained needs a transformers save_pretrained folder "
             "(config.json + model.safetensors)"
         )
     try:
         raw = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_file}: not valid JSON ({e})") from None
+        raise WeightsError(f"{cfg_file}: not valid JSON ({e})") from None
     mt = raw.get("model_type")
     if mt not in _MODEL_TYPES:
-        raise ValueError(
+        raise WeightsError(
             f"{cfg_file}: model_type is {mt!r}, not a CLIP checkpoint (expected one of "
             f"{_MODEL_TYPES}: a CLIPModel or CLIPVisionModelWithProjection)"
         )
     if mt == "clip":
         vision = raw.get("vision_config")
         if not isinstance(vision, dict):
-            raise ValueError(
+            raise WeightsError(
                 f"{cfg_file}: a CLIPModel config without a vision_config dict (field "
                 "'vision_config'); the image tower cannot be built"
             )
@@ -95,13 +96,13 @@ def _read_config(path: Path) -> tuple[CLIPVisionConfig, dict]:
             v = vision[f.name]
             if f.name in ("image_size", "patch_size") and isinstance(v, list | tuple):
                 if len(set(v)) != 1:
-                    raise ValueError(f"{cfg_file}: non-square {f.name} {v} is not supported")
+                    raise WeightsError(f"{cfg_file}: non-square {f.name} {v} is not supported")
                 v = v[0]
             kw[f.name] = v
     try:
         return CLIPVisionConfig(**kw), raw
     except ValueError as e:
-        raise ValueError(f"{cfg_file}: {e}") from None
+        raise WeightsError(f"{cfg_file}: {e}") from None
 
 
 def _weights_file(path: Path) -> Path:
@@ -110,7 +111,7 @@ def _weights_file(path: Path) -> Path:
         return f
     shards = sorted(path.glob("model-*.safetensors"))
     if shards:
-        raise ValueError(
+        raise WeightsError(
             f"{path}: sharded safetensors ({len(shards)} files) are not supported; re-save with "
             "save_pretrained(max_shard_size='10GB')"
         )
@@ -121,7 +122,7 @@ def _weights_file(path: Path) -> Path:
         if other
         else ""
     )
-    raise FileNotFoundError(f"{f}: not found; load_pretrained reads safetensors only{hint}")
+    raise MissingWeightsError(f"{f}: not found; load_pretrained reads safetensors only{hint}")
 
 
 def load_pretrained(path: str | Path) -> CLIPVisionTower:
@@ -136,13 +137,13 @@ def load_pretrained(path: str | Path) -> CLIPVisionTower:
 
     path = Path(path).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: not a directory (a save_pretrained folder)")
+        raise MissingWeightsError(f"{path}: not a directory (a save_pretrained folder)")
     cfg, _ = _read_config(path)
     wfile = _weights_file(path)
     try:
         sd = load_file(str(wfile))
     except Exception as e:  # safetensors raises its own SafetensorError on bad headers
-        raise ValueError(f"{wfile}: not a readable safetensors file ({e})") from None
+        raise WeightsError(f"{wfile}: not a readable safetensors file ({e})") from None
     if not any(k.startswith("vision_model.") for k in sd):
         raise PortError(
             f"{wfile}: no 'vision_model.*' keys: this checkpoint has no image tower (a text-only "

@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from jaxgrad.autodiff.freeze import path_str
+from jaxgrad.errors import WeightsError
 
 __all__ = [
     "match_rule",
@@ -54,7 +55,7 @@ LAYOUTS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
-class PortError(ValueError):
+class PortError(WeightsError):
     """A state_dict that does not fit the NNX module: every problem, listed at once."""
 
     def __init__(self, message: str, *, unmapped=(), unfilled=(), mismatched=()):

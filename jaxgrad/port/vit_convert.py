@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from jaxgrad.errors import MissingWeightsError, WeightsError
 from jaxgrad.models.vit import ViT, ViTConfig
 from jaxgrad.port import PortError, Rule, convert, export, to_numpy
 
@@ -163,7 +164,7 @@ def read_config(path: str | Path) -> ViTConfig:
     """``vit_config.json`` → ViTConfig; every field the weights cannot tell must be there."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingWeightsError(
             f"{path}: not found. A vit-pytorch state_dict does not record how the model was "
             "built (pool='cls' and pool='mean' have the same keys), so the config must be saved "
             "beside the weights: json.dump({'image_size': ..., 'patch_size': ..., "
@@ -173,25 +174,25 @@ def read_config(path: str | Path) -> ViTConfig:
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise WeightsError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object of ViT(...) keyword arguments")
+        raise WeightsError(f"{path}: expected a JSON object of ViT(...) keyword arguments")
     raw.pop("class_names", None)  # jaxgrad's sidecar records them; not a ViT(...) argument
     known = {f.name for f in dataclasses.fields(ViTConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown ViTConfig fields {unknown}; known: {sorted(known)}")
+        raise WeightsError(f"{path}: unknown ViTConfig fields {unknown}; known: {sorted(known)}")
     required = ("image_size", "patch_size", "num_classes", "dim", "depth", "heads", "mlp_dim")
     missing = [k for k in (*required, "pool") if k not in raw]
     if missing:
-        raise ValueError(
+        raise WeightsError(
             f"{path}: missing fields {missing}; the state_dict cannot tell them apart"
             + (" (pool: 'cls' or 'mean')" if "pool" in missing else "")
         )
     try:
         return ViTConfig(**raw)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise WeightsError(f"{path}: {e}") from None
 
 
 def load_checkpoint(weights: str | Path, config: str | Path | None = None) -> ViT:
@@ -200,7 +201,7 @@ def load_checkpoint(weights: str | Path, config: str | Path | None = None) -> Vi
     weights = Path(weights)
     cfg = read_config(config if config is not None else weights.with_name("vit_config.json"))
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: not found")
+        raise MissingWeightsError(f"{weights}: not found")
     if weights.suffix == ".npz":
         with np.load(weights, allow_pickle=False) as z:
             sd = dict(z)

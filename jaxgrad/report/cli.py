@@ -25,6 +25,12 @@ an Optional or a tuple) must be finite, and a field declared with bounds must li
     weight_decay: float = option(0.05, "...", ge=0)          # a rate or decay: >= 0
 
 The error names the flag: ``--label-smoothing must be < 1, got 2.0``.
+
+Every experiment's ``if __name__ == "__main__":`` is :func:`run_main` (``run_main(main, Config)``): a
+:class:`jaxgrad.errors.UserError` raised anywhere in the run (a flag, a data folder, a
+checkpoint, weights, a cache, the out-dir) ends it with ONE line on stderr,
+``error: <message>``, and exit code 2; ``--traceback`` (or ``JAXGRAD_TRACEBACK=1``) adds the
+traceback. Any other exception is a bug in jaxgrad and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -32,15 +38,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
+import traceback
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from jaxgrad.errors import ConfigError, UserError
 from jaxgrad.training.xla import enable_compile_cache
 
-__all__ = ["check_config", "option", "parse", "positive", "to_dict"]
+__all__ = ["check_config", "one_line", "option", "parse", "positive", "run_main", "to_dict"]
 
 C = TypeVar("C")
 
@@ -73,12 +82,12 @@ def option(
 
 
 def positive(cfg: Any, *names: str) -> None:
-    """Raise ValueError naming the first field in ``names`` that is not > 0."""
+    """Raise ConfigError naming the first field in ``names`` that is not > 0."""
     for n in names:
         v = getattr(cfg, n)
         if v is not None and v <= 0:
             flag = "--" + n.replace("_", "-")
-            raise ValueError(f"{flag} must be > 0, got {v}")
+            raise ConfigError(f"{flag} must be > 0, got {v}")
 
 
 def _flag(name: str) -> str:
@@ -89,16 +98,16 @@ def _check_value(name: str, v: Any, bounds: dict) -> None:
     if isinstance(v, bool) or not isinstance(v, int | float):
         return
     if isinstance(v, float) and not math.isfinite(v):
-        raise ValueError(f"{_flag(name)} must be a finite number, got {v}")
+        raise ConfigError(f"{_flag(name)} must be a finite number, got {v}")
     ok = {"ge": v >= bounds.get("ge", v), "gt": "gt" not in bounds or v > bounds["gt"],
           "le": v <= bounds.get("le", v), "lt": "lt" not in bounds or v < bounds["lt"]}  # fmt: skip
     for k, good in ok.items():
         if not good:
-            raise ValueError(f"{_flag(name)} must be {_BOUNDS[k]} {bounds[k]}, got {v}")
+            raise ConfigError(f"{_flag(name)} must be {_BOUNDS[k]} {bounds[k]}, got {v}")
 
 
 def check_config(cfg: Any) -> None:
-    """Raise ValueError naming the flag of the first field whose value is a non-finite float
+    """Raise ConfigError naming the flag of the first field whose value is a non-finite float
     or lies outside the bounds given to :func:`option`."""
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
@@ -161,6 +170,11 @@ def _parser_for(cls: type, description: str | None) -> argparse.ArgumentParser:
         help="do not keep compiled programs in the persistent cache (jaxgrad.training.xla; the env var "
         "JAXGRAD_COMPILE_CACHE=off does the same, =PATH moves it)",
     )
+    parser.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on a refusal (error: ...), also print the Python traceback (env JAXGRAD_TRACEBACK=1)",
+    )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -200,6 +214,7 @@ def parse(cls: type[C], argv: Sequence[str] | None = None, description: str | No
     parser = _parser_for(cls, description)
     ns = vars(parser.parse_args(argv))
     tiny = ns.pop("tiny", False)
+    ns.pop("traceback", None)  # read by run_main()
     if not ns.pop("no_compile_cache", False):
         enable_compile_cache()
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()}
@@ -211,3 +226,32 @@ def parse(cls: type[C], argv: Sequence[str] | None = None, description: str | No
     except ValueError as e:
         parser.error(str(e))
         raise  # unreachable: parser.error exits
+
+
+def one_line(message: str) -> str:
+    """A multi-line refusal as one line: its lines joined by ``; `` (after a ``:``, a space)."""
+    parts = [p.strip() for p in str(message).splitlines() if p.strip()]
+    out = parts[0] if parts else ""
+    for p in parts[1:]:
+        out += (" " if out.endswith(":") else "; ") + p
+    return out
+
+
+def run_main(main: Callable[..., Any], cls: type | None = None, argv: Sequence[str] | None = None):
+    """An experiment's entry point: ``main(parse(cls, argv))`` (``main()`` when ``cls`` is None,
+    its return value then the exit code), a :class:`~jaxgrad.errors.UserError` turned into one
+    line ``error: <message>`` on stderr and exit code 2 (plus the traceback under
+    ``--traceback`` or ``JAXGRAD_TRACEBACK=1``). Other exceptions propagate with their
+    traceback: they are bugs."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    show = "--traceback" in args or os.environ.get("JAXGRAD_TRACEBACK", "") not in ("", "0")
+    try:
+        if cls is None:
+            return_code = main()
+            raise SystemExit(return_code if isinstance(return_code, int) else 0)
+        return main(parse(cls, args))
+    except UserError as e:
+        if show:
+            traceback.print_exc()
+        print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -164,13 +164,14 @@ def evaluate(graphdef, batch_size: int, params, images, labels) -> dict:
 
 
 class Trained(NamedTuple):
-    """A saved ViT as :func:`load_trained` reads it."""
+    """A saved ViT as :func:`load_trained` reads it; ``scored`` says which file and epoch."""
 
     vit: ViTConfig
     graphdef: Any
     params: Any
     class_names: tuple[str, ...] | None  # label i's class; None: not recorded (older file)
     sidecar: Path | None  # the vit_config.json the config came from, if it came from one
+    scored: str  # "ckpt/2 (epoch 2)", "ckpt/1 (epoch 1; newer ckpt/2 unreadable)", the .npz
 
 
 def load_trained(path: str | os.PathLike) -> Trained:
@@ -192,9 +193,15 @@ def load_trained(path: str | os.PathLike) -> Trained:
         opt = make_optimizer(hyper, 1)
         state = jax.eval_shape(lambda p: init_train_state(p, opt), abstract)
         like = {"state": state, "keys": named_keys(0, "init", "step", "data")}
-        params = ckpt.restore_latest(like)[0]["state"].params
+        tree, meta, step = ckpt.restore_latest(like)
+        skipped = [s for s in ckpt.all_steps() if s > step]
+        scored = f"{path / str(step)} (epoch {meta.get('epoch', step)}" + (
+            f"; newer {', '.join(str(path / str(s)) for s in skipped)} unreadable, skipped)"
+            if skipped else ")"
+        )  # fmt: skip
         names = c.get("classes")
-        return Trained(vit, graphdef, params, tuple(names) if names else None, None)
+        return Trained(vit, graphdef, tree["state"].params, tuple(names) if names else None,
+                       None, scored)  # fmt: skip
     meta = read_params_meta(path)
     side = path.with_name("vit_config.json")
     sidecar = _read_sidecar(side) if side.exists() else None
@@ -218,7 +225,7 @@ def load_trained(path: str | os.PathLike) -> Trained:
         raise CheckpointError(f"{used or path}: not a ViT config ({e}); fix the file") from None
     graphdef, abstract, _ = abstract_params(ViT, vit)
     return Trained(vit, graphdef, load_params(path, abstract),
-                   tuple(names) if names else None, used)  # fmt: skip
+                   tuple(names) if names else None, used, str(path))  # fmt: skip
 
 
 def _read_sidecar(side: Path) -> dict:

@@ -32,6 +32,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxgrad.errors import CheckpointError, MissingCheckpointError
 from jaxgrad.report.io import atomic_write_bytes, to_jsonable
 from jaxgrad.training.params_meta import embed_meta, split_meta
 from jaxgrad.training.rng import is_key
@@ -45,11 +46,11 @@ __all__ = [
 ]
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CheckpointError):
     """The saved tree differs from the expected one (structure, shape or dtype): another config."""
 
 
-class CorruptCheckpointError(ValueError):
+class CorruptCheckpointError(CheckpointError):
     """A checkpoint that fits the expected tree could not be read: its files are damaged."""
 
 
@@ -114,6 +115,37 @@ def _signals_deferred():
             print(f"{signal.Signals(s).name} during a checkpoint save: the save was finished "
                   "first; stopping now (resume with --resume)", file=sys.stderr)  # fmt: skip
             signal.raise_signal(s)
+
+
+def _short(e: Exception) -> str:
+    """An orbax/tensorstore error without its multi-kB tensorstore spec: the first 300 chars."""
+    return str(e).split(" [tensorstore_spec=")[0].splitlines()[0][:300] if str(e) else repr(e)
+
+
+def _drop_closed_loop_noise() -> None:
+    """Keep orbax's cleanup noise after a failed read away from the user.
+
+    orbax reads through tensorstore on an asyncio loop that it closes when the read fails; the
+    reads still in flight then call back into the closed loop and each lands in
+    ``sys.unraisablehook`` (RuntimeError "Event loop is closed", no object; dozens of
+    tracebacks at exit). Exactly those are dropped; every other unraisable error still reaches
+    the previous hook. Installed once, on the first corrupt checkpoint."""
+    prev = sys.unraisablehook
+    if getattr(prev, "_jaxgrad_closed_loop_filter", False):
+        return
+
+    def hook(u):
+        exc = u.exc_value
+        if (
+            u.object is None
+            and isinstance(exc, RuntimeError)
+            and str(exc) == "Event loop is closed"
+        ):
+            return
+        prev(u)
+
+    hook._jaxgrad_closed_loop_filter = True
+    sys.unraisablehook = hook
 
 
 def _keys_to_data(tree: Any) -> Any:
@@ -223,7 +255,7 @@ class Checkpointer:
         """
         step = self.latest_step() if step is None else step
         if step is None or step not in self.all_steps():
-            raise FileNotFoundError(
+            raise MissingCheckpointError(
                 f"no checkpoint {'' if step is None else step} in {self.directory} "
                 f"(complete steps: {self.all_steps()}); train first or drop --resume"
             )
@@ -234,8 +266,10 @@ class Checkpointer:
             if saved is None:
                 raise ValueError("no tree metadata")
         except Exception as e:  # orbax/tensorstore raise many types for damaged files
+            _drop_closed_loop_noise()
             raise CorruptCheckpointError(
-                f"checkpoint {where} is corrupt: its metadata cannot be read ({e}). Delete it; "
+                f"checkpoint {where} is corrupt: its metadata cannot be read ({_short(e)}). "
+                "Delete it; "
                 "resume falls back to the newest complete one"
             ) from e
         diffs = _tree_differences(saved, like_tree)
@@ -257,9 +291,10 @@ class Checkpointer:
                 ),
             )
         except Exception as e:
+            _drop_closed_loop_noise()
             raise CorruptCheckpointError(
                 f"checkpoint {where} is corrupt: it matches the expected tree but its data "
-                f"cannot be read ({str(e)[:300]}). Delete it; resume falls back to the newest "
+                f"cannot be read ({_short(e)}). Delete it; resume falls back to the newest "
                 "complete one"
             ) from e
         tree = jax.tree.map(
@@ -283,7 +318,7 @@ class Checkpointer:
         """
         steps = self.all_steps()
         if not steps:
-            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+            raise MissingCheckpointError(f"no complete checkpoint in {self.directory}")
         errors = []
         for step in reversed(steps):
             try:
@@ -310,7 +345,7 @@ class Checkpointer:
         """Only the JSON meta of checkpoint ``step`` (default: the latest), without the arrays."""
         step = self.latest_step() if step is None else step
         if step is None or step not in self.all_steps():
-            raise FileNotFoundError(
+            raise MissingCheckpointError(
                 f"no checkpoint {'' if step is None else step} in {self.directory}"
             )
         out = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -355,14 +390,14 @@ def load_params(path: str | os.PathLike, like: Any) -> Any:
     and the embedded hash when the file has one)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no parameter file {path}")
+        raise MissingCheckpointError(f"no parameter file {path}")
     want = _flat(like)
     try:
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             got = {k: z[k] for k in z.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError, TypeError) as e:
         # AttributeError/TypeError: np.load gave an array (.npy), not an .npz archive
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is not a parameter file written by save_params (a .npz archive of arrays): "
             f"{type(e).__name__}. It is truncated, corrupt or another format; point at the "
             "params.npz of a finished run"
@@ -370,13 +405,13 @@ def load_params(path: str | os.PathLike, like: Any) -> Any:
     got = split_meta(path, got)[0]  # an edited file (meta or arrays) is refused here
     missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
     if missing or extra:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} does not match the model: missing {missing[:5]}, unexpected {extra[:5]}; "
             "build the model with the config it was trained with"
         )
     for k, like_leaf in want.items():
         if got[k].shape != np.shape(like_leaf) or got[k].dtype != like_leaf.dtype:
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: {k} is {got[k].dtype}{list(got[k].shape)}, the model expects "
                 f"{like_leaf.dtype}{list(np.shape(like_leaf))}"
             )

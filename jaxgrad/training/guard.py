@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxgrad.errors import UserError
+
 __all__ = [
     "NonFiniteError",
     "check_finite_state",
@@ -45,7 +47,7 @@ __all__ = [
 _NEVER_GIVE_UP = int(np.iinfo(np.int32).max)
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):
     """A non-finite loss, gradient, update or parameter was found (see the message)."""
 
 

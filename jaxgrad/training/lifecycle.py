@@ -3,7 +3,8 @@ every epoch once, no non-finite checkpoint, and the summary.
 
 The calls an experiment makes (``experiments.vit_cifar10``; any epoch loop can use it)::
 
-    run = EpochRun(cfg.out_dir, resume=cfg.resume, overwrite=..., keep=cfg.keep,
+    run = EpochRun(cfg.out_dir, experiment="vit_cifar10", tiny=cfg.tiny_run,
+                   resume=cfg.resume, overwrite=cfg.overwrite, rerun_tiny=..., keep=cfg.keep,
                    resume_or_start=cfg.resume_or_start, resume_override=cfg.resume_override)
     ... load data (the directory is locked from here on) ...
     tree, history, start = run.start({"state": state, "keys": keys}, config)
@@ -14,7 +15,8 @@ The calls an experiment makes (``experiments.vit_cifar10``; any epoch loop can u
     run.finish(summary)                    # summary.json (+ the accepted config changes)
 
 Policies are :mod:`jaxgrad.training.runs`'s: a second live run on the directory is refused; a directory
-holding a run needs ``resume`` or ``overwrite``; ``resume`` with no complete checkpoint is
+holding something needs ``resume`` or ``overwrite`` (or ``rerun_tiny``) *and* the same
+experiment's run marker (:mod:`jaxgrad.training.run_marker`: nothing else is ever deleted); ``resume`` with no complete checkpoint is
 refused unless ``resume_or_start``; a corrupt latest checkpoint is skipped with a notice; the
 checkpoint's recorded ``config`` must equal the new one except ``epochs`` growing and the fields
 named in ``resume_override`` (accepted changes go into metrics.jsonl and summary.json).
@@ -59,7 +61,8 @@ class EpochRun:
 
     Args:
       out_dir: the run directory (created; locked until :meth:`finish` or process exit).
-      resume, overwrite: the re-run policy (:func:`jaxgrad.training.runs.open_run_dir`).
+      experiment, tiny: what the run's marker records (``"vit_cifar10"``, a ``--tiny`` run).
+      resume, overwrite, rerun_tiny: the re-run policy (:func:`jaxgrad.training.runs.open_run_dir`).
       resume_or_start: ``resume`` with no complete checkpoint starts fresh with a notice.
       resume_override: config fields allowed to differ from the checkpoint's.
       keep: checkpoints kept.
@@ -69,14 +72,18 @@ class EpochRun:
         self,
         out_dir: str | os.PathLike,
         *,
+        experiment: str,
+        tiny: bool = False,
         resume: bool = False,
         overwrite: bool = False,
+        rerun_tiny: bool = False,
         resume_or_start: bool = False,
         resume_override: Iterable[str] = (),
         keep: int = 3,
     ):
         self.out = Path(out_dir)
-        self.lock = open_run_dir(self.out, resume=resume, overwrite=overwrite)
+        self.lock = open_run_dir(self.out, experiment=experiment, tiny=tiny, resume=resume,
+                                 overwrite=overwrite, rerun_tiny=rerun_tiny)  # fmt: skip
         self.resume, self.resume_or_start = resume, resume_or_start
         self.overrides = split_overrides(resume_override)
         self.logger = JsonlLogger(self.out / "metrics.jsonl")

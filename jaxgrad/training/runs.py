@@ -2,7 +2,8 @@
 
 Every experiment makes three calls around its loop::
 
-    run = open_run_dir(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite)  # lock + policy
+    run = open_run_dir(cfg.out_dir, experiment="vit_cifar10", tiny=cfg.tiny_run,
+                       resume=cfg.resume, overwrite=cfg.overwrite)               # lock + policy
     config = resolved_config(cfg, data=train.source, n_train=len(train))         # what to record
     ...
     if cfg.resume:
@@ -20,8 +21,14 @@ Policies (issue 13/14):
   with an atomic ``link``; a second live run refuses with one line naming the holder. A lock
   whose pid is dead on this host is stale: it is taken over with a notice on stderr. A lock from
   another host cannot be checked, so it is refused with the path to delete if that run is over.
-- **Re-run.** A directory that already holds a run (anything besides the lock) is refused unless
-  ``resume=True`` (continue it) or ``overwrite=True`` (its contents are deleted, under the lock).
+- **Marker.** Each run writes ``<out>/.jaxgrad-run.json`` (experiment, tiny or not, run id;
+  :mod:`jaxgrad.training.run_marker`) when it starts: the proof that jaxgrad wrote the folder.
+- **Re-run.** A directory that already holds something (besides the lock and the marker) is
+  used only as :func:`jaxgrad.training.run_marker.check_replaceable` allows: ``resume=True`` continues
+  the same experiment's run; ``overwrite=True`` replaces the same experiment's run (tiny or
+  not); ``rerun_tiny=True`` (the tiny re-run) replaces only the same experiment's tiny run.
+  A folder without a marker (an image folder, a thesis, a run older than markers) or with
+  another experiment's is refused in one line naming it and what it holds; nothing is deleted.
 - **Resume without a checkpoint** is refused (:func:`check_resumable`) unless the caller passes
   ``start_fresh=True`` (the experiments' ``--resume-or-start``), which prints a notice and
   starts at epoch 0; the metrics log is then emptied by ``rewind_metrics(last_epoch=None)``.
@@ -47,8 +54,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from jaxgrad.errors import ConfigError, MissingCheckpointError, OutDirError
 from jaxgrad.report.io import JsonlLogger, to_jsonable
 from jaxgrad.training.distributed import barrier, is_main
+from jaxgrad.training.run_marker import MARKER_NAME, RunMarker, check_replaceable, write_marker
 
 __all__ = [
     "LOCK_NAME",
@@ -67,11 +76,11 @@ __all__ = [
 LOCK_NAME = ".jaxgrad.lock"
 
 
-class RunDirError(RuntimeError):
+class RunDirError(OutDirError, RuntimeError):
     """The output directory is in use by a live run, or holds a run the command did not name."""
 
 
-class ResumeConfigError(ValueError):
+class ResumeConfigError(ConfigError):
     """``--resume`` onto a checkpoint written with a different configuration."""
 
 
@@ -160,7 +169,7 @@ def check_resumable(
     latest_step: int | None, *, ckpt_dir: str | os.PathLike, start_fresh: bool = False
 ) -> bool:
     """``--resume`` found ``latest_step``: True to restore it, False to start fresh (with a
-    notice, only when ``start_fresh``); otherwise raise FileNotFoundError saying so."""
+    notice, only when ``start_fresh``); otherwise raise MissingCheckpointError saying so."""
     if latest_step is not None:
         return True
     if start_fresh:
@@ -168,7 +177,7 @@ def check_resumable(
             print(f"note: --resume found no complete checkpoint in {ckpt_dir}; starting fresh",
                   file=sys.stderr)  # fmt: skip
         return False
-    raise FileNotFoundError(
+    raise MissingCheckpointError(
         f"--resume: no complete checkpoint in {ckpt_dir} (the run stopped before its first "
         "save finished). Pass --resume-or-start to start it fresh, or drop --resume."
     )
@@ -202,8 +211,11 @@ def _pid_alive(pid: int) -> bool:
 class RunDir:
     """A locked run directory (see :func:`open_run_dir`); ``release()`` or ``with`` unlocks."""
 
-    def __init__(self, path: Path, lock: Path | None, holder: dict):
+    def __init__(
+        self, path: Path, lock: Path | None, holder: dict, marker: RunMarker | None = None
+    ):
         self.path, self.lock, self.holder = path, lock, holder  # lock None: not process 0
+        self.marker = marker  # this run's (or, resumed, the run's first) marker; None off process 0
         atexit.register(self.release)
 
     def release(self) -> None:
@@ -265,18 +277,26 @@ def _acquire(path: Path) -> tuple[Path, dict]:
 
 
 def open_run_dir(
-    path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False
+    path: str | os.PathLike,
+    *,
+    experiment: str,
+    tiny: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    rerun_tiny: bool = False,
 ) -> RunDir:
-    """Lock ``path`` for this run and apply the re-run policy (module docstring).
+    """Lock ``path`` for a run of ``experiment`` (tiny or not), apply the re-run policy (module
+    docstring) and write the run's marker.
 
-    Raises :class:`RunDirError` (one line) when another live run holds the directory, or when it
-    already holds a run and neither ``resume`` nor ``overwrite`` is set. ``overwrite`` deletes
-    the directory's contents (never the lock, never outside ``path``) before returning.
+    Raises :class:`RunDirError` (one line) when another live run holds the directory, or when
+    what it holds may not be used as asked (:func:`jaxgrad.training.run_marker.check_replaceable`).
+    Replacing deletes the directory's contents (never the lock, never outside ``path``) only
+    after the check passed.
     In a multi-process run only process 0 locks and applies the policy; the others wait for it
     at a barrier (when it refuses, it exits and the runtime ends them: the lost peer is named).
     """
     if resume and overwrite:
-        raise ValueError("--resume and --overwrite contradict each other: pass one")
+        raise ConfigError("--resume and --overwrite contradict each other: pass one")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--out-dir {path} is a file, not a directory; pick another --out-dir")
@@ -287,19 +307,25 @@ def open_run_dir(
     lock, me = _acquire(path)
     run = RunDir(path, lock, me)
     try:
-        held = sorted(p.name for p in path.iterdir() if not p.name.startswith(LOCK_NAME))
-        if held and not resume:
-            if not overwrite:
-                raise RunDirError(
-                    f"{path} already holds a run ({', '.join(held[:4])}): pass --resume to "
-                    "continue it, --out-dir to write elsewhere, or --overwrite to replace it"
-                )
+        ours = (LOCK_NAME, MARKER_NAME)
+        held = sorted(p.name for p in path.iterdir() if not p.name.startswith(ours))
+        try:
+            marker = check_replaceable(
+                path, held, experiment=experiment, overwrite=overwrite, rerun_tiny=rerun_tiny,
+                resume=resume, ignore=ours,
+            )  # fmt: skip
+        except OutDirError as e:
+            raise RunDirError(str(e)) from None
+        if held and not resume:  # proven ours and replaceable: replace it
             for name in held:
                 p = path / name
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p)
                 else:
                     p.unlink()
+        if not (resume and held and marker is not None):  # a continued run keeps its marker
+            marker = write_marker(path, experiment, tiny=tiny)
+        run.marker = marker
     except BaseException:
         run.release()
         raise
