@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from experiments._support import vit_bench
 from experiments._support.bench_torch import time_torch
 from jaxgrad.inspect.bench import bench_jit, profile_jit
-from jaxgrad.report.cli import option
+from jaxgrad.report.cli import option, run_main
 from jaxgrad.report.tables import print_table
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.step import init_train_state, make_train_step
