@@ -17,6 +17,7 @@ from jaxgrad.data.dataset import ImageDataset
 from jaxgrad.data.pipeline import normalize
 from jaxgrad.loop import make_evaluate
 from jaxgrad.models.clip import IMAGE_TOWER, l2_normalize
+from jaxgrad.parallel import replicated
 from jaxgrad.plots import plot_run_curves
 from jaxgrad.tables import print_table
 from jaxgrad.xla import RUN_ONCE
@@ -26,7 +27,7 @@ __all__ = ["make_evaluator", "plot_clip_run", "print_param_groups"]
 
 def make_evaluator(
     graphdef, rest, val: ImageDataset, captions, *, seed: int, fast: bool = False,
-    chunk: int = 500, images=None, image_input: str = "images",
+    chunk: int = 500, images=None, image_input: str = "images", mesh=None,
 ):  # fmt: skip
     """``evaluate(params) -> metrics``: zero-shot top-1 (1 prompt, ensemble), recall@1/5.
 
@@ -34,7 +35,8 @@ def make_evaluator(
     ``image_input="pixels"``; cached tower features for ``"features"``, embedded once) are
     encoded ``chunk`` at a time (``jaxgrad.loop.make_evaluate``), then every prompt of every
     class and one fixed caption per image (for retrieval) in one text batch, scored in a
-    second jitted program.
+    second jitted program. ``mesh`` (> 1 device): the held-out set is replicated over it, as
+    the params of a data-parallel run are (every process evaluates the same, process 0 logs).
     """
     ids, cmask = captions
     t_all, c, length = ids.shape
@@ -65,8 +67,11 @@ def make_evaluator(
             ),
         }
 
-    images = jnp.asarray(val.images if images is None else images)
-    labels = jnp.asarray(val.labels)
+    images, labels = val.images if images is None else images, val.labels
+    if mesh is not None and mesh.size > 1:
+        images, labels = jax.device_put((np.asarray(images), labels), replicated(mesh))
+    else:
+        images, labels = jnp.asarray(images), jnp.asarray(labels)
     cached = l2_normalize(images.astype(jnp.float32)) if image_input == "features" else None
 
     def evaluate(params) -> dict[str, float]:
