@@ -436,4 +436,7 @@ def _pretrained_row() -> Row:
 
 
 if __name__ == "__main__":
-    main(parse(Config))
+    try:
+        main(parse(Config))
+    except ConfigError as e:  # a refusal with its fix (e.g. a batch that does not split)
+        raise SystemExit(f"error: {e}") from None
