@@ -7,6 +7,9 @@ A pretrained transformers CLIP (save_pretrained folder), frozen, features cached
     python -m experiments.clip_contrastive --image-encoder clip --image-weights DIR --freeze-image
   fine-tuned, each tower at its own lr:  ... --image-encoder clip --image-weights DIR --image-lr 1e-5
 Options: --loss clip|siglip|seed, --freeze-image (the seed's .detach()), --clip-norm 1.0.
+Data-parallel over every device of every process (``--batch-size`` is the global batch)::
+
+    python -m experiments.launch --processes 2 --devices-per-process 2 -- clip_contrastive --tiny
 
 The PyTorch it reproduces (seed 000)::
 
@@ -21,7 +24,10 @@ Here: one pure ``loss_fn(params, batch, key)`` over the ``nnx.split`` params of 
 ``jaxgrad.training.step.make_train_step`` with the ``logit_scale`` clamp as its post-update projection,
 ``jax.lax.stop_gradient`` for ``.detach()`` plus ``jaxgrad.autodiff.freeze.optimizer_with_frozen`` so a
 frozen tower carries no optimizer state, and ``jaxgrad.inspect.coverage`` to print what the optimizer
-updates. Captions are drawn on the device from templates each step; evaluation is zero-shot
+updates. With several devices the batch is split over the mesh's ``data`` axis and the
+loss is written on the global ``[B, D]`` features: jit (GSPMD) all-gathers them, so each image
+is scored against all B captions and the gradient flows back through the gather
+(``jaxgrad.tasks.clip_parallel``). Captions are drawn on the device from templates each step; evaluation is zero-shot
 classification of held-out images (one prompt per class, and the mean of all prompts) and
 image↔text retrieval recall@1/5.
 """
@@ -60,8 +66,11 @@ from jaxgrad.report.progress import Progress
 from jaxgrad.tasks.clip import CLIP_STEP, clip_loss_fn, clip_optimizer, param_groups
 from jaxgrad.tasks.clip_eval import make_evaluator, plot_clip_run, print_param_groups
 from jaxgrad.tasks.clip_inputs import TowerInputs, tower_inputs, with_image_tower
+from jaxgrad.tasks.clip_parallel import batch_layout, place_for_training
+from jaxgrad.training.checkpoint import save_params
 from jaxgrad.training.distributed import initialize, is_main, main_print
 from jaxgrad.training.loop import init_params, make_run_chunk, train_steps
+from jaxgrad.training.parallel import make_mesh
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.runs import open_run_dir
 from jaxgrad.training.step import TrainState, init_train_state
@@ -102,7 +111,9 @@ class Config:
     )
     clip_norm: float | None = option(1.0, "clip the global gradient norm to this (none: off)", gt=0)
     steps: int = option(600, "optimizer steps")
-    batch_size: int = option(128, "pairs per step (the B×B similarity matrix)")
+    batch_size: int = option(
+        128, "global pairs per step (the B×B similarity matrix), split over every device"
+    )
     lr: float = option(1e-3, "AdamW peak learning rate (cosine decay after warmup)", gt=0)
     warmup_steps: int = option(50, "linear warmup steps")
     weight_decay: float = option(0.1, "AdamW decay on ≥2-D weights only (open_clip's rule)", ge=0)
@@ -132,6 +143,9 @@ class Config:
     progress: bool = option(True, "progress bar (plain lines when not a terminal)")
     fast_compile: bool = option(False, "XLA backend opt level 0: ~2x faster compiles, slower steps")
     doctor: bool = option(False, "print the gradient-flow doctor's report before training")
+    devices: int | None = option(
+        None, "data-parallel over this many devices (default: all visible; 1: off)"
+    )
     coordinator: str | None = option(
         None, "multi-process: host:port of process 0 (None: launcher env / cluster / one process)"
     )
@@ -142,7 +156,7 @@ class Config:
         check_config(self)
         positive(self, "n_val", "steps", "batch_size", "lr", "embed_dim", "eval_every")
         positive(self, "image_dim", "image_depth", "text_dim", "text_depth", "heads", "log_every")
-        positive(self, "clip_norm", "patch_size", "max_len", "steps_per_dispatch")
+        positive(self, "clip_norm", "patch_size", "max_len", "steps_per_dispatch", "devices")
         if self.n_images < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
             raise ValueError("--n-images, --warmup-steps, --weight-decay must be >= 0")
         if self.text_dim % self.heads or self.image_dim % self.heads:
@@ -235,11 +249,13 @@ class Setup(NamedTuple):
     inputs: TowerInputs  # what batch["images"] holds for train and val (jaxgrad.tasks.clip_inputs)
 
 
-def setup(cfg: Config, train: ImageDataset, val: ImageDataset | None = None) -> Setup:
+def setup(cfg: Config, train: ImageDataset, val: ImageDataset | None = None, *,
+          mesh=None) -> Setup:  # fmt: skip
     """Model, captions, params, loss and optimizer for ``cfg`` (shared by main, tour, tests).
 
     ``--image-encoder clip`` loads the tower and prepares ``val`` too (cached features or
-    pixel_values); the ViT reads the uint8 images as they are.
+    pixel_values); the ViT reads the uint8 images as they are. ``mesh``: a frozen tower's
+    features are extracted with the batch split over its devices.
     """
     keys = named_keys(cfg.seed, "init", "data", "step")
     tok, ids, cmask = caption_table(train.class_names, max_len=cfg.max_len)
@@ -252,7 +268,7 @@ def setup(cfg: Config, train: ImageDataset, val: ImageDataset | None = None) -> 
     else:
         inputs = tower_inputs(
             tower, train.images, None if val is None else val.images,
-            frozen=cfg.freeze_image, cache_dir=cfg.feature_cache,
+            frozen=cfg.freeze_image, cache_dir=cfg.feature_cache, mesh=mesh,
         )  # fmt: skip
         if not cfg.freeze_image:  # the pretrained weights replace the random init
             graphdef, params, rest = with_image_tower(graphdef, params, rest, tower)
@@ -278,9 +294,12 @@ def report_groups(cfg: Config, s: Setup) -> list[dict]:
 
 
 def main(cfg: Config) -> dict:
-    # first, before any other JAX call; N processes each train the whole model (not data-
-    # parallel yet), process 0 alone prints and writes
-    initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
+    # first, before any other JAX call; process 0 alone prints and writes
+    multi = initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
+    if multi and cfg.devices is not None:
+        raise ConfigError("--devices: a multi-process run uses every device of every process")
+    mesh = make_mesh(cfg.devices)  # one "data" axis over every device of every process
+    batch_layout(cfg.batch_size, mesh)  # refuses a batch that does not split over the mesh
     train, val = load_data(cfg)
     if cfg.batch_size > len(train):  # before anything is written
         raise ConfigError(
@@ -289,14 +308,15 @@ def main(cfg: Config) -> dict:
         )
     with open_run_dir(cfg.out_dir, experiment="clip_contrastive", tiny=cfg.tiny_run,
                       overwrite=bool(cfg.overwrite), rerun_tiny=cfg.overwrite is None):  # fmt: skip
-        return _train(cfg, train, val, Path(cfg.out_dir))
+        return _train(cfg, train, val, Path(cfg.out_dir), mesh)
 
 
-def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path) -> dict:
+def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path, mesh) -> dict:
     main_print(
         f"data: {train.source} | train {len(train)} | val {len(val)} | {train.num_classes} classes"
     )
-    s = setup(cfg, train, val)
+    s = setup(cfg, train, val, mesh=mesh)
+    layout = batch_layout(cfg.batch_size, mesh)
     opt = s.optimizer
     main_print(f"loss={cfg.loss} image_encoder={cfg.image_encoder} "
                f"freeze_image={cfg.freeze_image} clip_norm={cfg.clip_norm}")  # fmt: skip
@@ -308,14 +328,18 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path) -> di
     evaluate = make_evaluator(
         s.graphdef, s.rest, val, s.captions, seed=cfg.seed, fast=cfg.fast_compile,
         images=s.inputs.val, image_input=s.inputs.kind, class_names=train.class_names,
+        mesh=mesh,
     )  # fmt: skip
     state: TrainState = init_train_state(s.params, opt)
-    data = (jnp.asarray(s.inputs.train), jnp.asarray(train.labels))
+    data = (s.inputs.train, train.labels)
     if cfg.doctor:  # which leaves get a gradient, and what the optimizer does with each
-        first = take(*data, jnp.arange(cfg.batch_size))
+        first = take(*map(jnp.asarray, data), jnp.arange(cfg.batch_size))
         diagnose(s.loss_fn, s.params, first, s.keys["step"], opt)
+    # params, keys and the dataset on every device of every process; each batch is split
+    # over the mesh inside the step (make_run_chunk(mesh=)), the loss sees the global batch
+    state, keys, data = place_for_training(state, s.keys, data, mesh)
     opts = RUN_ONCE if cfg.fast_compile else None
-    run = make_run_chunk(s.loss_fn, opt, **CLIP_STEP, compiler_options=opts)
+    run = make_run_chunk(s.loss_fn, opt, mesh=mesh, **CLIP_STEP, compiler_options=opts)
     log = JsonlLogger(out / "metrics.jsonl")
     if is_main():
         log.path.write_text("")  # one run per file
@@ -326,8 +350,8 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path) -> di
     bar = Progress(cfg.steps, desc="clip", show=("loss", "logit_scale"), enabled=cfg.progress)
     last: dict[str, float] = {}
     trainable = sum(g["params"] - g["frozen"] for g in groups)
-    plan = Plan(name=f"CLIP, image tower {cfg.image_encoder}" + " frozen" * cfg.freeze_image,
-                params=trainable, steps_per_epoch=cfg.steps,
+    plan = Plan(name=f"CLIP, image tower {cfg.image_encoder}" + " frozen" * cfg.freeze_image
+                + f" · {layout.describe()}", params=trainable, steps_per_epoch=cfg.steps,
                 smaller=(f"--steps {max(1, cfg.steps // 10)}", 0.1))  # fmt: skip
     plan.announce()
 
@@ -350,7 +374,7 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path) -> di
         stop = min(start + cfg.eval_every, cfg.steps)
         state, _ = train_steps(
             run, state, data, start=start, stop=stop, batch_size=cfg.batch_size,
-            max_chunk=cfg.steps_per_dispatch, data_key=s.keys["data"], step_key=s.keys["step"],
+            max_chunk=cfg.steps_per_dispatch, data_key=keys["data"], step_key=keys["step"],
             on_chunk=functools.partial(on_chunk, start),
         )  # fmt: skip
         ev = evaluate(state.params)
@@ -364,8 +388,10 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path) -> di
     bar.close()
     seconds = time.perf_counter() - t0
     chance = 1.0 / train.num_classes
+    save_params(out / "clip_params.npz", state.params)  # the torch.save(state_dict) equivalent
     final = {
-        "config": to_dict(cfg), "source": train.source, "train_seconds": seconds,
+        "config": {**to_dict(cfg), **layout.record()}, "source": train.source,
+        "train_seconds": seconds,
         "classes": list(train.class_names),  # the zero-shot prompts' names, label order
         "last_train": last, "val": ev, "param_groups": groups, "chance": chance,
         "first_loss": hist["loss"][0] if hist["loss"] else None,

@@ -20,6 +20,7 @@ from jaxgrad.models.clip import IMAGE_TOWER, l2_normalize
 from jaxgrad.report.plots import plot_run_curves
 from jaxgrad.report.tables import print_table
 from jaxgrad.training.loop import make_evaluate
+from jaxgrad.training.parallel import replicated
 from jaxgrad.training.xla import RUN_ONCE
 
 __all__ = ["make_evaluator", "plot_clip_run", "print_param_groups"]
@@ -27,7 +28,7 @@ __all__ = ["make_evaluator", "plot_clip_run", "print_param_groups"]
 
 def make_evaluator(
     graphdef, rest, val: ImageDataset, captions, *, seed: int, fast: bool = False,
-    chunk: int = 500, images=None, image_input: str = "images", class_names=None,
+    chunk: int = 500, images=None, image_input: str = "images", class_names=None, mesh=None,
 ):  # fmt: skip
     """``evaluate(params) -> metrics``: zero-shot top-1 (1 prompt, ensemble), recall@1/5.
 
@@ -39,7 +40,8 @@ def make_evaluator(
     ``image_input="pixels"``; cached tower features for ``"features"``, embedded once) are
     encoded ``chunk`` at a time (``jaxgrad.training.loop.make_evaluate``), then every prompt of every
     class and one fixed caption per image (for retrieval) in one text batch, scored in a
-    second jitted program.
+    second jitted program. ``mesh`` (> 1 device): the held-out set is replicated over it, as
+    the params of a data-parallel run are (every process evaluates the same, process 0 logs).
     """
     ids, cmask = captions
     t_all, c, length = ids.shape
@@ -75,8 +77,11 @@ def make_evaluator(
             ),
         }
 
-    images = jnp.asarray(val.images if images is None else images)
-    labels = jnp.asarray(val.labels)
+    images, labels = val.images if images is None else images, val.labels
+    if mesh is not None and mesh.size > 1:
+        images, labels = jax.device_put((np.asarray(images), labels), replicated(mesh))
+    else:
+        images, labels = jnp.asarray(images), jnp.asarray(labels)
     cached = l2_normalize(images.astype(jnp.float32)) if image_input == "features" else None
 
     def evaluate(params) -> dict[str, float]:

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from jaxgrad.data.clip_preprocess import clip_preprocess
 from jaxgrad.models.clip import IMAGE_TOWER
@@ -50,9 +51,11 @@ def tower_inputs(
     frozen: bool,
     cache_dir: str,
     batch_size: int = 256,
+    mesh: Mesh | None = None,
 ) -> TowerInputs:
     """Cached features (``frozen``) or CLIP pixel_values of uint8 ``[N, H, W, 3]`` images for
-    ``tower`` (a :class:`jaxgrad.models.clip_vision.CLIPVisionTower`)."""
+    ``tower`` (a :class:`jaxgrad.port.hf_clip.CLIPVisionTower`). ``mesh``: the features are
+    extracted with each batch split over its devices (every process of a multi-process run)."""
     size = tower.cfg.image_size
     prep = functools.partial(clip_preprocess, size=size)
     if not frozen:
@@ -63,7 +66,7 @@ def tower_inputs(
         if images is not None:
             cache[part] = cached_features(
                 tower, images, cache_dir, batch_size=min(batch_size, len(images)),
-                preprocess=prep, preprocess_id=f"clip_preprocess({size})",
+                preprocess=prep, preprocess_id=f"clip_preprocess({size})", mesh=mesh,
             )  # fmt: skip
     leaves = jax.tree_util.tree_leaves(nnx.state(tower, nnx.Param))
     return TowerInputs(

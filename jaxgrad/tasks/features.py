@@ -6,7 +6,9 @@ once over the whole set and keeps the result in ``cache_dir``; the file name and
 inside carry the sha256 of the weights (every array of the model's state, its class and its
 ``cfg``), of the data (dtype, shape and bytes) and of the preprocessing, so other weights or
 other data never read a stale cache; the sha256 of the features themselves is recorded too and
-checked on every read, so a file rewritten under the same key is refused with its path::
+checked on every read, so a file rewritten under the same key is refused with its path. With
+``mesh=`` (a data-parallel run) the extraction is split over the mesh's devices, each batch
+along its rows; every process gets all the features and process 0 writes the cache::
 
     tower = load_pretrained(weights_dir)
     feats = cached_features(tower, ds.images, cache_dir, batch_size=256,
@@ -27,9 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from jaxgrad.errors import CacheError
 from jaxgrad.report.io import atomic_write_bytes
+from jaxgrad.training.distributed import process_local, replicate
+from jaxgrad.training.parallel import batch_sharding, replicated, shard_batch
 
 __all__ = [
     "FeatureCache",
@@ -82,16 +87,29 @@ def extract_features(
     *,
     batch_size: int = 256,
     preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+    mesh: Mesh | None = None,
 ) -> np.ndarray:
     """``model(preprocess(batch))`` over ``images`` in batches, jitted once (the last batch is
-    padded to ``batch_size``, so one compilation serves all) → float32 numpy ``[N, ...]``."""
+    padded to ``batch_size``, so one compilation serves all) → float32 numpy ``[N, ...]``.
+
+    ``mesh`` (> 1 device): the model is replicated and each batch (``batch_size`` rounded up
+    to a multiple of the devices) split over the ``data`` axis; the features come back
+    replicated, so every process of a multi-process run gets all of them."""
     n = len(images)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be > 0, got {batch_size}")
     if n == 0:
         raise ValueError("extract_features got no images (an empty array)")
     graphdef, state = nnx.split(model)
-    fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+    fwd = lambda s, x: nnx.merge(graphdef, s)(x)  # noqa: E731
+    if mesh is not None and mesh.size > 1:
+        batch_size = -(-batch_size // mesh.size) * mesh.size
+        rep = replicated(mesh)
+        fwd = jax.jit(fwd, in_shardings=(rep, batch_sharding(mesh)), out_shardings=rep)
+        state = replicate(state, mesh)
+        put = lambda x: shard_batch(process_local(np.asarray(x), mesh), mesh)  # noqa: E731
+    else:
+        fwd, put = jax.jit(fwd), jnp.asarray
     out = []
     for start in range(0, n, batch_size):
         batch = np.asarray(images[start : start + batch_size])
@@ -99,7 +117,7 @@ def extract_features(
         if m < batch_size:  # pad with copies of the last image; cut after
             batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - m, axis=0)])
         x = preprocess(batch) if preprocess is not None else batch
-        out.append(np.asarray(fwd(state, jnp.asarray(x)), np.float32)[:m])
+        out.append(np.asarray(fwd(state, put(x)), np.float32)[:m])
     feats = np.concatenate(out)
     if not np.isfinite(feats).all():
         bad = int((~np.isfinite(feats)).any(axis=tuple(range(1, feats.ndim))).sum())
@@ -119,13 +137,16 @@ def cached_features(
     preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
     preprocess_id: str = "",
     model_id: str | None = None,
+    mesh: Mesh | None = None,
 ) -> FeatureCache:
     """:func:`extract_features`, read from ``cache_dir`` when the same weights, data and
     preprocessing produced it before, else computed and written there atomically.
 
     ``preprocess_id`` names the preprocessing (required with ``preprocess``: a function has no
     stable identity). A cache file whose recorded key differs from the expected one, or that
-    cannot be read, is refused with its path (delete it) — never used.
+    cannot be read, is refused with its path (delete it) — never used. ``mesh``: as in
+    :func:`extract_features`; the processes agree on hit or miss first (a miss anywhere
+    recomputes everywhere: the extraction is one program over all of them).
     """
     if preprocess is not None and not preprocess_id:
         raise ValueError(
@@ -144,7 +165,7 @@ def cached_features(
     }
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
     path = cache_dir / f"features-{key[:24]}.npz"
-    if path.exists():
+    if _everywhere(path.exists(), mesh):
         try:
             # our own handle: np.load leaks its file when the zip is broken
             with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
@@ -171,9 +192,19 @@ def cached_features(
                 "recompute"
             )
         return FeatureCache(feats, path, True)
-    feats = extract_features(model, images, batch_size=batch_size, preprocess=preprocess)
+    feats = extract_features(model, images, batch_size=batch_size, preprocess=preprocess, mesh=mesh)
     buf = io.BytesIO()
     written = {**meta, "features_sha256": data_fingerprint(feats)}  # checked on every read
     np.savez(buf, features=feats, meta=np.asarray(json.dumps(written, sort_keys=True)))
     atomic_write_bytes(path, buf.getvalue())
     return FeatureCache(feats, path, False)
+
+
+def _everywhere(flag: bool, mesh: Mesh | None) -> bool:
+    """``flag`` in every process of a multi-process ``mesh`` (else ``flag``). Also a barrier:
+    no process writes the cache before every process has looked for it."""
+    if mesh is None or jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.int32(flag))))
