@@ -1,0 +1,95 @@
+"""Peak memory of SigLIP's loss: the full ``[B, B]`` form vs the chunked and ring forms.
+
+    python -m experiments.bench_siglip_memory --batch 4096 --dim 512 --chunk 512 --devices 4
+
+Nothing runs: each form's ``jax.value_and_grad`` (loss and gradients w.r.t. both feature
+matrices, the scale and the bias: what a train step needs) is lowered and compiled for
+float32 ``[B, D]`` features, and XLA's ``compiled.memory_analysis()`` gives the temporary
+buffers it allocates (``temp``, per device) beside the arguments and outputs. Rows: the full
+:func:`jaxgrad.contrastive.siglip_loss` on one device; :func:`jaxgrad.siglip_chunked.
+siglip_loss_chunked` with ``--chunk``; and, on a ``--devices`` mesh (fake CPU devices via
+``XLA_FLAGS=--xla_force_host_platform_device_count``, set here before jax is imported), the full
+loss on sharded features (jit inserts the all-gather) and :func:`jaxgrad.siglip_chunked.
+siglip_loss_ring`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=4096, help="global batch B (default: 4096)")
+    p.add_argument("--dim", type=int, default=512, help="embedding width D (default: 512)")
+    p.add_argument("--chunk", type=int, default=512, help="text chunk rows (default: 512)")
+    p.add_argument("--devices", type=int, default=4,
+                   help="mesh size for the ring rows (default: 4; 1 leaves them out)")  # fmt: skip
+    return p.parse_args(argv)
+
+
+def _memory(fn, *args) -> dict[str, float]:
+    """MiB of XLA's temp / argument / output buffers for ``value_and_grad(fn)`` (per device)."""
+    import jax
+
+    grad = jax.value_and_grad(fn, argnums=(0, 1, 2, 3), has_aux=True)
+    m = jax.jit(grad).lower(*args).compile().memory_analysis()
+    mib = 2.0**20
+    return {
+        "temp": m.temp_size_in_bytes / mib,
+        "args": m.argument_size_in_bytes / mib,
+        "out": m.output_size_in_bytes / mib,
+    }
+
+
+def main(argv=None) -> list[tuple]:
+    args = _parse(argv)
+    if args.devices > 1:
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + f" --xla_force_host_platform_device_count={args.devices}"
+        )
+    import jax
+    import jax.numpy as jnp
+
+    from jaxgrad.contrastive import siglip_loss
+    from jaxgrad.parallel import batch_sharding, make_mesh, replicated
+    from jaxgrad.siglip_chunked import siglip_loss_chunked, siglip_loss_ring
+
+    b, d = args.batch, args.dim
+    feats = jax.ShapeDtypeStruct((b, d), jnp.float32)
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+
+    def form(loss, **kw):
+        def fn(img, txt, scale, bias):
+            return loss(image_features=img, text_features=txt, logit_scale=scale,
+                        logit_bias=bias, **kw)  # fmt: skip
+
+        return fn
+
+    rows = [
+        ("full siglip_loss", 1, _memory(form(siglip_loss), feats, feats, scalar, scalar)),
+        (f"siglip_loss_chunked, chunk {args.chunk}", 1,
+         _memory(form(siglip_loss_chunked, chunk=args.chunk), feats, feats, scalar, scalar)),
+    ]  # fmt: skip
+    if args.devices > 1:
+        mesh = make_mesh(args.devices)
+        sh = jax.ShapeDtypeStruct((b, d), jnp.float32, sharding=batch_sharding(mesh))
+        rep = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated(mesh))
+        n = args.devices
+        rows.append(("full siglip_loss, sharded features", n,
+                     _memory(form(siglip_loss), sh, sh, rep, rep)))  # fmt: skip
+        rows.append(("siglip_loss_ring", n,
+                     _memory(form(siglip_loss_ring, mesh=mesh), sh, sh, rep, rep)))  # fmt: skip
+    print(f"B = {b}, D = {d}, float32, value_and_grad; MiB per device "
+          f"(jax {jax.__version__}, {jax.devices()[0].platform})")  # fmt: skip
+    print(f"{'form':42s} {'devices':>7s} {'temp':>9s} {'args':>7s} {'out':>7s}")
+    for name, n, m in rows:
+        print(f"{name:42s} {n:7d} {m['temp']:9.1f} {m['args']:7.1f} {m['out']:7.1f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
