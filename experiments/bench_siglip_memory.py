@@ -6,10 +6,10 @@ Nothing runs: each form's ``jax.value_and_grad`` (loss and gradients w.r.t. both
 matrices, the scale and the bias: what a train step needs) is lowered and compiled for
 float32 ``[B, D]`` features, and XLA's ``compiled.memory_analysis()`` gives the temporary
 buffers it allocates (``temp``, per device) beside the arguments and outputs. Rows: the full
-:func:`jaxgrad.contrastive.siglip_loss` on one device; :func:`jaxgrad.siglip_chunked.
+:func:`jaxgrad.losses.contrastive.siglip_loss` on one device; :func:`jaxgrad.losses.siglip_chunked.
 siglip_loss_chunked` with ``--chunk``; and, on a ``--devices`` mesh (fake CPU devices via
 ``XLA_FLAGS=--xla_force_host_platform_device_count``, set here before jax is imported), the full
-loss on sharded features (jit inserts the all-gather) and :func:`jaxgrad.siglip_chunked.
+loss on sharded features (jit inserts the all-gather) and :func:`jaxgrad.losses.siglip_chunked.
 siglip_loss_ring`.
 """
 
@@ -54,9 +54,9 @@ def main(argv=None) -> list[tuple]:
     import jax
     import jax.numpy as jnp
 
-    from jaxgrad.contrastive import siglip_loss
-    from jaxgrad.parallel import batch_sharding, make_mesh, replicated
-    from jaxgrad.siglip_chunked import siglip_loss_chunked, siglip_loss_ring
+    from jaxgrad.losses.contrastive import siglip_loss
+    from jaxgrad.losses.siglip_chunked import siglip_loss_chunked, siglip_loss_ring
+    from jaxgrad.training.parallel import batch_sharding, make_mesh, replicated
 
     b, d = args.batch, args.dim
     feats = jax.ShapeDtypeStruct((b, d), jnp.float32)

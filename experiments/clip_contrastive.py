@@ -6,7 +6,7 @@ Real images (CIFAR-10 JPEG folder): python -m experiments.clip_contrastive --dat
 A pretrained transformers CLIP (save_pretrained folder), frozen, features cached once:
     python -m experiments.clip_contrastive --image-encoder clip --image-weights DIR --freeze-image
   fine-tuned, each tower at its own lr:  ... --image-encoder clip --image-weights DIR --image-lr 1e-5
-Options: --loss clip|siglip|seed, --freeze-image (the seed's .detach()), --clip-norm 1.0.
+Options: --loss clip|siglip|siglip-ring|seed, --freeze-image (the seed's .detach()), --clip-norm 1.0.
 Data-parallel over every device of every process (``--batch-size`` is the global batch)::
 
     python -m experiments.launch --processes 2 --devices-per-process 2 -- clip_contrastive --tiny
@@ -63,7 +63,7 @@ from jaxgrad.report.io import JsonlLogger, atomic_write_json
 from jaxgrad.report.plan import Plan
 from jaxgrad.report.plots import run_title
 from jaxgrad.report.progress import Progress
-from jaxgrad.tasks.clip import CLIP_STEP, clip_loss_fn, clip_optimizer, param_groups
+from jaxgrad.tasks.clip import CLIP_LOSSES, CLIP_STEP, clip_loss_fn, clip_optimizer, param_groups
 from jaxgrad.tasks.clip_eval import make_evaluator, plot_clip_run, print_param_groups
 from jaxgrad.tasks.clip_inputs import TowerInputs, tower_inputs, with_image_tower
 from jaxgrad.tasks.clip_parallel import batch_layout, place_for_training
@@ -85,9 +85,10 @@ class Config:
     n_val: int = option(1000, "held-out images for zero-shot accuracy and retrieval")
     loss: str = option(
         "clip",
-        "clip: symmetric CE; siglip: sigmoid, bias init -10; seed: the seed's one-way CE "
+        "clip: symmetric CE; siglip: sigmoid, bias init -10; siglip-ring: the same loss with "
+        "text chunks passed around the devices (no [B, B] matrix); seed: the seed's one-way CE "
         "(times the learned exp(logit_scale): our features are unit-norm)",
-        choices=("clip", "siglip", "seed"),
+        choices=CLIP_LOSSES,
     )
     image_encoder: str = option(
         "vit",
@@ -221,7 +222,7 @@ def model_config(cfg: Config, vocab_size: int, image_size: int, tower=None) -> C
         vocab_size=vocab_size, max_len=cfg.max_len, dim=cfg.text_dim, depth=cfg.text_depth,
         heads=cfg.heads, mlp_dim=2 * cfg.text_dim,
     )  # fmt: skip
-    bias = -10.0 if cfg.loss == "siglip" else None  # SigLIP's initial bias
+    bias = -10.0 if cfg.loss.startswith("siglip") else None  # SigLIP's initial bias
     if tower is not None:
         image = None if cfg.freeze_image else tower.cfg
         return ClipConfig(image=image, text=text, embed_dim=tower.cfg.projection_dim,
@@ -275,7 +276,7 @@ def setup(cfg: Config, train: ImageDataset, val: ImageDataset | None = None, *,
     captions = (jnp.asarray(ids), jnp.asarray(cmask))
     loss_fn = clip_loss_fn(graphdef, rest, captions, loss=cfg.loss,
                            freeze_image=cfg.freeze_image, use_augment=cfg.augment,
-                           image_input=inputs.kind)  # fmt: skip
+                           image_input=inputs.kind, mesh=mesh)  # fmt: skip
     opt, frozen = clip_optimizer(
         params, steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,

@@ -74,6 +74,8 @@ def child() -> dict:
     cases = {
         "vit_clip": dict(loss="clip"),
         "vit_siglip": dict(loss="siglip"),
+        # the chunked SigLIP (text chunks around the 4 devices) against the full one on 1
+        "vit_siglip_ring": dict(loss="siglip-ring"),
         "frozen_tower": dict(image_encoder="clip", image_weights="-", freeze_image=True),
         "finetune_tower": dict(image_encoder="clip", image_weights="-", image_lr=1e-3),
     }
@@ -87,6 +89,10 @@ def child() -> dict:
         for n in (1, N_DEV):
             mesh = make_mesh(n)  # each its own feature cache: both extract
             cfg = dataclasses.replace(cfg, feature_cache=f"{sys.argv[1]}/{name}{n}")
+            if cfg.loss == "siglip-ring" and n == 1:  # the reference: the full [B, B] loss
+                cfg = dataclasses.replace(cfg, loss="siglip")
+            elif kw.get("loss") == "siglip-ring":
+                cfg = dataclasses.replace(cfg, loss="siglip-ring")
             s = exp.setup(cfg, train, val, mesh=mesh)  # n > 1: features extracted over n devices
             state = init_train_state(s.params, s.optimizer)
             state, keys, data = place_for_training(state, s.keys, (s.inputs.train, train.labels), mesh)  # fmt: skip
@@ -151,7 +157,7 @@ def four(four_device_child):
 CASES = ["vit_clip", "vit_siglip", "frozen_tower", "finetune_tower"]
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [*CASES, "vit_siglip_ring"])
 def test_four_devices_train_like_one_on_the_same_global_batch(four, case):
     r = four[case]
     np.testing.assert_allclose(r["loss_n"], r["loss_1"], rtol=RTOL)  # the global-batch loss
@@ -169,6 +175,13 @@ def test_the_step_gathers_the_features_across_devices(four, case):
     r = four[case]
     assert r["ops_1"] == {}
     assert r["ops_n"].get("all-gather", 0) >= 1 and r["ops_n"].get("all-reduce", 0) >= 1, r
+
+
+def test_the_ring_passes_text_chunks_instead_of_gathering_them(four):
+    """``--loss siglip-ring``: the texts travel device to device (collective-permute), the
+    [B, B] matrix is never formed; it trains like the full loss on one device (above)."""
+    ops = four["vit_siglip_ring"]["ops_n"]
+    assert ops.get("collective-permute", 0) >= 1, ops
 
 
 def test_frozen_tower_features_are_extracted_over_the_devices_and_equal(four):

@@ -1,4 +1,4 @@
-"""Chunked and ring SigLIP (jaxgrad.siglip_chunked) equal the full-matrix siglip_loss.
+"""Chunked and ring SigLIP (jaxgrad.losses.siglip_chunked) equal the full-matrix siglip_loss.
 
 The ring form on 4 devices runs this file as a script in a subprocess with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (the flag must be set before jax starts);
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxgrad.contrastive import siglip_loss
 from jaxgrad.errors import ConfigError
-from jaxgrad.siglip_chunked import siglip_loss_chunked, siglip_loss_ring
+from jaxgrad.losses.contrastive import siglip_loss
+from jaxgrad.losses.siglip_chunked import siglip_loss_chunked, siglip_loss_ring
 
 N_DEV = 4
 SCALE, BIAS = 2.3, -3.0  # multiplier ~10, SigLIP-like negative bias
@@ -163,7 +163,7 @@ def test_ring_refuses_a_batch_the_devices_do_not_divide(ring):
 
 
 def test_ring_on_a_one_device_mesh_is_the_full_loss():
-    from jaxgrad.parallel import make_mesh
+    from jaxgrad.training.parallel import make_mesh
 
     img, txt = features(8, 4)
     want = value_and_grads(siglip_loss, img, txt)
@@ -172,7 +172,7 @@ def test_ring_on_a_one_device_mesh_is_the_full_loss():
 
 def _child() -> dict:
     """The 4-device side: the ring loss on features split over the mesh, under jit."""
-    from jaxgrad.parallel import make_mesh, shard_batch
+    from jaxgrad.training.parallel import make_mesh, shard_batch
 
     mesh = make_mesh()
     img, txt = shard_batch(features(16, 5), mesh)

@@ -31,15 +31,18 @@ import optax
 from jaxgrad.losses.classification import check_labels, labels_valid
 
 __all__ = [
+    "as_scalar",
+    "check_pair",
     "clip_loss",
     "contrastive_logits",
+    "refuse_bad_labels",
     "retrieval_metrics",
     "seed_contrastive_loss",
     "siglip_loss",
 ]
 
 
-def _check_pair(image_features: jax.Array, text_features: jax.Array) -> None:
+def check_pair(image_features: jax.Array, text_features: jax.Array) -> None:
     """Shape checks at trace time; the messages say what the caller has to change."""
     if image_features.ndim != 2 or text_features.ndim != 2:
         raise ValueError(
@@ -58,7 +61,7 @@ def _check_pair(image_features: jax.Array, text_features: jax.Array) -> None:
         )
 
 
-def _refuse_bad_labels(loss: jax.Array, class_labels, num_classes: int | None) -> jax.Array:
+def refuse_bad_labels(loss: jax.Array, class_labels, num_classes: int | None) -> jax.Array:
     if class_labels is None:
         return loss
     if num_classes is None:
@@ -67,7 +70,7 @@ def _refuse_bad_labels(loss: jax.Array, class_labels, num_classes: int | None) -
     return jnp.where(jnp.all(labels_valid(class_labels, num_classes)), loss, jnp.nan)
 
 
-def _scalar(x, name: str) -> jax.Array:
+def as_scalar(x, name: str) -> jax.Array:
     x = jnp.asarray(x)
     if x.shape != ():
         raise ValueError(f"{name} must be a scalar, got shape {x.shape}")
@@ -80,7 +83,7 @@ def contrastive_logits(
     """``exp(logit_scale) · image_features @ text_featuresᵀ`` → ``[B, B]`` (unscaled if None)."""
     logits = image_features @ text_features.T
     if logit_scale is not None:
-        logits = jnp.exp(_scalar(logit_scale, "logit_scale")).astype(logits.dtype) * logits
+        logits = jnp.exp(as_scalar(logit_scale, "logit_scale")).astype(logits.dtype) * logits
     return logits
 
 
@@ -107,13 +110,13 @@ def seed_contrastive_loss(
     does not normalise them) and the logits are scaled by ``exp(logit_scale)`` when it is given.
     Returns ``(loss, {"i2t_acc", "t2i_acc"})``.
     """
-    _check_pair(image_features, text_features)
+    check_pair(image_features, text_features)
     logits = contrastive_logits(
         image_features=image_features, text_features=text_features, logit_scale=logit_scale
     )
     labels = jnp.arange(logits.shape[0])
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return _refuse_bad_labels(loss, class_labels, num_classes), _accuracies(logits)
+    return refuse_bad_labels(loss, class_labels, num_classes), _accuracies(logits)
 
 
 def clip_loss(
@@ -130,7 +133,7 @@ def clip_loss(
     L2-normalised (the model does it), so each logit is a scaled cosine similarity.
     Returns ``(loss, {"loss_i2t", "loss_t2i", "i2t_acc", "t2i_acc", "scale"})``.
     """
-    _check_pair(image_features, text_features)
+    check_pair(image_features, text_features)
     logits = contrastive_logits(
         image_features=image_features, text_features=text_features, logit_scale=logit_scale
     )
@@ -139,7 +142,7 @@ def clip_loss(
     loss_t2i = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
     aux = {"loss_i2t": loss_i2t, "loss_t2i": loss_t2i, **_accuracies(logits)}
     aux["scale"] = jnp.exp(logit_scale)
-    return _refuse_bad_labels((loss_i2t + loss_t2i) / 2, class_labels, num_classes), aux
+    return refuse_bad_labels((loss_i2t + loss_t2i) / 2, class_labels, num_classes), aux
 
 
 def siglip_loss(
@@ -158,8 +161,8 @@ def siglip_loss(
     the first steps). Each pair is an independent binary problem: no softmax over the batch.
     Returns ``(loss, {"i2t_acc", "t2i_acc", "scale", "bias"})``.
     """
-    _check_pair(image_features, text_features)
-    logit_bias = _scalar(logit_bias, "logit_bias")
+    check_pair(image_features, text_features)
+    logit_bias = as_scalar(logit_bias, "logit_bias")
     logits = contrastive_logits(
         image_features=image_features, text_features=text_features, logit_scale=logit_scale
     ) + logit_bias.astype(image_features.dtype)
@@ -167,7 +170,7 @@ def siglip_loss(
     z = 2.0 * jnp.eye(b, dtype=logits.dtype) - 1.0
     loss = -jnp.sum(jax.nn.log_sigmoid(z * logits)) / b
     aux = {**_accuracies(logits), "scale": jnp.exp(logit_scale), "bias": logit_bias}
-    return _refuse_bad_labels(loss, class_labels, num_classes), aux
+    return refuse_bad_labels(loss, class_labels, num_classes), aux
 
 
 def retrieval_metrics(
@@ -185,7 +188,7 @@ def retrieval_metrics(
     any same-class item among the top k is the meaningful version for labelled data.
     Shapes: features ``[N, D]``, labels ``[N]`` int. Returns ``i2t_r@k`` and ``t2i_r@k``.
     """
-    _check_pair(image_features, text_features)
+    check_pair(image_features, text_features)
     sims = image_features @ text_features.T  # [N_img, N_txt]
     out = {}
     for k in ks:

@@ -20,9 +20,11 @@ from flax import nnx
 from jaxgrad.autodiff.freeze import frozen_mask, optimizer_with_frozen, path_str
 from jaxgrad.data.pipeline import augment, normalize
 from jaxgrad.losses.contrastive import clip_loss, seed_contrastive_loss, siglip_loss
+from jaxgrad.losses.siglip_chunked import siglip_loss_ring
 from jaxgrad.models.clip import IMAGE_TOWER, TEXT_TOWER, clamp_logit_scale, l2_normalize
 
 __all__ = [
+    "CLIP_LOSSES",
     "CLIP_STEP",
     "IMAGE_GROUP",
     "IMAGE_INPUTS",
@@ -53,17 +55,21 @@ CLIP_STEP = {"post_update": clamp_logit_scale, "extra_metrics": tower_grad_norms
 
 #: what ``batch["images"]`` holds for :func:`clip_loss_fn`
 IMAGE_INPUTS = ("images", "pixels", "features")
+#: the contrastive losses of the CLIP task (``--loss``)
+CLIP_LOSSES = ("clip", "siglip", "siglip-ring", "seed")
 
 
 def clip_loss_fn(
     graphdef: nnx.GraphDef, rest: Any, captions: tuple[jax.Array, jax.Array], *, loss: str,
-    freeze_image: bool, use_augment: bool, image_input: str = "images",
+    freeze_image: bool, use_augment: bool, image_input: str = "images", mesh=None,
 ):  # fmt: skip
     """The CLIP experiment's ``loss_fn(params, batch, step_key) -> (loss, aux)``.
 
     ``batch = {"images", "labels"}``; ``captions = (ids [T, C, L], mask [T, C, L])``: each
     image gets a template drawn from the step key, filled with its label. ``loss``: ``clip``
-    (symmetric CE), ``siglip`` or ``seed`` (one-way CE). ``freeze_image`` is the seed's
+    (symmetric CE), ``siglip``, ``siglip-ring`` (the same sigmoid loss in the SigLIP paper's
+    chunked form: text chunks passed around ``mesh``'s devices, never the ``[B, B]`` matrix;
+    equal in value and gradients) or ``seed`` (one-way CE). ``freeze_image`` is the seed's
     ``.detach()``: the image features enter the loss as constants. ``image_input``: what
     ``batch["images"]`` holds: ``images`` (uint8 ``[B, H, W, 3]``, normalised and augmented
     here: the ViT tower), ``pixels`` (CLIP-normalised ``[B, 3, S, S]``: the transformers CLIP
@@ -71,8 +77,10 @@ def clip_loss_fn(
     image tower runs; they enter the loss as constants). Labels outside the caption classes
     make the loss NaN (``class_labels=``), which the train step's guard turns into an error.
     """
-    if loss not in ("clip", "siglip", "seed"):
-        raise ValueError(f"--loss must be clip, siglip or seed, got {loss!r}")
+    if loss not in CLIP_LOSSES:
+        raise ValueError(f"--loss must be one of {CLIP_LOSSES}, got {loss!r}")
+    if loss == "siglip-ring" and mesh is None:
+        raise ValueError("--loss siglip-ring passes text chunks around a mesh: give mesh=")
     if image_input not in IMAGE_INPUTS:
         raise ValueError(f"image_input must be one of {IMAGE_INPUTS}, got {image_input!r}")
     ids, cmask = captions
@@ -101,6 +109,8 @@ def clip_loss_fn(
             return clip_loss(**kw)
         if loss == "siglip":
             return siglip_loss(**kw, logit_bias=model.logit_bias[...])
+        if loss == "siglip-ring":
+            return siglip_loss_ring(**kw, logit_bias=model.logit_bias[...], mesh=mesh)
         return seed_contrastive_loss(**kw)
 
     return loss_fn

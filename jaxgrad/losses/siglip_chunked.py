@@ -13,7 +13,7 @@ The sigmoid loss is a sum of independent per-pair terms, so it can be computed b
   holds more than one ``[B/n, B/n]`` block; the gradient flows back around the ring
   (``ppermute``'s transpose is the inverse permutation).
 
-Both equal :func:`jaxgrad.contrastive.siglip_loss` in value and gradients (up to float
+Both equal :func:`jaxgrad.losses.contrastive.siglip_loss` in value and gradients (up to float
 reduction order) and return the same ``(loss, {"i2t_acc", "t2i_acc", "scale", "bias"})``.
 The accuracies compare each pair's logit with the best one of its row / column; they differ
 from the full form's argmax only on exact ties. Shapes: features ``[B, D]``, row ``i`` of one
@@ -30,9 +30,8 @@ from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from jaxgrad.contrastive import _check_pair, _refuse_bad_labels, _scalar
 from jaxgrad.errors import ConfigError
-from jaxgrad.parallel import DATA
+from jaxgrad.losses.contrastive import as_scalar, check_pair, refuse_bad_labels
 
 __all__ = ["siglip_loss_chunked", "siglip_loss_ring"]
 
@@ -71,20 +70,20 @@ def siglip_loss_chunked(
     class_labels=None,
     num_classes: int | None = None,
 ) -> tuple[jax.Array, dict]:
-    """:func:`~jaxgrad.contrastive.siglip_loss`, scanned over text chunks of ``chunk`` rows.
+    """:func:`~jaxgrad.losses.contrastive.siglip_loss`, scanned over text chunks of ``chunk`` rows.
 
     Peak memory ``O(B · chunk)`` instead of ``O(B²)``, for the loss and its gradient.
     ``chunk`` must divide ``B``; ``chunk = B`` is one block (the full form, rematerialised).
     """
-    _check_pair(image_features, text_features)
+    check_pair(image_features, text_features)
     b, d = image_features.shape
     if not isinstance(chunk, int) or chunk < 1 or b % chunk:
         raise ConfigError(
             f"siglip chunk={chunk!r} must be a positive divisor of the batch size {b}; "
             "pick a chunk that divides the batch (e.g. a power of two)"
         )
-    scale = jnp.exp(_scalar(logit_scale, "logit_scale"))
-    bias = _scalar(logit_bias, "logit_bias")
+    scale = jnp.exp(as_scalar(logit_scale, "logit_scale"))
+    bias = as_scalar(logit_bias, "logit_bias")
     rows = jnp.arange(b)[:, None]
     cols = jnp.arange(chunk)[None, :]
 
@@ -103,7 +102,7 @@ def siglip_loss_chunked(
     xs = (text_features.reshape(n, chunk, d), jnp.arange(n))
     (loss, row_max, pos_row), (col_max, pos_col) = jax.lax.scan(step, init, xs)
     aux = _aux(pos_row, row_max, pos_col.reshape(b), col_max.reshape(b), scale, bias)
-    return _refuse_bad_labels(loss / b, class_labels, num_classes), aux
+    return refuse_bad_labels(loss / b, class_labels, num_classes), aux
 
 
 def siglip_loss_ring(
@@ -113,11 +112,11 @@ def siglip_loss_ring(
     logit_scale,
     logit_bias,
     mesh: Mesh,
-    axis: str = DATA,
+    axis: str = "data",  # the batch axis of jaxgrad.training.parallel.make_mesh
     class_labels=None,
     num_classes: int | None = None,
 ) -> tuple[jax.Array, dict]:
-    """:func:`~jaxgrad.contrastive.siglip_loss` over the *global* batch, text chunks passed
+    """:func:`~jaxgrad.losses.contrastive.siglip_loss` over the *global* batch, text chunks passed
     around the ``n`` devices of ``mesh``'s ``axis`` (the SigLIP paper's chunked form).
 
     ``image_features`` / ``text_features`` are the global ``[B, D]`` arrays (split over
@@ -126,7 +125,7 @@ def siglip_loss_ring(
     gradient, the ``n`` visiting text chunks (``B x D`` in all). Call it inside the jitted
     train step; on a 1-device mesh it is the full form.
     """
-    _check_pair(image_features, text_features)
+    check_pair(image_features, text_features)
     n = mesh.shape[axis]
     b = image_features.shape[0]
     if b % n:
@@ -134,8 +133,8 @@ def siglip_loss_ring(
             f"global batch {b} is not divisible by the {n} devices of mesh axis {axis!r}; "
             f"choose a --batch-size that is a multiple of {n}"
         )
-    scale = jnp.exp(_scalar(logit_scale, "logit_scale"))
-    bias = _scalar(logit_bias, "logit_bias")
+    scale = jnp.exp(as_scalar(logit_scale, "logit_scale"))
+    bias = as_scalar(logit_bias, "logit_bias")
     ring = [(i, (i + 1) % n) for i in range(n)]  # device i sends its chunk to i + 1
 
     def local(img, txt, scale, bias):
@@ -171,4 +170,4 @@ def siglip_loss_ring(
         local, mesh=mesh, in_specs=(P(axis), P(axis), P(), P()), out_specs=(P(), P(), P())
     )(image_features, text_features, scale, bias)
     aux = {"i2t_acc": i2t, "t2i_acc": t2i, "scale": scale, "bias": bias}
-    return _refuse_bad_labels(loss, class_labels, num_classes), aux
+    return refuse_bad_labels(loss, class_labels, num_classes), aux
