@@ -129,7 +129,7 @@ def _drop_closed_loop_noise() -> None:
     reads still in flight then call back into the closed loop and each lands in
     ``sys.unraisablehook`` (RuntimeError "Event loop is closed", no object; dozens of
     tracebacks at exit). Exactly those are dropped; every other unraisable error still reaches
-    the previous hook. Installed once, on the first corrupt checkpoint."""
+    the previous hook. Installed once, before the first restore."""
     prev = sys.unraisablehook
     if getattr(prev, "_jaxgrad_closed_loop_filter", False):
         return
@@ -260,6 +260,9 @@ class Checkpointer:
                 f"(complete steps: {self.all_steps()}); train first or drop --resume"
             )
         where = self.directory / str(step)
+        # before reading: a damaged file's failed reads call back into orbax's closed asyncio
+        # loop at any time after the failure, possibly before we learn of it
+        _drop_closed_loop_noise()
         try:
             saved = self._mngr.item_metadata(step)["state"]
             saved = getattr(saved, "tree", saved)
