@@ -15,19 +15,33 @@ siglip_loss_ring`.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
-import sys
+
+from jaxgrad.errors import ConfigError
+from jaxgrad.report.cli import check_config, option, run_main
 
 
-def _parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch", type=int, default=4096, help="global batch B (default: 4096)")
-    p.add_argument("--dim", type=int, default=512, help="embedding width D (default: 512)")
-    p.add_argument("--chunk", type=int, default=512, help="text chunk rows (default: 512)")
-    p.add_argument("--devices", type=int, default=4,
-                   help="mesh size for the ring rows (default: 4; 1 leaves them out)")  # fmt: skip
-    return p.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Peak memory of the SigLIP loss forms (compiled, not run)."""
+
+    batch: int = option(4096, "global batch B", ge=2)
+    dim: int = option(512, "embedding width D", ge=1)
+    chunk: int = option(512, "text chunk rows (must divide the batch)", ge=1)
+    devices: int = option(4, "mesh size for the ring rows (1 leaves them out)", ge=1)
+
+    def __post_init__(self):
+        check_config(self)
+        if self.batch % self.chunk or self.batch % self.devices:
+            raise ConfigError(
+                f"--batch {self.batch} must split into --chunk {self.chunk} rows and over "
+                f"--devices {self.devices}; pick divisors"
+            )
+
+    @classmethod
+    def tiny(cls) -> Config:
+        return cls(batch=64, dim=16, chunk=16, devices=2)
 
 
 def _memory(fn, *args) -> dict[str, float]:
@@ -44,8 +58,9 @@ def _memory(fn, *args) -> dict[str, float]:
     }
 
 
-def main(argv=None) -> list[tuple]:
-    args = _parse(argv)
+def main(cfg: Config) -> list[tuple]:
+    args = cfg
+    # read when the backend starts (first device use), so setting it here is in time
     if args.devices > 1:
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "")
@@ -92,4 +107,4 @@ def main(argv=None) -> list[tuple]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main, Config)
