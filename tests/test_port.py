@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxgrad.port import PortError, Rule, convert, export, load_state_dict
+from jaxgrad.models.mha import MultiheadAttention
+from jaxgrad.port import PortError, Rule, convert, export, load_state_dict, mha_rules
 from jaxgrad.port.hf_clip import CLIPVisionConfig, CLIPVisionTower, rules
 
 
@@ -75,3 +76,64 @@ def test_template_placeholders_match_whole_indices_only(tower):
         PortError, match=r"filled twice: post_layernorm.bias from .* and extra.bias"
     ):
         convert(sd, two, tower)
+
+
+class _Attentions(nnx.Module):
+    """Two NNX attentions with separate q/k/v, as ``layers[i]``."""
+
+    def __init__(self, *, rngs):
+        self.layers = nnx.List([MultiheadAttention(8, 2, rngs=rngs) for _ in range(2)])
+
+
+def _fused_state_dict(seed=0, rows=24):
+    """torch's nn.MultiheadAttention(8, 2) layout at ``blocks.{i}.attn``, random numbers."""
+    rng = np.random.default_rng(seed)
+    sd = {}
+    for i in range(2):
+        a = f"blocks.{i}.attn"
+        sd[f"{a}.in_proj_weight"] = rng.normal(size=(rows, 8)).astype(np.float32)
+        sd[f"{a}.in_proj_bias"] = rng.normal(size=(rows,)).astype(np.float32)
+        sd[f"{a}.out_proj.weight"] = rng.normal(size=(8, 8)).astype(np.float32)
+        sd[f"{a}.out_proj.bias"] = rng.normal(size=(8,)).astype(np.float32)
+    return sd
+
+
+def test_fused_in_proj_splits_into_q_k_v_in_torch_order_and_exports_back():
+    model = _Attentions(rngs=nnx.Rngs(0))
+    rules = mha_rules("blocks.{i}.attn", "layers.{i}")
+    sd = _fused_state_dict()
+    load_state_dict(model, sd, rules)
+    w, b = sd["blocks.1.attn.in_proj_weight"], sd["blocks.1.attn.in_proj_bias"]
+    attn = model.layers[1]
+    for part, proj in enumerate((attn.q_proj, attn.k_proj, attn.v_proj)):
+        rows = slice(8 * part, 8 * part + 8)  # [W_q; W_k; W_v], each [out, in] -> kernel [in, out]
+        np.testing.assert_array_equal(proj.kernel[...], w[rows].T)
+        np.testing.assert_array_equal(proj.bias[...], b[rows])
+    np.testing.assert_array_equal(attn.out_proj.kernel[...], sd["blocks.1.attn.out_proj.weight"].T)
+    back = export(model, rules)
+    assert sorted(back) == sorted(sd)  # one fused key again per tensor, no q/k/v keys
+    for k in sd:
+        np.testing.assert_array_equal(back[k], sd[k])
+
+
+def test_fused_tensor_of_the_wrong_size_is_reported_with_its_parts():
+    model = _Attentions(rngs=nnx.Rngs(0))
+    before = np.asarray(model.layers[0].q_proj.kernel[...]).copy()
+    sd = _fused_state_dict()
+    sd["blocks.0.attn.in_proj_weight"] = sd["blocks.0.attn.in_proj_weight"][:23]  # 23 != 3 x 8
+    with pytest.raises(PortError) as e:
+        load_state_dict(model, sd, mha_rules("blocks.{i}.attn", "layers.{i}"))
+    ((key, shape, paths, targets),) = e.value.mismatched
+    assert (key, shape) == ("blocks.0.attn.in_proj_weight", (23, 8))
+    assert paths == "layers.0.q_proj.kernel + layers.0.k_proj.kernel + layers.0.v_proj.kernel"
+    assert targets == "(8, 8) + (8, 8) + (8, 8)"
+    assert e.value.unfilled == []  # the three parts are reported once, as the mismatch
+    np.testing.assert_array_equal(model.layers[0].q_proj.kernel[...], before)
+
+
+def test_export_of_a_fused_key_needs_every_part():
+    model = _Attentions(rngs=nnx.Rngs(0))
+    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    del pure["layers"][1]["v_proj"]
+    with pytest.raises(PortError, match=r"blocks.1.attn.in_proj_weight \(no param for its parts"):
+        export(pure, mha_rules("blocks.{i}.attn", "layers.{i}"))

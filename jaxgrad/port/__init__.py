@@ -19,8 +19,10 @@ Rules, e.g. for a torch ``nn.Linear`` at ``blocks.3.fc`` held by an NNX ``blocks
 ``{name}`` matches one integer (a ``ModuleList`` / ``nnx.List`` index). Layouts (``LAYOUTS``):
 ``"copy"`` (LayerNorm weight → scale, biases, ``nn.Embedding`` → ``nnx.Embed``), ``"linear"``
 (transpose), ``"conv"`` (``[O, I, kh, kw]`` → ``[kh, kw, I, O]``), ``"reshape"`` (same numbers,
-other singleton axes: cls tokens). jaxgrad never imports torch at module level: functions that
-take torch modules import it inside.
+other singleton axes: cls tokens). A rule whose path is a tuple splits one fused torch tensor
+into several params along axis 0 (and :func:`export` joins them): :func:`mha_rules` does it
+for ``nn.MultiheadAttention``'s ``in_proj_weight`` / ``in_proj_bias`` (open_clip). jaxgrad
+never imports torch at module level: functions that take torch modules import it inside.
 """
 
 from jaxgrad.port.compare import LayerReport, compare_layers
@@ -31,6 +33,7 @@ from jaxgrad.port.rules import (
     convert,
     export,
     load_state_dict,
+    mha_rules,
     param_paths,
     to_numpy,
 )
@@ -44,6 +47,7 @@ __all__ = [
     "convert",
     "export",
     "load_state_dict",
+    "mha_rules",
     "param_paths",
     "to_numpy",
 ]

@@ -12,7 +12,14 @@ import numpy as np
 from flax import nnx
 
 from jaxgrad.autodiff.freeze import path_str
-from jaxgrad.port.rules import LAYOUTS, Rule, match_rule, param_paths, to_numpy
+from jaxgrad.port.rules import (
+    Rule,
+    param_paths,
+    part_rows,
+    rule_targets,
+    to_nnx_parts,
+    to_numpy,
+)
 from jaxgrad.report.tables import render_table
 
 __all__ = ["LayerReport", "compare_layers"]
@@ -57,9 +64,10 @@ def _module_pairs(torch_module, nnx_module, rules: Sequence[Rule]) -> dict[str, 
         keys = [f"{tname}.{k}" if tname else k for k, _ in tmod.named_parameters()]
         if not keys:
             continue
-        mapped = {match_rule(rules, k, "key")[1] for k in keys}
-        if None in mapped:
+        found = [rule_targets(rules, k) for k in keys]
+        if any(rule is None for rule, _ in found):
             continue
+        mapped = {p for _, paths in found for p in paths}  # a fused key maps to several
         cands = [n for n, params in nnx_mods.items() if params == mapped and n not in taken]
         if cands:
             best = max(cands, key=lambda n: len(n.split(".")) if n else 0)
@@ -236,16 +244,23 @@ def _compare_grads(torch_module, nnx_module, t_inputs, j_inputs, rules, t_loss, 
     }
     rows, first_bad = [], None
     for key, g in t_grads.items():
-        rule, path = match_rule(rules, key, "key")
-        if rule is None or path not in want:
+        rule, paths = rule_targets(rules, key)
+        if rule is None or any(p not in want for p in paths):
             continue
-        tg = LAYOUTS[rule.layout][0](to_numpy(g).astype(np.float32), tuple(want[path].shape))
-        jg = j_vals[path]
-        abs_err, rel_err = _errors(jg, tg)
-        ok = bool(np.all(np.abs(jg - tg) <= at + rt * np.abs(tg)))
-        rows.append((key, path, f"{abs_err:.2e}", f"{rel_err:.2e}", ok))
-        if not ok and first_bad is None:
-            first_bad = key
+        targets = [tuple(want[p].shape) for p in paths]
+        parts = to_nnx_parts(rule, to_numpy(g).astype(np.float32), targets)
+        if parts is None:
+            continue
+        # a fused tensor gets one row per part, named by its rows: in_proj_weight[0:E] is q
+        ends = np.cumsum(part_rows(rule, targets)) if len(paths) > 1 else None
+        for i, (path, tg) in enumerate(zip(paths, parts)):
+            label = key if ends is None else f"{key}[{ends[i - 1] if i else 0}:{ends[i]}]"
+            jg = j_vals[path]
+            abs_err, rel_err = _errors(jg, tg)
+            ok = bool(np.all(np.abs(jg - tg) <= at + rt * np.abs(tg)))
+            rows.append((label, path, f"{abs_err:.2e}", f"{rel_err:.2e}", ok))
+            if not ok and first_bad is None:
+                first_bad = label
     text = render_table(
         [(*r[:4], "ok" if r[4] else "FAIL") for r in rows],
         ["torch param", "nnx path", "max abs", "max rel", ""],

@@ -14,23 +14,30 @@ from jaxgrad.autodiff.freeze import path_str
 from jaxgrad.errors import WeightsError
 
 __all__ = [
-    "match_rule",
     "LAYOUTS",
     "PortError",
     "Rule",
     "convert",
     "export",
     "load_state_dict",
+    "mha_rules",
     "param_paths",
+    "part_rows",
+    "rule_targets",
+    "to_nnx_parts",
     "to_numpy",
 ]
 
 
 class Rule(NamedTuple):
-    """One torch key template → one NNX param path template (dots between parts)."""
+    """One torch key template → one NNX param path template (dots between parts), or → a
+    tuple of path templates for a fused tensor: the torch tensor is the concatenation, along
+    its axis 0, of one part per path, in order (``nn.MultiheadAttention``'s ``in_proj_weight``
+    ``[3E, E]`` = ``[W_q; W_k; W_v]``). Each part's size comes from its NNX param's shape and
+    the layout is applied per part; :func:`export` concatenates the parts back."""
 
     key: str  # e.g. "encoder.layers.{i}.self_attn.q_proj.weight"
-    path: str  # e.g. "encoder.layers.{i}.self_attn.q_proj.kernel"
+    path: str | tuple[str, ...]  # e.g. "encoder.layers.{i}.self_attn.q_proj.kernel"
     layout: str = "copy"  # a key of LAYOUTS
 
 
@@ -53,6 +60,32 @@ LAYOUTS: dict[str, tuple[Callable, Callable]] = {
     "conv": (_conv_in, _conv_out),
     "reshape": (_reshape, _reshape),
 }
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def mha_rules(
+    key_prefix: str, path_prefix: str, *, names: tuple[str, str, str, str] = (
+        "q_proj", "k_proj", "v_proj", "out_proj"),
+) -> list[Rule]:  # fmt: skip
+    """Rules for one ``torch.nn.MultiheadAttention`` at ``key_prefix`` (open_clip:
+    ``"transformer.resblocks.{i}.attn"``) → an NNX attention at ``path_prefix`` with separate
+    q / k / v / out ``nnx.Linear`` s (``names``; e.g. :class:`jaxgrad.models.mha.
+    MultiheadAttention`): the fused ``in_proj_weight [3E, E]`` / ``in_proj_bias [3E]`` are
+    split into q, k, v (in that order, torch's), and joined again by :func:`export`."""
+    q, k, v, out = (_join(path_prefix, n) for n in names)
+    return [
+        Rule(
+            _join(key_prefix, "in_proj_weight"),
+            (f"{q}.kernel", f"{k}.kernel", f"{v}.kernel"),
+            "linear",
+        ),  # fmt: skip
+        Rule(_join(key_prefix, "in_proj_bias"), (f"{q}.bias", f"{k}.bias", f"{v}.bias")),
+        Rule(_join(key_prefix, "out_proj.weight"), f"{out}.kernel", "linear"),
+        Rule(_join(key_prefix, "out_proj.bias"), f"{out}.bias"),
+    ]
 
 
 class PortError(WeightsError):
@@ -99,14 +132,48 @@ def _template_regex(template: str) -> re.Pattern:
     return re.compile("".join(out) + r"\Z")
 
 
-def match_rule(rules: Sequence[Rule], key: str, side: str):
-    """(rule, filled other-side name) of the first rule whose ``side`` template matches."""
+def _paths(rule: Rule) -> tuple[str, ...]:
+    return rule.path if isinstance(rule.path, tuple) else (rule.path,)
+
+
+def rule_targets(rules: Sequence[Rule], key: str) -> tuple[Rule | None, tuple[str, ...]]:
+    """(first rule whose key template matches ``key``, its filled NNX paths) or (None, ())."""
     for rule in rules:
-        m = _template_regex(getattr(rule, side)).match(key)
+        m = _template_regex(rule.key).match(key)
         if m:
-            other = rule.path if side == "key" else rule.key
-            return rule, other.format(**m.groupdict())
-    return None, None
+            return rule, tuple(p.format(**m.groupdict()) for p in _paths(rule))
+    return None, ()
+
+
+def _source(rules: Sequence[Rule], path: str) -> tuple[Rule | None, str | None, int | None]:
+    """(rule, filled torch key, part index or None when not fused) for an NNX param path."""
+    for rule in rules:
+        for part, template in enumerate(_paths(rule)):
+            m = _template_regex(template).match(path)
+            if m:
+                fused = isinstance(rule.path, tuple)
+                return rule, rule.key.format(**m.groupdict()), part if fused else None
+    return None, None, None
+
+
+def part_rows(rule: Rule, targets: Sequence[tuple[int, ...]]) -> list[int]:
+    """Rows of the torch tensor's axis 0 that each NNX target takes (its torch-layout shape)."""
+    back = LAYOUTS[rule.layout][1]
+    # a zero-stride view: only the shape of the torch layout is needed, not the numbers
+    return [back(np.broadcast_to(np.float32(0), t), t).shape[0] for t in targets]
+
+
+def to_nnx_parts(rule: Rule, arr: np.ndarray, targets: Sequence[tuple[int, ...]]) -> list | None:
+    """A torch tensor → one array per NNX target (split along axis 0 for a fused rule, then the
+    layout); None when a fused tensor's rows do not add up to its parts'."""
+    fwd = LAYOUTS[rule.layout][0]
+    if not isinstance(rule.path, tuple):
+        return [fwd(arr, tuple(targets[0]))]
+    rows = part_rows(rule, targets)
+    if arr.ndim == 0 or sum(rows) != arr.shape[0]:
+        return None
+    parts = np.split(arr, np.cumsum(rows)[:-1], axis=0)
+    return [fwd(p, tuple(t)) for p, t in zip(parts, targets, strict=True)]
 
 
 def _ignored(key: str, ignore: Iterable[str]) -> bool:
@@ -154,23 +221,31 @@ def convert(
         k = key.removeprefix(strip_prefix) if strip_prefix else key
         if _ignored(k, ignore):
             continue
-        rule, path = match_rule(rules, k, "key")
-        if rule is None or path not in want:
-            unmapped.append(k if rule is None else f"{k} (rule gives {path}, not a param)")
+        rule, paths = rule_targets(rules, k)
+        missing = [p for p in paths if p not in want]
+        if rule is None or missing:
+            unmapped.append(k if rule is None else f"{k} (rule gives {missing[0]}, not a param)")
             continue
-        if path in filled:
-            twice.append(f"{path} from {mapped_from[path]} and {k}")
+        again = [p for p in paths if p in filled]
+        if again:
+            twice.append(f"{again[0]} from {mapped_from[again[0]]} and {k}")
             continue
-        arr = to_numpy(value).astype(np.float32)
-        target = tuple(want[path].shape)
-        arr = LAYOUTS[rule.layout][0](arr, target)
-        if tuple(arr.shape) != target:
-            mismatched.append((k, tuple(np.shape(value)), path, target, rule.layout))
+        targets = [tuple(want[p].shape) for p in paths]
+        parts = to_nnx_parts(rule, to_numpy(value).astype(np.float32), targets)
+        if parts is None or any(tuple(a.shape) != t for a, t in zip(parts, targets)):
+            shape = tuple(np.shape(value))
+            if len(paths) == 1:
+                mismatched.append((k, shape, paths[0], targets[0], rule.layout))
+            else:  # a fused tensor: its parts' shapes, joined
+                mismatched.append((k, shape, " + ".join(paths), " + ".join(map(str, targets)),
+                                   f"{rule.layout} per part"))  # fmt: skip
             continue
-        out[path] = np.ascontiguousarray(arr)
-        filled.add(path)
-        mapped_from[path] = k
-    unfilled = sorted(set(want) - filled - {m[2] for m in mismatched})
+        for p, a in zip(paths, parts):
+            out[p] = np.ascontiguousarray(a)
+            filled.add(p)
+            mapped_from[p] = k
+    bad = {p for m in mismatched for p in m[2].split(" + ")}
+    unfilled = sorted(set(want) - filled - bad)
     if unmapped or unfilled or mismatched or twice:
         lines = [f"{source} does not fit {type(like).__name__}:"]
         if mismatched:
@@ -218,15 +293,27 @@ def export(params: Any, rules: Sequence[Rule]) -> dict[str, np.ndarray]:
         params = nnx.state(params, nnx.Param)
     pure = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
     leaves = jax.tree_util.tree_flatten_with_path(pure)[0]
-    out, unmapped = {}, []
+    out, unmapped, fused = {}, [], {}
     for p, v in leaves:
         path = path_str(p, ".", root="")
-        rule, key = match_rule(rules, path, "path")
+        rule, key, part = _source(rules, path)
         if rule is None:
             unmapped.append(path)
             continue
         arr = np.asarray(v, dtype=np.float32)
-        out[key] = np.ascontiguousarray(LAYOUTS[rule.layout][1](arr, arr.shape))
+        arr = LAYOUTS[rule.layout][1](arr, arr.shape)
+        if part is None:
+            out[key] = np.ascontiguousarray(arr)
+        else:  # one part of a fused tensor: joined once every part is here
+            out.setdefault(key, None)
+            fused.setdefault(key, (rule, {}))[1][part] = arr
+    for key, (rule, parts) in fused.items():
+        n = len(rule.path)
+        if len(parts) != n:
+            lost = [rule.path[i] for i in range(n) if i not in parts]
+            unmapped.append(f"{key} (no param for its parts {lost})")
+            continue
+        out[key] = np.ascontiguousarray(np.concatenate([parts[i] for i in range(n)], axis=0))
     if unmapped:
         raise PortError(f"no rule exports params {unmapped}", unmapped=unmapped)
-    return out
+    return {k: v for k, v in out.items() if v is not None}
