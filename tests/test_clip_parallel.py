@@ -23,10 +23,12 @@ steps x lr of their initial value instead.
 
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -144,7 +146,10 @@ def _flat(tree) -> dict[str, np.ndarray]:
 def four_device_child(spawn, tmp_path_factory):
     """Started at once (it compiles 8 train steps), so it runs while the other tests do."""
     cache = tmp_path_factory.mktemp("clip_dp_cache")
-    return spawn([__file__, cache], XLA_FLAGS=f"--xla_force_host_platform_device_count={N_DEV}")
+    root = str(Path(__file__).resolve().parents[1])  # the child imports experiments.*
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return spawn([__file__, cache], XLA_FLAGS=f"--xla_force_host_platform_device_count={N_DEV}",
+                 PYTHONPATH=path)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
