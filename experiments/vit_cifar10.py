@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments._support.common import Row
-from jaxgrad.data import ImageDataset, is_cifar10_dir, load_cifar10, load_image_folder
+from jaxgrad.data import ImageDataset
 from jaxgrad.data.sources import check_fits, load_classification_data
 from jaxgrad.errors import ConfigError
 from jaxgrad.inspect.doctor import diagnose
@@ -56,12 +56,13 @@ from jaxgrad.report.plan import Plan
 from jaxgrad.report.plots import plot_run_curves, run_title
 from jaxgrad.report.progress import Progress
 from jaxgrad.tasks.classifier import (
+    RECIPES,
     Hyper,
     classifier_loss,
     evaluate,
-    evaluate_saved,
-    load_trained,
+    evaluate_checkpoint,
     make_optimizer,
+    recipe_values,
     run_chunk_for,
 )
 from jaxgrad.training.checkpoint import save_params
@@ -74,28 +75,16 @@ from jaxgrad.training.rng import named_keys
 from jaxgrad.training.runs import resolved_config
 from jaxgrad.training.step import init_train_state
 
-#: recipe defaults; any of them can be overridden by its flag
-RECIPES = {
-    # the seed: Adam 1e-3 without warm-up (too hot for this transformer: the loss stalls near
-    # 1.9 and test accuracy ~25%, measured with PyTorch on an H100), no augmentation, fp32
-    "seed": Hyper(),
-    # AdamW + 5 warm-up epochs + cosine, label smoothing, crop+flip, bf16 compute, batch 512
-    "strong": Hyper(epochs=100, batch_size=512, optimizer="adamw", weight_decay=0.05,
-                    warmup_epochs=5.0, schedule="cosine", label_smoothing=0.1, augment=True,
-                    dtype="bfloat16"),
-    # the best a 2-core CPU does in 10 minutes (docs/results/vit.md): patch 8 (17 tokens),
-    # dim 128, depth 4, no dropout; AdamW 2e-3, half an epoch of warm-up, cosine, crop+flip
-    "cpu": Hyper(epochs=10, batch_size=128, lr=2e-3, optimizer="adamw", weight_decay=0.05,
-                 warmup_epochs=0.5, schedule="cosine", label_smoothing=0.1, augment=True,
-                 arch=(("patch_size", 8), ("dim", 128), ("depth", 4), ("heads", 4),
-                      ("dim_head", 32), ("mlp_dim", 256), ("dropout", 0.0),
-                      ("emb_dropout", 0.0))),
-}  # fmt: skip
+
+def _by_recipe(name: str, help: str, **bounds):
+    """A flag over the recipe's value of ``name`` (None: the recipe's; the help says each's)."""
+    return option(None, f"{help} (recipes: {recipe_values(name)})", **bounds)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    recipe: str = option("seed", "training recipe (its defaults below)", choices=tuple(RECIPES))
+    recipe: str = option("seed", "training recipe: jaxgrad.tasks.classifier.RECIPES[name] (its "
+                         "values below)", choices=tuple(RECIPES))  # fmt: skip
     data: str = option(
         "synthetic",
         "synthetic (embedded, NOT CIFAR-10) | cifar10 (python format; test split scored) | "
@@ -108,31 +97,23 @@ class Config:
     synthetic_size: int = option(12000, "number of synthetic images (train + validation)")
     train_limit: int | None = option(None, "train on N random training images only (quick runs)")
     cache_dir: str | None = option(None, "decoded image-folder cache (default ~/.cache/jaxgrad)")
-    model: str = option(
-        "seed", "ViT size: the seed's (12.7M params) or tiny", choices=("seed", "tiny")
-    )
-    dim: int | None = option(None, "override the model width (seed 512)")
-    depth: int | None = option(None, "override the number of blocks (seed 6)")
-    heads: int | None = option(None, "override the attention heads (seed 8)")
-    mlp_dim: int | None = option(None, "override the MLP width (seed 1024)")
-    epochs: int | None = option(None, "epochs (recipe: seed 10, strong 100)")
-    batch_size: int | None = option(
-        None, "global batch size, split over every device of every process (seed 64, strong 512)"
-    )
-    lr: float | None = option(None, "peak learning rate (recipe: 1e-3)", gt=0)
-    weight_decay: float | None = option(None, "AdamW decay of weight matrices (strong 0.05)", ge=0)
-    warmup_epochs: float | None = option(None, "linear warm-up epochs (strong 5)", ge=0)
-    label_smoothing: float | None = option(
-        None, "cross-entropy label smoothing in [0, 1) (strong 0.1)", ge=0, lt=1
-    )
-    augment: bool | None = option(None, "random crop (reflect pad 4) + flip (strong: on)")
-    dtype: str | None = option(None, "compute dtype float32|bfloat16 (strong: bf16)")
-    mix: float | None = option(
-        None, "probability of mixup/cutmix per batch (recipes: 0)", ge=0, le=1
-    )
-    attn_dropout: bool | None = option(
-        None, "dropout on attention probabilities as vit-pytorch (default); off: fused attention"
-    )
+    model: str = option("seed", f"ViT: seed = the recipe's model (patch size "
+                        f"{recipe_values('patch_size')}; dropout {recipe_values('dropout')}; "
+                        "width etc. below) or tiny", choices=("seed", "tiny"))  # fmt: skip
+    dim: int | None = _by_recipe("dim", "model width")
+    depth: int | None = _by_recipe("depth", "number of blocks")
+    heads: int | None = _by_recipe("heads", "attention heads")
+    mlp_dim: int | None = _by_recipe("mlp_dim", "MLP width")
+    epochs: int | None = _by_recipe("epochs", "epochs")
+    batch_size: int | None = _by_recipe("batch_size", "global batch size, split over every device")
+    lr: float | None = _by_recipe("lr", "peak learning rate", gt=0)
+    weight_decay: float | None = _by_recipe("weight_decay", "AdamW decay of weight matrices", ge=0)
+    warmup_epochs: float | None = _by_recipe("warmup_epochs", "linear warm-up epochs", ge=0)
+    label_smoothing: float | None = _by_recipe("label_smoothing", "label smoothing", ge=0, lt=1)
+    augment: bool | None = _by_recipe("augment", "random crop (reflect pad 4) + flip")
+    dtype: str | None = _by_recipe("dtype", "compute dtype float32|bfloat16")
+    mix: float | None = _by_recipe("mix", "probability of mixup/cutmix per batch", ge=0, le=1)
+    attn_dropout: bool | None = _by_recipe("attn_dropout", "attention dropout (off: fused kernel)")
     eval_batch_size: int = option(500, "evaluation batch size (memory only, not numerics)")
     steps_per_dispatch: int = option(64, "max train steps scanned per device dispatch")
     seed: int = option(0, "seed for init, dropout, data order and the synthetic data")
@@ -197,21 +178,17 @@ class Config:
         )  # fmt: skip
 
     def hyper(self) -> Hyper:
-        """The recipe's values with every flag that was given on top."""
-        base = RECIPES[self.recipe]
+        """The recipe (``RECIPES[recipe]``) with every flag that was given on top."""
         names = [f.name for f in dataclasses.fields(Hyper) if hasattr(self, f.name)]
-        given = {k: getattr(self, k) for k in names}
-        return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+        given = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+        return dataclasses.replace(RECIPES[self.recipe], **given)
 
     def vit(self) -> ViTConfig:
-        base = ViTConfig.seed() if self.model == "seed" else ViTConfig.tiny()
-        names = ("dim", "depth", "heads", "mlp_dim")
-        names += ("attn_dropout",)
+        """The recipe's model (``--model tiny``: the tiny ViT) with the model flags given on top."""
+        h, names = self.hyper(), ("dim", "depth", "heads", "mlp_dim", "attn_dropout")
+        tiny = dataclasses.replace(ViTConfig.tiny(), dtype=h.dtype)
         over = {k: getattr(self, k) for k in names if getattr(self, k) is not None}
-        h = self.hyper()
-        if self.model == "seed":  # a recipe's own model (cpu) replaces the seed's, not tiny
-            base = dataclasses.replace(base, **dict(h.arch))
-        return dataclasses.replace(base, dtype=h.dtype, **over)
+        return dataclasses.replace(h.vit() if self.model == "seed" else tiny, **over)
 
     def recorded(self, train: ImageDataset) -> dict:
         """What a checkpoint must match to be resumed: model, recipe and hyper-parameters, data
@@ -244,8 +221,12 @@ def _check_fits(ds: ImageDataset, vit: ViTConfig) -> None:
 def main(cfg: Config) -> dict:
     """Train (or with ``eval_only`` just evaluate); return the final metrics."""
     multi = initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)  # before any JAX
-    if cfg.eval_only:
-        return evaluate_only(cfg)
+    if cfg.eval_only:  # every image of --data-dir, classes matched to the model's by name
+        ev = evaluate_checkpoint(cfg.checkpoint, cfg.data_dir, batch_size=cfg.eval_batch_size,
+                                 cache_dir=cfg.cache_dir, progress=cfg.progress)  # fmt: skip
+        main_print(f"{ev['scored']}: accuracy {100 * ev['accuracy']:.2f}% on {ev['n']} images "
+                   f"of {ev['data']}")  # fmt: skip
+        return ev
     h, vit = cfg.hyper(), cfg.vit()
     if multi and cfg.devices is not None:
         raise ConfigError("--devices: a multi-process run uses every device of every process")
@@ -372,24 +353,6 @@ def _smaller(cfg: Config, vit: ViTConfig) -> tuple[str, float] | None:
     if cfg.train_limit is None or cfg.train_limit > 10000:
         return "--dim 96 --depth 3 --train-limit 10000", frac * 10000 / 45000
     return "--dim 96 --depth 3", frac
-
-
-def evaluate_only(cfg: Config) -> dict:
-    """Accuracy of a saved model on every image of ``--data-dir`` (CIFAR-10 test split, or
-    every image of an image folder), its classes matched to the model's by name."""
-    path, data_dir = Path(cfg.checkpoint), Path(cfg.data_dir)
-    trained = load_trained(path)
-    ds = (
-        load_cifar10(data_dir, train=False)
-        if is_cifar10_dir(data_dir)
-        else load_image_folder(data_dir, cache_dir=cfg.cache_dir, progress=cfg.progress)
-    )
-    ev = evaluate_saved(trained, ds, model=str(path), batch_size=cfg.eval_batch_size)
-    main_print(
-        f"{trained.scored}: accuracy {100 * ev['accuracy']:.2f}% on {ev['n']} images of {ds.source}"
-    )
-    return {**ev, "data": ds.source, "checkpoint": str(path), "scored": trained.scored,
-            "classes": list(ds.class_names)}  # fmt: skip
 
 
 def tour() -> list[Row]:

@@ -1,7 +1,9 @@
-"""The resolved recipes of experiments.vit_cifar10, pinned value by value: each ``--recipe``
-(seed, strong, cpu) and a few flag combinations on top resolve to exactly these ``Hyper`` and
-``ViTConfig`` values, and record exactly this config in a checkpoint (what ``--resume`` compares,
-so a change here would refuse to resume every earlier run)."""
+"""The resolved recipes of experiments.vit_cifar10 (``RECIPES`` in jaxgrad/tasks/classifier.py),
+pinned value by value: each ``--recipe`` (seed, strong, cpu: its own model, patch 8, dim 128,
+depth 4, no dropout) and a few flag combinations on top (flags override the recipe's model and
+values, ``--model tiny`` stays tiny) resolve to exactly these ``Hyper`` and ``ViTConfig`` values,
+and record exactly this config in a checkpoint (what ``--resume`` compares, so a change here
+would refuse to resume every earlier run)."""
 
 import dataclasses
 
@@ -11,6 +13,7 @@ import pytest
 from experiments.vit_cifar10 import Config
 from jaxgrad.data import ImageDataset
 from jaxgrad.report.cli import parse
+from jaxgrad.tasks.classifier import Hyper
 
 SEED = dict(epochs=10, batch_size=64, lr=1e-3, optimizer="adam", weight_decay=0.0,
             warmup_epochs=0.0, schedule="constant", label_smoothing=0.0, augment=False,
@@ -74,3 +77,16 @@ def test_each_recipe_and_its_flags_resolve_to_the_pinned_values(name):
         "data": "synthetic", "data_source": "fake", "n_train": 4, "classes": ["a", "b"],
         "n_val": 5000, "train_limit": None, "seed": 0, "synthetic_size": 12000,
     }  # fmt: skip
+
+
+def test_each_preset_spells_out_every_value_and_help_says_each_recipes(capsys):
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(Hyper))  # none hidden
+    with pytest.raises(SystemExit):
+        parse(Config, ["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    recipes = {name: CASES[name][1:] for name in ("seed", "strong", "cpu")}
+    for flag in ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
+                 "label_smoothing", "augment", "dtype", "mix"):  # fmt: skip
+        assert ", ".join(f"{r} {h[flag]}" for r, (h, _) in recipes.items()) in text, flag
+    for flag in ("dim", "depth", "heads", "mlp_dim", "attn_dropout", "patch_size", "dropout"):
+        assert ", ".join(f"{r} {v[flag]}" for r, (_, v) in recipes.items()) in text, flag

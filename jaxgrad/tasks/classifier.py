@@ -1,9 +1,9 @@
 """The image-classification task (``experiments.vit_cifar10``) in one place: its loss
 (:func:`classifier_loss`), metric (:func:`classifier_metric`), hyper-parameters
-(:class:`Hyper`), the optimizer they make, the jitted K-step program, the evaluation and
-:func:`load_trained`. The experiment resolves a recipe and its flags into a :class:`Hyper`;
-tests and benchmarks build the same optimizer and program from one, and the benchmark times
-these very functions.
+(:class:`Hyper`, its recipes :data:`RECIPES`), the optimizer they make, the jitted K-step
+program, the evaluation, :func:`load_trained` and ``--eval-only`` (:func:`evaluate_checkpoint`).
+The experiment resolves a recipe and its flags into a :class:`Hyper`; tests and benchmarks build
+the same optimizer and program from one, and the benchmark times these very functions.
 
 The loss is ``loss_fn(params, batch, step_key) -> (loss, aux)`` on a uint8 batch
 ``{"images": [B, H, W, 3], "labels": int32 [B]}``; ``step_key`` is the per-step key
@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxgrad.data.cifar10 import is_cifar10_dir, load_cifar10
 from jaxgrad.data.classes import match_classes, warn_unrecorded
-from jaxgrad.data.dataset import ImageDataset
+from jaxgrad.data.imagefolder import load_image_folder
 from jaxgrad.data.mix import mix_images, mix_targets
 from jaxgrad.data.pipeline import augment, normalize
 from jaxgrad.data.sources import check_fits
@@ -39,17 +40,9 @@ from jaxgrad.training.params_meta import read_params_meta
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.step import init_train_state
 
-__all__ = [
-    "Hyper",
-    "Trained",
-    "classifier_loss",
-    "classifier_metric",
-    "evaluate",
-    "evaluate_saved",
-    "load_trained",
-    "make_optimizer",
-    "run_chunk_for",
-]
+__all__ = ["RECIPES", "Hyper", "Trained", "classifier_loss", "classifier_metric", "evaluate",
+           "evaluate_checkpoint", "load_trained", "make_optimizer", "recipe_values",
+           "run_chunk_for"]  # fmt: skip
 
 
 def classifier_loss(
@@ -102,22 +95,57 @@ def classifier_metric(graphdef: nnx.GraphDef):
 
 @dataclasses.dataclass(frozen=True)
 class Hyper:
-    """Training hyper-parameters; the defaults are the seed's recipe (a recipe with the command
-    line's overrides is resolved by the experiment's ``Config.hyper``)."""
+    """Training hyper-parameters; the recipes (:data:`RECIPES`) spell out every field, the
+    experiment's ``Config.hyper`` puts the command line's flags on top of one."""
 
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"  # "adam" (the seed: torch.optim.Adam, no weight decay) or "adamw"
-    weight_decay: float = 0.0
-    warmup_epochs: float = 0.0
-    schedule: str = "constant"  # "constant" or "cosine" (warm-up then cosine decay to 0)
-    label_smoothing: float = 0.0
-    augment: bool = False
-    dtype: str = "float32"
-    nonfinite_guard: bool = True  # skip updates with a NaN/inf loss/grad/update/new param
-    mix: float = 0.0  # probability a batch is mixed by mixup or cutmix (jaxgrad.data.mix)
-    arch: tuple = ()  # the recipe's model: ((ViTConfig field, value), ...) over --model seed
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str  # "adam" (the seed: torch.optim.Adam, no weight decay) or "adamw"
+    weight_decay: float  # AdamW's, of weight matrices only
+    warmup_epochs: float
+    schedule: str  # "constant" or "cosine" (warm-up then cosine decay to 0)
+    label_smoothing: float
+    augment: bool  # random crop (reflect pad 4) + flip
+    dtype: str  # compute dtype: "float32" or "bfloat16"
+    nonfinite_guard: bool  # skip updates with a NaN/inf loss/grad/update/new param
+    mix: float  # probability a batch is mixed by mixup or cutmix (jaxgrad.data.mix)
+    arch: tuple  # the recipe's model: ((ViTConfig field, value), ...) over ViTConfig.seed()
+
+    def vit(self) -> ViTConfig:
+        """The recipe's model: the seed's ViT with ``arch`` on top, computing in ``dtype``."""
+        return dataclasses.replace(ViTConfig.seed(), dtype=self.dtype, **dict(self.arch))
+
+
+#: the ``--recipe`` choices, each a full preset: every value of a recipe is here, and only here
+RECIPES = {
+    # the seed's: Adam 1e-3 without warm-up (too hot for this transformer: the loss stalls near
+    # 1.9 and test accuracy ~25%, measured with PyTorch on an H100), no augmentation, fp32,
+    # batch 64, 10 epochs; the seed's ViT (12.7M params)
+    "seed": Hyper(epochs=10, batch_size=64, lr=1e-3, optimizer="adam", weight_decay=0.0,
+                  warmup_epochs=0.0, schedule="constant", label_smoothing=0.0, augment=False,
+                  dtype="float32", nonfinite_guard=True, mix=0.0, arch=()),
+    # AdamW + 5 warm-up epochs + cosine, label smoothing, crop+flip, bf16 compute, batch 512,
+    # 100 epochs; the seed's ViT
+    "strong": Hyper(epochs=100, batch_size=512, lr=1e-3, optimizer="adamw", weight_decay=0.05,
+                    warmup_epochs=5.0, schedule="cosine", label_smoothing=0.1, augment=True,
+                    dtype="bfloat16", nonfinite_guard=True, mix=0.0, arch=()),
+    # the best a 2-core CPU does in 10 minutes (docs/results/vit.md): patch 8 (17 tokens),
+    # dim 128, depth 4, no dropout; AdamW 2e-3, half an epoch of warm-up, cosine, crop+flip
+    "cpu": Hyper(epochs=10, batch_size=128, lr=2e-3, optimizer="adamw", weight_decay=0.05,
+                 warmup_epochs=0.5, schedule="cosine", label_smoothing=0.1, augment=True,
+                 dtype="float32", nonfinite_guard=True, mix=0.0,
+                 arch=(("patch_size", 8), ("dim", 128), ("depth", 4), ("heads", 4),
+                       ("dim_head", 32), ("mlp_dim", 256), ("dropout", 0.0),
+                       ("emb_dropout", 0.0))),
+}  # fmt: skip
+
+
+def recipe_values(name: str) -> str:
+    """Each recipe's value of a :class:`Hyper` or recipe-model field, for ``--help``:
+    ``recipe_values("epochs") == "seed 10, strong 100, cpu 10"``."""
+    values = {r: getattr(h if hasattr(h, name) else h.vit(), name) for r, h in RECIPES.items()}
+    return ", ".join(f"{r} {v}" for r, v in values.items())
 
 
 def make_optimizer(h: Hyper, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -257,18 +285,27 @@ def _check_sidecar(side: Path, sidecar: dict, embedded: dict, path: Path) -> Non
         )
 
 
-def evaluate_saved(trained: Trained, ds: ImageDataset, *, model: str, batch_size: int) -> dict:
-    """``{"loss", "accuracy", "n"}`` of a :func:`load_trained` model on ``ds``, whose classes
-    are matched to the model's label indices by name (:func:`jaxgrad.data.classes.match_classes`;
-    a model without recorded names: by sorted order, with a one-line warning)."""
+def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, *,
+                        batch_size: int, cache_dir: str | None = None, progress: bool = True,
+                        ) -> dict:  # fmt: skip
+    """``--eval-only``: ``{"loss", "accuracy", "n", "data", "checkpoint", "scored", "classes"}``
+    of a :func:`load_trained` model on every image of ``data_dir`` (a CIFAR-10 directory: its
+    test split; an image folder: every image), whose classes are matched to the model's label
+    indices by name (:func:`jaxgrad.data.classes.match_classes`; a model without recorded names:
+    by sorted order, with a one-line warning)."""
+    path, data_dir = Path(checkpoint), Path(data_dir)
+    trained = load_trained(path)
+    ds = (load_cifar10(data_dir, train=False) if is_cifar10_dir(data_dir)
+          else load_image_folder(data_dir, cache_dir=cache_dir, progress=progress))  # fmt: skip
     if trained.class_names is not None:
-        ds = match_classes(ds, trained.class_names, model=f"the model {model}")
+        ds = match_classes(ds, trained.class_names, model=f"the model {path}")
     else:
-        where = trained.sidecar or Path(model).with_name("vit_config.json")
-        warn_unrecorded(
-            ds, model=f"the model {model}", how=f'add "class_names": [...] (label order) to {where}'
-        )
+        where = trained.sidecar or path.with_name("vit_config.json")
+        how = f'add "class_names": [...] (label order) to {where}'
+        warn_unrecorded(ds, model=f"the model {path}", how=how)
     vit = trained.vit
     check_fits(ds, image_shape=(vit.image_size,) * 2 + (vit.channels,), num_classes=vit.num_classes)
     images, labels = jax.numpy.asarray(ds.images), jax.numpy.asarray(ds.labels)
-    return evaluate(trained.graphdef, batch_size, trained.params, images, labels)
+    ev = evaluate(trained.graphdef, batch_size, trained.params, images, labels)
+    return {**ev, "data": ds.source, "checkpoint": str(path), "scored": trained.scored,
+            "classes": list(ds.class_names)}  # fmt: skip
