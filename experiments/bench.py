@@ -121,6 +121,9 @@ class Config:
     eval_images: int = option(10_000, "evaluation images (CIFAR-10's test set)", gt=0)
     eval_batch: int = option(1000, "evaluation batch (forward only: any size gives the same "
                              "result)", gt=0)  # fmt: skip
+    layout: str = option("auto", "ViTConfig.layout: heads (per-head blocks, the CPU form), "
+                         "packed (one qkv matmul, the GPU form), auto (heads on CPU)",
+                         choices=("auto", "heads", "packed"))  # fmt: skip
     prng: str = option(
         "threefry2x32", "PRNG for dropout masks (rbg is cheaper on GPU; changes the masks)",
         choices=("threefry2x32", "rbg", "unsafe_rbg"),
@@ -175,7 +178,7 @@ def run_step(cfg: Config, params, keys: dict, peak: float | None, *, scan: bool)
     """One train step per dispatch (``scan=False``) or ``cfg.chunk`` per dispatch."""
     rows, opt = [], adam(cfg.flat_adam)
     for precision in cfg.precision:
-        vit = vit_config(cfg.size, precision)
+        vit = vit_config(cfg.size, precision, cfg.layout)
         factory = make_multi_step if scan else make_train_step
         step = factory(vit_loss(vit), opt)  # jitted, state donated
         for b in cfg.batch:
@@ -217,7 +220,7 @@ def run_epoch(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]
     rows, opt, b = [], adam(cfg.flat_adam), cfg.epoch_batch
     n_steps = steps_per_epoch(cfg.epoch_images, b)
     for precision in cfg.precision:
-        vit = vit_config(cfg.size, precision)
+        vit = vit_config(cfg.size, precision, cfg.layout)
         run_chunk = make_run_chunk(vit_loss(vit), opt)
         evaluate = vit_evaluate(vit, cfg.eval_batch)
         train = synthetic(keys["data"], (cfg.epoch_images,), vit)
@@ -248,7 +251,7 @@ def run_eval(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]:
     """The ViT experiment's evaluation pass over ``--eval-images`` (forward only)."""
     rows = []
     for precision in cfg.precision:
-        vit = vit_config(cfg.size, precision)
+        vit = vit_config(cfg.size, precision, cfg.layout)
         evaluate = vit_evaluate(vit, cfg.eval_batch)
         test = synthetic(jax.random.fold_in(keys["data"], 1), (cfg.eval_images,), vit)
         call = lambda evaluate=evaluate, test=test: evaluate(params, test["images"], test["labels"])
@@ -286,7 +289,7 @@ def run_clip(cfg: Config, keys: dict, peak: float | None) -> list[dict]:
 
 def run_torch(cfg: Config, peak: float | None, skipped: list[dict]) -> list[dict]:
     """The same ViT train step in PyTorch (experiments._support.bench_torch), each variant on its own."""
-    vit = vit_config(cfg.size, "highest")
+    vit = vit_config(cfg.size, "highest", cfg.layout)
     rows, threads = [], cfg.threads[0] or cfg.torch_threads
     for variant, b, t in time_torch(
         vit, variants=cfg.torch, batches=cfg.batch, runs=cfg.runs, warmup=cfg.warmup,
@@ -365,14 +368,14 @@ def run_scenarios(cfg: Config) -> tuple[list[dict], list[dict]]:
     peak = cfg.peak_tflops if cfg.peak_tflops is not None else default_peak_tflops()
     info = device_info()
     print(f"device: {info['device_kind']} ({info['platform']}), jax {info['jax']}, "
-          f"ViT size {cfg.size}, prng {cfg.prng}, MFU peak {peak or 'n/a'} TFLOP/s, "
-          f"{cfg.clock} clock (per-s rates are per {cfg.clock} second)")  # fmt: skip
+          f"ViT size {cfg.size}, layout {cfg.layout}, prng {cfg.prng}, "
+          f"MFU peak {peak or 'n/a'} TFLOP/s, {cfg.clock} clock (per-s rates are per {cfg.clock} second)")  # fmt: skip
     rows: list[dict] = []
     skipped: list[dict] = []
     if no_torch := "torch" in cfg.scenarios and importlib.util.find_spec("torch") is None:
         print("torch is not installed: the PyTorch side is skipped (pip install -e '.[torch]')")
         skipped.append({"scenario": "torch", "reason": "torch is not installed"})
-    params = vit_params(vit_config(cfg.size, "highest"), keys["init"])
+    params = vit_params(vit_config(cfg.size, "highest", cfg.layout), keys["init"])
     if "step" in cfg.scenarios:
         rows += run_step(cfg, params, keys, peak, scan=False)
     if "scan" in cfg.scenarios:

@@ -41,6 +41,8 @@ class Config:
     steps: int = option(5, "profiled steps on each side", gt=0)
     torch_threads: int = option(1, "torch.set_num_threads", gt=0)
     seed: int = option(0, "seed for parameters, data and dropout")
+    layout: str = option("auto", "ViTConfig.layout of the JAX step (auto: heads on CPU)",
+                         choices=("auto", "heads", "packed"))  # fmt: skip
 
     @classmethod
     def tiny(cls) -> Config:
@@ -50,7 +52,7 @@ class Config:
 def jax_families(cfg: Config) -> tuple[dict[str, float], float]:
     """``({family: ms per step}, ms per step on the CPU clock)`` of the faithful JAX step."""
     keys = named_keys(jax.random.key(cfg.seed), "init", "step", "data")
-    vit = vit_bench.vit_config(cfg.size, "highest")
+    vit = vit_bench.vit_config(cfg.size, "highest", cfg.layout)
     params = vit_bench.vit_params(vit, keys["init"])
     opt = vit_bench.adam()
     step = make_train_step(vit_bench.vit_loss(vit), opt)

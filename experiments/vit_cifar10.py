@@ -199,7 +199,7 @@ class Config:
         data.update(n_val=self.n_val, train_limit=self.train_limit, seed=self.seed)
         if self.data == "synthetic":
             data["synthetic_size"] = self.synthetic_size
-        vit = {f"vit_{k}": v for k, v in dataclasses.asdict(self.vit()).items()}
+        vit = {f"vit_{k}": v for k, v in self.vit().as_record().items()}
         return resolved_config({"recipe": self.recipe, "model": self.model,
                                 **dataclasses.asdict(self.hyper()), **vit, **data})  # fmt: skip
 
@@ -325,7 +325,7 @@ def _train(cfg: Config, h: Hyper, vit: ViTConfig, mesh, run: EpochRun, sets) -> 
         plan.epoch_done(epoch + 1 - start)
     bar.close()
     out = Path(cfg.out_dir)
-    model = {"vit": dataclasses.asdict(vit), "class_names": list(train.class_names)}
+    model = {"vit": vit.as_record(), "class_names": list(train.class_names)}
     save_params(out / "vit_params.npz", state.params, meta=model)  # needs nothing beside it
     atomic_write_json(out / "vit_config.json", {**model["vit"], "class_names": list(train.class_names)})  # fmt: skip
     if history:

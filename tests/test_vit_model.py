@@ -246,3 +246,46 @@ def test_attention_implementation_choice():
         ViTConfig(attention="cudnn")
     with pytest.raises(ValueError, match="ViTConfig.attention must be"):
         ViTConfig(attention="flash")
+
+
+def _with_layout(model, layout, **changes):
+    other = ViT(dataclasses.replace(CFG, layout=layout, **changes), rngs=nnx.Rngs(1))
+    nnx.update(other, nnx.state(model, nnx.Param))  # the same weights
+    return other
+
+
+@pytest.mark.parametrize("changes", [{}, {"attn_dropout": False}, {"pool": "mean"}])
+def test_heads_and_packed_layouts_are_one_function_with_the_same_masks(model, key, changes):
+    """The CPU layout (per-head blocks, hand-written backward) and the GPU/TPU layout (one qkv
+    matmul, [B, h, N, N] attention) give the same logits, the same training-mode outputs for
+    the same key (every dropout mask equal), and the same gradients."""
+    heads, packed = (
+        _with_layout(model, "heads", **changes),
+        _with_layout(model, "packed", **changes),
+    )
+    x = jax.random.normal(key, (3, 32, 32, 3))
+    dkey = jax.random.key(5)
+
+    def loss(params, graphdef, train):
+        m = nnx.merge(graphdef, params)
+        out = m(x, deterministic=not train, rngs=dkey if train else None)
+        return (out * jnp.arange(1.0, CFG.num_classes + 1)[None]).sum()
+
+    for train in (False, True):
+        got = [jax.value_and_grad(loss)(nnx.state(m, nnx.Param), nnx.graphdef(m), train)
+               for m in (heads, packed)]  # fmt: skip
+        np.testing.assert_allclose(got[0][0], got[1][0], rtol=1e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                     got[0][1], got[1][1])  # fmt: skip
+    # the training-mode function is not the eval one (the masks are really applied)
+    assert not np.isclose(loss(nnx.state(heads, nnx.Param), nnx.graphdef(heads), True),
+                          loss(nnx.state(heads, nnx.Param), nnx.graphdef(heads), False))  # fmt: skip
+
+
+def test_layout_auto_is_heads_on_cpu_and_is_validated():
+    assert ViTConfig().resolved_layout() == (
+        "heads" if jax.default_backend() == "cpu" else "packed"
+    )
+    assert ViTConfig(layout="packed").resolved_layout() == "packed"
+    with pytest.raises(ValueError, match="ViTConfig.layout must be"):
+        ViTConfig(layout="fast")

@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from jaxgrad.training.xla import keep_host_memory
+
 __all__ = ["CHILD_ENV", "child_config", "pin_threads", "run_children"]
 
 #: the child's config (JSON of the parent's, with one thread count and its own --out)
@@ -54,4 +56,5 @@ def child_config(config_cls):
     fields = json.loads(os.environ[CHILD_ENV])
     cfg = config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
     pin_threads(cfg.threads[0])
+    keep_host_memory()  # as parse() does in the parent
     return cfg

@@ -21,10 +21,12 @@ from jaxgrad.training.loop import abstract_params, init_params, make_evaluate
 REDUCED = {"dim": 96, "depth": 3, "heads": 3, "dim_head": 64, "mlp_dim": 192}
 
 
-def vit_config(size: str, precision: str) -> ViTConfig:
-    """``size`` seed | reduced | tiny; bf16 compute for ``precision="bf16"``."""
+def vit_config(size: str, precision: str, layout: str = "auto") -> ViTConfig:
+    """``size`` seed | reduced | tiny; bf16 compute for ``precision="bf16"``; ``layout`` as
+    :class:`ViTConfig` (auto: per-head blocks on CPU, packed elsewhere)."""
     base = ViTConfig(**REDUCED) if size == "reduced" else getattr(ViTConfig, size)()
-    return dataclasses.replace(base, dtype="bfloat16" if precision == "bf16" else "float32")
+    dtype = "bfloat16" if precision == "bf16" else "float32"
+    return dataclasses.replace(base, dtype=dtype, layout=layout)
 
 
 def adam(flat: bool = False) -> optax.GradientTransformation:

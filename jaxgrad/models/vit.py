@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxgrad.models import functional as F
+
 __all__ = [
     "ViT",
     "ViTConfig",
@@ -74,6 +76,11 @@ class ViTConfig:
     # the fused attention kernel: "auto" (cuDNN on a GPU in bfloat16, else XLA's), "xla" or
     # "cudnn" (GPU only; float16/bfloat16 only); numerics differ only by rounding
     attention: str = "auto"
+    # how the same function is laid out for the compiler: "heads" (one small matmul per head,
+    # gradients through jaxgrad.models.functional: fastest on XLA:CPU), "packed" (one qkv
+    # matmul, attention over [B, heads, N, N]: the GPU/TPU form, fused attention in eval), or
+    # "auto" (heads on CPU, packed elsewhere); same parameters, same masks, rounding apart
+    layout: str = "auto"
 
     def __post_init__(self):
         for name in ("image_size", "patch_size", "num_classes", "dim", "depth", "heads"):
@@ -96,6 +103,10 @@ class ViTConfig:
         if self.attention not in ("auto", "xla", "cudnn"):
             raise ValueError(
                 f"ViTConfig.attention must be 'auto', 'xla' or 'cudnn', got {self.attention!r}"
+            )
+        if self.layout not in ("auto", "heads", "packed"):
+            raise ValueError(
+                f"ViTConfig.layout must be 'auto', 'heads' or 'packed', got {self.layout!r}"
             )
         if self.attention == "cudnn" and self.dtype != "bfloat16":
             raise ValueError(
@@ -132,6 +143,19 @@ class ViTConfig:
     @property
     def compute_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
+
+    def as_record(self) -> dict:
+        """The fields a checkpoint records and a resume or a saved model compares: all but
+        ``layout`` (how the compiler is given the same function, so a run trained on a GPU
+        resumes or evaluates on a CPU)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "layout"}
+
+    def resolved_layout(self) -> str:
+        """``layout`` with "auto" decided by the default backend (at trace time): "heads" on
+        CPU, "packed" elsewhere."""
+        if self.layout != "auto":
+            return self.layout
+        return "heads" if jax.default_backend() == "cpu" else "packed"
 
     def attention_implementation(self) -> str | None:
         """``implementation=`` for ``jax.nn.dot_product_attention``: ``"cudnn"`` when asked, or
@@ -173,11 +197,31 @@ def _linear(cfg: ViTConfig, n_in: int, n_out: int, *, rngs: nnx.Rngs, bias: bool
     )
 
 
+class LayerNorm(nnx.LayerNorm):
+    """``nnx.LayerNorm`` (same parameters, same forward) with :func:`F.layer_norm`'s
+    closed-form backward. Float32 even under bf16 compute, as autocast keeps LayerNorm."""
+
+    def __call__(self, x, *, mask=None):
+        if mask is not None:
+            raise ValueError("jaxgrad's ViT LayerNorm takes no mask")
+        return F.layer_norm(x.astype(jnp.float32), self.scale[...], self.bias[...], self.epsilon)
+
+
 def _norm(cfg: ViTConfig, n: int, *, rngs: nnx.Rngs):
-    # float32 even under bf16 compute: autocast keeps LayerNorm in float32 too (and flax's
-    # LayerNorm statistics do not accept bf16 inputs under strict dtype promotion)
     del cfg
-    return nnx.LayerNorm(n, epsilon=_EPS, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+    return LayerNorm(n, epsilon=_EPS, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+
+
+def _drop(x, rate: float, rngs, **where):
+    """``nn.Dropout(rate)`` in training mode with the next key of ``rngs``' dropout stream (no
+    key is drawn when ``rate`` is 0, as ``nnx.Dropout``); ``where``: see :func:`F.dropout`."""
+    return F.dropout(x, rate, rngs.dropout(), **where) if rate else x
+
+
+def _dense(linear: nnx.Linear, x, dtype):
+    """``linear`` on ``x [..., K]`` through :func:`F.dense` (compute ``dtype``, as nnx.Linear)."""
+    w, b = linear.kernel[...].astype(dtype), linear.bias[...].astype(dtype)
+    return F.dense(x.reshape(-1, x.shape[-1]).astype(dtype), w, b).reshape(*x.shape[:-1], -1)
 
 
 class Attention(nnx.Module):
@@ -185,57 +229,92 @@ class Attention(nnx.Module):
 
     def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
         inner = cfg.heads * cfg.dim_head
-        self.heads, self.dim_head = cfg.heads, cfg.dim_head
+        self.heads, self.dim_head, self.rate = cfg.heads, cfg.dim_head, cfg.dropout
         self.attn_dropout = cfg.attn_dropout
+        self.cfg = cfg
         self.implementation = cfg.attention_implementation()
+        self.dtype = cfg.compute_dtype
         self.norm = _norm(cfg, cfg.dim, rngs=rngs)
         self.to_qkv = _linear(cfg, cfg.dim, 3 * inner, rngs=rngs, bias=False)
-        self.attn_drop = nnx.Dropout(cfg.dropout)
         # vit-pytorch drops the output projection only when heads == 1 and dim_head == dim
         self.project_out = not (cfg.heads == 1 and cfg.dim_head == cfg.dim)
         self.to_out = _linear(cfg, inner, cfg.dim, rngs=rngs) if self.project_out else None
-        self.out_drop = nnx.Dropout(cfg.dropout)
 
     def __call__(self, x, *, deterministic: bool, rngs: nnx.Rngs | None):
         """``x [B, N, dim]`` → ``[B, N, dim]`` (the residual is added by the caller)."""
+        drop_probs = not deterministic and self.rate > 0.0 and self.attn_dropout
+        if self.cfg.resolved_layout() == "heads":
+            out = self._heads(x, rngs if drop_probs else None)
+        else:
+            out = self._packed(x, rngs if drop_probs else None)
+        if self.to_out is not None and not deterministic:
+            out = _drop(out, self.rate, rngs)
+        return out.astype(jnp.float32)  # the residual stream stays float32
+
+    def _packed(self, x, rngs):
+        """One qkv projection viewed ``[B, N, 3, heads, dim_head]``, attention over ``[B, h, ...]``
+        (the fused kernel when no probability is dropped): the form GPUs and TPUs want."""
         b, n, _ = x.shape
         qkv = self.to_qkv(self.norm(x)).reshape(b, n, 3, self.heads, self.dim_head)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, heads, dim_head] each
         scale = self.dim_head**-0.5
-        if deterministic or self.attn_drop.rate == 0.0 or not self.attn_dropout:
-            # no dropout on the probabilities: the fused op computes the same softmax(q kᵀ s) v
+        if rngs is None:
             # jax's own bf16 path calls promote_types(bf16, f32) internally, which strict
             # dtype promotion rejects; the op itself is what we want, so allow it here only
             with jax.numpy_dtype_promotion("standard"):
                 out = jax.nn.dot_product_attention(
                     q, k, v, scale=scale, implementation=self.implementation
                 )
-        else:
-            # dropout on attention probabilities is not something the fused op offers
+        else:  # dropout on attention probabilities is not something the fused op offers
             dots = jnp.einsum("bqhd,bkhd->bhqk", q, k) * jnp.asarray(scale, q.dtype)
             attn = jax.nn.softmax(dots.astype(jnp.float32), axis=-1).astype(q.dtype)
-            attn = self.attn_drop(attn, deterministic=False, rngs=rngs)
-            out = jnp.einsum("bhqk,bkhd->bqhd", attn, v)
+            out = jnp.einsum("bhqk,bkhd->bqhd", _drop(attn, self.rate, rngs), v)
         out = out.reshape(b, n, self.heads * self.dim_head)
-        if self.to_out is not None:
-            out = self.out_drop(self.to_out(out), deterministic=deterministic, rngs=rngs)
-        return out.astype(jnp.float32)  # the residual stream stays float32
+        return self.to_out(out) if self.to_out is not None else out
+
+    def _heads(self, x, rngs):
+        """One ``[B·N, dim_head]`` block per head and per q/k/v (:func:`F.project_heads`), so
+        nothing is transposed: the form XLA:CPU runs fastest. Head i's dropped probabilities are
+        slice i of the ``[B, heads, N, N]`` mask the packed form draws."""
+        b, n, c = x.shape
+        h, d = self.heads, self.dim_head
+        xn = self.norm(x).reshape(b * n, c).astype(self.dtype)
+        blocks = F.project_heads(xn, self.to_qkv.kernel[...].astype(self.dtype), d)
+        key = None if rngs is None else rngs.dropout()  # one draw for every head's mask
+        scale = jnp.asarray(d**-0.5, self.dtype)
+        outs = []
+        for i in range(h):
+            q, k, v = (blocks[s * h + i].reshape(b, n, d) for s in range(3))
+            dots = jnp.einsum("bqd,bkd->bqk", q, k) * scale
+            attn = jax.nn.softmax(dots.astype(jnp.float32), axis=-1).astype(self.dtype)
+            if key is not None:
+                attn = F.dropout(attn, self.rate, key, shape=(b, h, n, n), at=(1, i))
+            outs.append(jnp.einsum("bqk,bkd->bqd", attn, v).reshape(b * n, d))
+        if self.to_out is None:
+            return outs[0].reshape(b, n, d)
+        w, bias = (p[...].astype(self.dtype) for p in (self.to_out.kernel, self.to_out.bias))
+        return F.merge_heads(tuple(outs), w, bias).reshape(b, n, c)
 
 
 class FeedForward(nnx.Module):
     """vit-pytorch ``FeedForward``: LN → Linear → GELU(erf) → Dropout → Linear → Dropout."""
 
     def __init__(self, cfg: ViTConfig, *, rngs: nnx.Rngs):
+        self.rate, self.dtype, self.cfg = cfg.dropout, cfg.compute_dtype, cfg
         self.norm = _norm(cfg, cfg.dim, rngs=rngs)
         self.fc1 = _linear(cfg, cfg.dim, cfg.mlp_dim, rngs=rngs)
         self.fc2 = _linear(cfg, cfg.mlp_dim, cfg.dim, rngs=rngs)
-        self.drop1 = nnx.Dropout(cfg.dropout)
-        self.drop2 = nnx.Dropout(cfg.dropout)
 
     def __call__(self, x, *, deterministic: bool, rngs: nnx.Rngs | None):
-        h = jax.nn.gelu(self.fc1(self.norm(x)), approximate=False)
-        h = self.drop1(h, deterministic=deterministic, rngs=rngs)
-        out = self.drop2(self.fc2(h), deterministic=deterministic, rngs=rngs)
+        layout = self.cfg.resolved_layout()
+        if layout == "heads":
+            h = _dense(self.fc1, self.norm(x), self.dtype)
+        else:
+            h = self.fc1(self.norm(x))
+        h = jax.nn.gelu(h, approximate=False)
+        h = h if deterministic else _drop(h, self.rate, rngs)
+        out = _dense(self.fc2, h, self.dtype) if layout == "heads" else self.fc2(h)
+        out = out if deterministic else _drop(out, self.rate, rngs)
         return out.astype(jnp.float32)  # the residual stream stays float32
 
 
@@ -269,7 +348,6 @@ class ViT(nnx.Module):
         self.pos_embedding = nnx.Param(
             jax.random.normal(rngs.params(), (1, cfg.num_patches + 1, cfg.dim))
         )
-        self.emb_drop = nnx.Dropout(cfg.emb_dropout)
         self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.depth)])
         self.norm = _norm(cfg, cfg.dim, rngs=rngs)
         self.mlp_head = _linear(cfg, cfg.dim, cfg.num_classes, rngs=rngs)
@@ -306,11 +384,15 @@ class ViT(nnx.Module):
         # b (h p1) (w p2) c -> b (h w) (p1 p2 c)
         x = images.astype(jnp.float32).reshape(b, g, p, g, p, cfg.channels)
         x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, g * g, cfg.patch_dim)
-        x = self.patch_proj(self.patch_norm_in(x)).astype(jnp.float32)
-        x = self.patch_norm_out(x)
+        layout = cfg.resolved_layout()
+        if layout == "heads":
+            x = _dense(self.patch_proj, self.patch_norm_in(x), cfg.compute_dtype)
+            x = self.patch_norm_out(x.astype(jnp.float32))
+        else:
+            x = self.patch_norm_out(self.patch_proj(self.patch_norm_in(x)).astype(jnp.float32))
         cls = jnp.broadcast_to(self.cls_token[...], (b, 1, cfg.dim))
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embedding[...]
-        x = self.emb_drop(x, deterministic=deterministic, rngs=rngs)
+        x = x if deterministic else _drop(x, cfg.emb_dropout, rngs)
         for block in self.layers:
             x = block(x, deterministic=deterministic, rngs=rngs)
         x = self.norm(x)
@@ -319,6 +401,8 @@ class ViT(nnx.Module):
     def __call__(self, images, *, deterministic: bool = True, rngs=None):
         """``[B, H, W, C]`` float → logits ``[B, num_classes]`` (float32 whatever the dtype)."""
         x = self.embed(images, deterministic=deterministic, rngs=rngs)
+        if self.cfg.resolved_layout() == "heads":
+            return _dense(self.mlp_head, x, self.cfg.compute_dtype).astype(jnp.float32)
         return self.mlp_head(x).astype(jnp.float32)
 
 

@@ -14,7 +14,8 @@ Declare each field with :func:`option` so its default and its reason sit togethe
 
 ``--tiny`` starts from ``Config.tiny()``; explicit flags override it. Parsing also turns on
 the persistent compilation cache (:func:`jaxgrad.training.xla.enable_compile_cache`) unless
-``--no-compile-cache`` is given. A config's
+``--no-compile-cache`` is given, and keeps freed host memory for XLA:CPU's next call
+(:func:`jaxgrad.training.xla.keep_host_memory`; ``JAXGRAD_MALLOC=system`` leaves it). A config's
 ``__post_init__`` may raise ValueError; the message is shown as a usage error (exit code 2).
 
 Validation (:func:`check_config`, run by :func:`parse` on every config and callable from
@@ -47,7 +48,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from jaxgrad.errors import ConfigError, UserError
-from jaxgrad.training.xla import enable_compile_cache
+from jaxgrad.training.xla import enable_compile_cache, keep_host_memory
 
 __all__ = ["check_config", "one_line", "option", "parse", "positive", "run_main", "to_dict"]
 
@@ -217,6 +218,7 @@ def parse(cls: type[C], argv: Sequence[str] | None = None, description: str | No
     ns.pop("traceback", None)  # read by run_main()
     if not ns.pop("no_compile_cache", False):
         enable_compile_cache()
+    keep_host_memory()
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in ns.items()}
     try:
         base = cls.tiny() if tiny else cls()

@@ -1,11 +1,15 @@
-"""XLA compiler options shared across jaxgrad, and the persistent compilation cache."""
+"""XLA compiler options shared across jaxgrad, the persistent compilation cache, and the host
+memory setting XLA:CPU wants (:func:`keep_host_memory`)."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from pathlib import Path
 
-__all__ = ["CACHE_ENV", "RUN_ONCE", "compile_cache_dir", "enable_compile_cache"]
+__all__ = ["CACHE_ENV", "MALLOC_ENV", "RUN_ONCE", "compile_cache_dir", "enable_compile_cache",
+           "keep_host_memory"]  # fmt: skip
 
 #: ``jax.jit(..., compiler_options=RUN_ONCE)`` for programs that run once or briefly (model init,
 #: the doctor's summaries, the coverage probe, tiny demo runs): XLA's backend optimisation level 0
@@ -55,3 +59,31 @@ def enable_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return folder
+
+
+#: environment variable: ``system`` (or ``off``, ``0``...) leaves the C allocator as it is
+MALLOC_ENV = "JAXGRAD_MALLOC"
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters
+
+
+def keep_host_memory() -> bool:
+    """Keep freed host memory in the process for the next call instead of returning it to the
+    OS; True if glibc took the settings (False elsewhere, or with ``JAXGRAD_MALLOC=system``).
+
+    XLA:CPU allocates each call's temporaries (~160 MB for the reduced ViT step at batch 64)
+    and frees them when the call ends. glibc serves blocks that large with ``mmap`` and unmaps
+    them on free, so every step page-faults all of it back in: 40,780 page faults and ~25% of
+    the step's CPU time (docs/results/vit_cpu_profile.md). ``mallopt`` turns that off (no mmap,
+    no trimming, one arena so XLA's worker threads reuse the same heap): the process stays at
+    its peak heap size, as with tcmalloc or jemalloc. Call it before JAX's first computation
+    (the experiments do, in :func:`jaxgrad.report.cli.parse`).
+    """
+    if os.environ.get(MALLOC_ENV, "").strip().lower() in _OFF - {""} | {"system"}:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to set
+        return False
+    settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**30), (_M_ARENA_MAX, 1))
+    return all(mallopt(param, value) == 1 for param, value in settings)
