@@ -77,6 +77,7 @@ from jaxgrad.training.loop import (
 )
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.step import init_train_state, make_multi_step, make_train_step
+from jaxgrad.training.xla import WIDE_VECTORS
 
 PRECISIONS = ("highest", "default", "bf16")
 SCENARIOS = ("step", "scan", "epoch", "eval", "clip", "torch")
@@ -180,7 +181,7 @@ def run_step(cfg: Config, params, keys: dict, peak: float | None, *, scan: bool)
     for precision in cfg.precision:
         vit = vit_config(cfg.size, precision, cfg.layout)
         factory = make_multi_step if scan else make_train_step
-        step = factory(vit_loss(vit), opt)  # jitted, state donated
+        step = factory(vit_loss(vit), opt, compiler_options=WIDE_VECTORS)  # jitted, donated
         for b in cfg.batch:
             k = cfg.chunk if scan else 1
             data = synthetic(keys["data"], (k, b) if scan else (b,), vit)
@@ -221,7 +222,7 @@ def run_epoch(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]
     n_steps = steps_per_epoch(cfg.epoch_images, b)
     for precision in cfg.precision:
         vit = vit_config(cfg.size, precision, cfg.layout)
-        run_chunk = make_run_chunk(vit_loss(vit), opt)
+        run_chunk = make_run_chunk(vit_loss(vit), opt, compiler_options=WIDE_VECTORS)
         evaluate = vit_evaluate(vit, cfg.eval_batch)
         train = synthetic(keys["data"], (cfg.epoch_images,), vit)
         test = synthetic(jax.random.fold_in(keys["data"], 1), (cfg.eval_images,), vit)

@@ -23,6 +23,7 @@ from jaxgrad.report.cli import option, run_main
 from jaxgrad.report.tables import print_table
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.step import init_train_state, make_train_step
+from jaxgrad.training.xla import WIDE_VECTORS
 
 #: torch ops -> the families of jaxgrad.inspect.bench.OP_KINDS (first match wins)
 TORCH_KINDS = (
@@ -55,7 +56,7 @@ def jax_families(cfg: Config) -> tuple[dict[str, float], float]:
     vit = vit_bench.vit_config(cfg.size, "highest", cfg.layout)
     params = vit_bench.vit_params(vit, keys["init"])
     opt = vit_bench.adam()
-    step = make_train_step(vit_bench.vit_loss(vit), opt)
+    step = make_train_step(vit_bench.vit_loss(vit), opt, compiler_options=WIDE_VECTORS)
     data = vit_bench.synthetic(keys["data"], (cfg.batch,), vit)
     fresh = lambda: init_train_state(jax.tree.map(jnp.copy, params), opt)  # noqa: E731
     with jax.default_matmul_precision("highest"):

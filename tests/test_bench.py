@@ -193,14 +193,19 @@ def test_profile_jit_threads_a_donated_carry_and_labels_the_top_op():
 def test_op_time_shares_bucket_by_name_and_label_and_sum_to_one():
     ops = [
         {"op": "while.3", "label": "jit(step)/jvp(jit(_bernoulli))/jit(_uniform)/while", "ms_per_call": 2.0},
-        {"op": "ynn_fusion.1", "label": "jit(step)/jvp()/dot_general", "ms_per_call": 1.0},
-        {"op": "ynn_fusion.2", "label": "jit(step)/jvp()/reduce_max", "ms_per_call": 0.5},
-        {"op": "copy.7", "label": "", "ms_per_call": 0.5},
+        # the inlined masks of jaxgrad.models.functional.dropout carry its name scope
+        {"op": "select_fusion", "label": "jit(step)/dropout/select_n", "ms_per_call": 1.0},
+        {"op": "ynn_fusion.1", "label": "jit(step)/jvp()/dot_general", "ms_per_call": 2.0},
+        {"op": "ynn_fusion.2", "label": "jit(step)/jvp()/reduce_max", "ms_per_call": 1.0},
+        {"op": "copy.7", "label": "", "ms_per_call": 1.0},
+        {"op": "transpose_copy_fusion.2", "label": "jit(step)/squeeze", "ms_per_call": 1.0},
         {"op": "add_fusion", "label": "jit(step)/add", "ms_per_call": 1.0},
+        # an element-wise fusion named after a bitcast inside it is not a copy
+        {"op": "add_bitcast_fusion", "label": "jit(step)/add", "ms_per_call": 1.0},
     ]  # fmt: skip
     shares = op_time_shares(ops)
-    assert shares == {"dropout RNG": 0.4, "matmul": 0.2, "other": 0.2, "softmax/norm/gelu": 0.1,
-                      "layout/copy": 0.1}  # fmt: skip
+    assert shares == pytest.approx({"dropout RNG": 0.3, "matmul": 0.2, "layout/copy": 0.2,
+                                    "other": 0.2, "softmax/norm/gelu": 0.1})  # fmt: skip
     assert list(shares)[0] == "dropout RNG"  # largest first
 
 

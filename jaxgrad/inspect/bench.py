@@ -316,12 +316,18 @@ def profile_jit(jitted: Any, *args: Any, carry: bool = False, top: int = 15) -> 
     return {"op_time_share": op_time_shares(ops), "top_ops": ops[:top]}
 
 
-#: how :func:`op_time_shares` buckets XLA ops (first match wins) by HLO name + JAX source label
+#: how :func:`op_time_shares` buckets XLA ops (first match wins) by HLO name + JAX source label;
+#: layout/copy counts only ops that move data (a fusion is named after its root op, so an
+#: element-wise fusion that merely contains a bitcast is not a copy)
 OP_KINDS = (
-    ("dropout RNG", r"bernoulli|_uniform|threefry|random_bits|rng_bit"),
+    ("dropout RNG", r"bernoulli|_uniform|threefry|random_bits|rng_bit|dropout"),
     ("matmul", r"dot_general|^dot|cublas|gemm|cudnn"),
-    ("softmax/norm/gelu", r"reduce|exp|erf|rsqrt|softmax|logistic"),
-    ("layout/copy", r"^copy|transpose|^wrapped_broadcast|bitcast"),
+    ("softmax/norm/gelu", r"reduce|exp|erf|rsqrt|softmax|logistic|layer_norm"),
+    (
+        "layout/copy",
+        r"^(copy|transpose|concatenate|bitcast_pad|wrapped_pad|wrapped_slice|"
+        r"wrapped_broadcast|wrapped_concatenate|wrapped_transpose)",
+    ),
 )
 
 

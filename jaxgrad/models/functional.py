@@ -99,9 +99,10 @@ def dropout(x: jax.Array, rate: float, key, *, at=None, shape=None) -> jax.Array
     tensor of ``shape``, and gets that slice of its mask (one head of ``[B, h, N, N]``)."""
     if rate == 0.0:
         return x
-    mask = dropout_mask(key, rate, tuple(x.shape if shape is None else shape), at=at)
-    scale = np.float32(1.0) / np.float32(1.0 - rate)
-    return jnp.where(mask, x * jnp.asarray(scale, x.dtype), jnp.zeros((), x.dtype))
+    with jax.named_scope("dropout"):  # profiles (jaxgrad.inspect.bench.OP_KINDS) find it by name
+        mask = dropout_mask(key, rate, tuple(x.shape if shape is None else shape), at=at)
+        scale = np.float32(1.0) / np.float32(1.0 - rate)
+        return jnp.where(mask, x * jnp.asarray(scale, x.dtype), jnp.zeros((), x.dtype))
 
 
 def _weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
@@ -179,6 +180,7 @@ def _merge_bwd(res, g):
 merge_heads.defvjp(_merge_fwd, _merge_bwd)
 
 
+@jax.named_scope("layer_norm")
 def _normalise(x, eps):
     # flax's LayerNorm statistics (use_fast_variance): var = E[x²] − E[x]², clipped at 0
     mean = x.mean(-1, keepdims=True)
@@ -207,6 +209,7 @@ def _ln_fwd(x, scale, bias, eps):
     return _affine(xhat, scale, bias), (xhat, r, scale)
 
 
+@jax.named_scope("layer_norm")
 def _ln_bwd(eps, res, g):
     xhat, r, scale = res
     gx = g * _row(scale, g.ndim)

@@ -39,6 +39,7 @@ from jaxgrad.training.loop import abstract_params, make_evaluate, make_run_chunk
 from jaxgrad.training.params_meta import read_params_meta
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.step import init_train_state
+from jaxgrad.training.xla import WIDE_VECTORS
 
 __all__ = ["RECIPES", "Hyper", "Trained", "classifier_loss", "classifier_metric", "evaluate",
            "evaluate_checkpoint", "load_trained", "make_optimizer", "recipe_values",
@@ -178,7 +179,8 @@ def run_chunk_for(graphdef, h: Hyper, steps_per_epoch: int, mesh=None):
     or repeated run in the same process, e.g. in tests, reuses the compiled program)."""
     loss_fn = classifier_loss(graphdef, label_smoothing=h.label_smoothing, use_augment=h.augment,
                               mix_prob=h.mix)  # fmt: skip
-    return make_run_chunk(loss_fn, make_optimizer(h, steps_per_epoch), mesh=mesh)
+    return make_run_chunk(loss_fn, make_optimizer(h, steps_per_epoch), mesh=mesh,
+                          compiler_options=WIDE_VECTORS)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=8)

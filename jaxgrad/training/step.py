@@ -43,6 +43,7 @@ def make_train_step(
     extra_metrics: Callable[[Any, Any, Any], dict] | None = None,
     jit: bool = True,
     donate: bool = True,
+    compiler_options: dict | None = None,
 ) -> Callable[[TrainState, Any, jax.Array], tuple[TrainState, dict]]:
     """Return ``step(state, batch, key) -> (new_state, metrics)``.
 
@@ -55,6 +56,8 @@ def make_train_step(
         jitted step (e.g. per-module gradient norms); merged into the metrics.
       jit: compile the step (turn off to debug with prints).
       donate: donate the incoming state's buffers (the caller must not reuse ``state``).
+      compiler_options: XLA options for this program (``jax.jit(compiler_options=)``), e.g.
+        :data:`jaxgrad.training.xla.WIDE_VECTORS`.
     The step key is ``fold_in(key, state.step)``: pass the same base key every step.
     An optimizer with extra-args support gets the loss as ``value=`` (optax's convention, used
     by ``reduce_on_plateau`` and by :func:`jaxgrad.training.guard.skip_nonfinite`).
@@ -86,7 +89,7 @@ def make_train_step(
 
     if not jit:
         return step
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    return jax.jit(step, donate_argnums=(0,) if donate else (), compiler_options=compiler_options)
 
 
 def make_eval_step(
@@ -105,6 +108,7 @@ def make_multi_step(
     *,
     jit: bool = True,
     donate: bool = True,
+    compiler_options: dict | None = None,
     **step_options: Any,
 ) -> Callable[[TrainState, Any, jax.Array], tuple[TrainState, dict]]:
     """:func:`make_train_step` (same arguments; ``step_options``: ``post_update``,
@@ -121,4 +125,4 @@ def make_multi_step(
 
     if not jit:
         return steps
-    return jax.jit(steps, donate_argnums=(0,) if donate else ())
+    return jax.jit(steps, donate_argnums=(0,) if donate else (), compiler_options=compiler_options)
