@@ -38,47 +38,37 @@ import dataclasses
 import functools
 import tempfile
 import time
-from pathlib import Path
-from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
+from experiments._support.clip_setup import load_data, report_groups, setup
 from experiments._support.common import Row, fmt
-from jaxgrad.data.captions import TEMPLATES, Tokenizer, caption_table
-from jaxgrad.data.dataset import ImageDataset, train_val_split
-from jaxgrad.data.imagefolder import load_image_folder
+from jaxgrad.data.captions import TEMPLATES
+from jaxgrad.data.dataset import ImageDataset
 from jaxgrad.data.pipeline import take
-from jaxgrad.data.synthetic import make_synthetic
-from jaxgrad.errors import ConfigError, MissingDataError
+from jaxgrad.errors import ConfigError
 from jaxgrad.inspect.doctor import diagnose
-from jaxgrad.models.clip import IMAGE_TOWER, MAX_LOGIT_SCALE, TEXT_TOWER, ClipConfig, ClipModel
-from jaxgrad.models.text import TextConfig
-from jaxgrad.models.vit import ViTConfig
-from jaxgrad.port.hf_clip import load_pretrained
+from jaxgrad.models.clip import MAX_LOGIT_SCALE, TEXT_TOWER
 from jaxgrad.port.hf_random import HAVE_TRANSFORMERS, save_random_clip
 from jaxgrad.report.cli import check_config, option, positive, run_main, to_dict
-from jaxgrad.report.io import JsonlLogger, atomic_write_json
 from jaxgrad.report.plan import Plan
 from jaxgrad.report.plots import run_title
 from jaxgrad.report.progress import Progress
-from jaxgrad.tasks.clip import CLIP_LOSSES, CLIP_STEP, clip_loss_fn, clip_optimizer, param_groups
-from jaxgrad.tasks.clip_eval import make_evaluator, plot_clip_run, print_param_groups
-from jaxgrad.tasks.clip_inputs import TowerInputs, tower_inputs, with_image_tower
+from jaxgrad.tasks.clip import CLIP_LOSSES, CLIP_STEP
+from jaxgrad.tasks.clip_eval import make_evaluator, plot_clip_run
 from jaxgrad.tasks.clip_parallel import batch_layout, place_for_training
-from jaxgrad.training.checkpoint import save_params
-from jaxgrad.training.distributed import initialize, is_main, main_print
-from jaxgrad.training.loop import init_params, make_run_chunk, train_steps
+from jaxgrad.training.distributed import initialize, main_print
+from jaxgrad.training.lifecycle import Run
+from jaxgrad.training.loop import make_run_chunk, train_steps
 from jaxgrad.training.parallel import make_mesh
-from jaxgrad.training.rng import named_keys
-from jaxgrad.training.runs import open_run_dir
+from jaxgrad.training.params_file import save_params
+from jaxgrad.training.runs import RunFlags
 from jaxgrad.training.step import TrainState, init_train_state
 from jaxgrad.training.xla import RUN_ONCE
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(RunFlags):
     data: str = option("synthetic", "image source", choices=("synthetic", "folder"))
     data_dir: str = option("data/train", "root/<class>/<image> folder for --data folder")
     n_images: int = option(6000, "images used (synthetic: generated; folder: random subset, 0=all)")
@@ -132,26 +122,7 @@ class Config:
     steps_per_dispatch: int = option(50, "max train steps scanned per device dispatch")
     seed: int = option(0, "one seed for init, data order, captions, augmentation")
     out_dir: str = option("runs/clip_contrastive", "JSONL metrics, PNG curves, final JSON")
-    overwrite: bool | None = option(
-        False,
-        "replace the CLIP run --out-dir holds (only a folder with a clip_contrastive run marker; "
-        "--tiny: replaces only a previous tiny run; --no-overwrite: never)",
-    )
-    tiny_run: bool = option(
-        False,
-        "record the run as a throwaway tiny run (set by --tiny): the next tiny run may replace it",
-    )
-    progress: bool = option(True, "progress bar (plain lines when not a terminal)")
     fast_compile: bool = option(False, "XLA backend opt level 0: ~2x faster compiles, slower steps")
-    doctor: bool = option(False, "print the gradient-flow doctor's report before training")
-    devices: int | None = option(
-        None, "data-parallel over this many devices (default: all visible; 1: off)"
-    )
-    coordinator: str | None = option(
-        None, "multi-process: host:port of process 0 (None: launcher env / cluster / one process)"
-    )
-    num_processes: int | None = option(None, "multi-process: process count (None: env / 1)")
-    process_id: int | None = option(None, "multi-process: this process's rank (None: env / 0)")
 
     def __post_init__(self):
         check_config(self)
@@ -195,105 +166,6 @@ class Config:
         )  # fmt: skip
 
 
-def load_data(cfg: Config) -> tuple[ImageDataset, ImageDataset]:
-    """``(train, val)`` image sets; folder subsets are drawn by ``cfg.seed``."""
-    if cfg.data == "synthetic":
-        ds = make_synthetic(cfg.n_images + cfg.n_val, seed=cfg.seed)
-    else:
-        if not Path(cfg.data_dir).is_dir():
-            raise MissingDataError(
-                f"--data-dir {cfg.data_dir} is not a folder; extract the images first, e.g. "
-                "mkdir -p data && tar -xzf ../shared/data/cifar10-train-jpeg.tar.gz -C data"
-            )
-        ds = load_image_folder(cfg.data_dir, progress=cfg.progress)
-        if cfg.n_images and cfg.n_images + cfg.n_val >= len(ds):  # "at most": said, not silent
-            main_print(f"note: --n-images {cfg.n_images} + --n-val {cfg.n_val} is not below the "
-                       f"{len(ds)} images of {ds.source}: using all of them")  # fmt: skip
-        elif cfg.n_images:
-            pick = np.random.default_rng(cfg.seed).permutation(len(ds))[: cfg.n_images + cfg.n_val]
-            ds = ds.subset(np.sort(pick))
-    return train_val_split(ds, cfg.n_val, seed=cfg.seed)
-
-
-def model_config(cfg: Config, vocab_size: int, image_size: int, tower=None) -> ClipConfig:
-    """``tower``: the loaded CLIP vision tower (``--image-encoder clip``); its projection_dim
-    is the shared width; with ``--freeze-image`` the model has no image tower (cached)."""
-    text = TextConfig(
-        vocab_size=vocab_size, max_len=cfg.max_len, dim=cfg.text_dim, depth=cfg.text_depth,
-        heads=cfg.heads, mlp_dim=2 * cfg.text_dim,
-    )  # fmt: skip
-    bias = -10.0 if cfg.loss.startswith("siglip") else None  # SigLIP's initial bias
-    if tower is not None:
-        image = None if cfg.freeze_image else tower.cfg
-        return ClipConfig(image=image, text=text, embed_dim=tower.cfg.projection_dim,
-                          logit_bias_init=bias)  # fmt: skip
-    image = ViTConfig(
-        image_size=image_size, patch_size=cfg.patch_size, dim=cfg.image_dim,
-        depth=cfg.image_depth, heads=cfg.heads, dim_head=cfg.image_dim // cfg.heads,
-        mlp_dim=2 * cfg.image_dim, dropout=0.0, emb_dropout=0.0,
-    )  # fmt: skip
-    return ClipConfig(image=image, text=text, embed_dim=cfg.embed_dim, logit_bias_init=bias)
-
-
-class Setup(NamedTuple):
-    """What ``main``, the tour and the tests build from a config (:func:`setup`)."""
-
-    keys: dict[str, jax.Array]  # "init", "data", "step" (the per-step key)
-    tokenizer: Tokenizer
-    captions: tuple[jax.Array, jax.Array]  # ids, mask [T, C, L]
-    graphdef: Any
-    params: Any
-    rest: Any
-    loss_fn: Any  # jaxgrad.tasks.clip.clip_loss_fn
-    optimizer: Any  # jaxgrad.tasks.clip.clip_optimizer
-    frozen: Any  # the bool mask the optimizer freezes (all False without --freeze-image)
-    inputs: TowerInputs  # what batch["images"] holds for train and val (jaxgrad.tasks.clip_inputs)
-
-
-def setup(cfg: Config, train: ImageDataset, val: ImageDataset | None = None, *,
-          mesh=None) -> Setup:  # fmt: skip
-    """Model, captions, params, loss and optimizer for ``cfg`` (shared by main, tour, tests).
-
-    ``--image-encoder clip`` loads the tower and prepares ``val`` too (cached features or
-    pixel_values); the ViT reads the uint8 images as they are. ``mesh``: a frozen tower's
-    features are extracted with the batch split over its devices.
-    """
-    keys = named_keys(cfg.seed, "init", "data", "step")
-    tok, ids, cmask = caption_table(train.class_names, max_len=cfg.max_len)
-    tower = load_pretrained(cfg.image_weights) if cfg.image_encoder == "clip" else None
-    mcfg = model_config(cfg, len(tok), train.images.shape[1], tower)
-    opts = RUN_ONCE if cfg.fast_compile else None
-    graphdef, params, rest = init_params(ClipModel, mcfg, keys["init"], compiler_options=opts)
-    if tower is None:
-        inputs = TowerInputs("images", train.images, None if val is None else val.images)
-    else:
-        inputs = tower_inputs(
-            tower, train.images, None if val is None else val.images,
-            frozen=cfg.freeze_image, cache_dir=cfg.feature_cache, mesh=mesh,
-        )  # fmt: skip
-        if not cfg.freeze_image:  # the pretrained weights replace the random init
-            graphdef, params, rest = with_image_tower(graphdef, params, rest, tower)
-    captions = (jnp.asarray(ids), jnp.asarray(cmask))
-    loss_fn = clip_loss_fn(graphdef, rest, captions, loss=cfg.loss,
-                           freeze_image=cfg.freeze_image, use_augment=cfg.augment,
-                           image_input=inputs.kind, mesh=mesh)  # fmt: skip
-    opt, frozen = clip_optimizer(
-        params, steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,
-        freeze_image=cfg.freeze_image and inputs.kind != "features", image_lr=cfg.image_lr,
-    )  # fmt: skip
-    return Setup(keys, tok, captions, graphdef, params, rest, loss_fn, opt, frozen, inputs)
-
-
-def report_groups(cfg: Config, s: Setup) -> list[dict]:
-    """Print and return the seed's ``param_groups`` check (per module: params, peak lr, state)."""
-    image_lr = cfg.lr if cfg.image_lr is None else cfg.image_lr
-    groups = param_groups(
-        s.optimizer, s.params, s.frozen, lr=lambda m: image_lr if m == IMAGE_TOWER else cfg.lr
-    )
-    return print_param_groups(groups, cached=s.inputs)
-
-
 def main(cfg: Config) -> dict:
     # first, before any other JAX call; process 0 alone prints and writes
     multi = initialize(cfg.coordinator, cfg.num_processes, cfg.process_id)
@@ -307,12 +179,16 @@ def main(cfg: Config) -> dict:
             f"--batch-size {cfg.batch_size} is larger than the training set "
             f"({len(train)} images after --n-val {cfg.n_val}): lower --batch-size"
         )
-    with open_run_dir(cfg.out_dir, experiment="clip_contrastive", tiny=cfg.tiny_run,
-                      overwrite=bool(cfg.overwrite), rerun_tiny=cfg.overwrite is None):  # fmt: skip
-        return _train(cfg, train, val, Path(cfg.out_dir), mesh)
+    run = Run(cfg.out_dir, experiment="clip_contrastive", tiny=cfg.tiny_run,
+              overwrite=bool(cfg.overwrite), rerun_tiny=cfg.overwrite is None)  # fmt: skip
+    try:
+        return _train(cfg, train, val, run, mesh)
+    except BaseException:
+        run.abort()
+        raise
 
 
-def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path, mesh) -> dict:
+def _train(cfg: Config, train: ImageDataset, val: ImageDataset, run: Run, mesh) -> dict:
     main_print(
         f"data: {train.source} | train {len(train)} | val {len(val)} | {train.num_classes} classes"
     )
@@ -340,10 +216,9 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path, mesh)
     # over the mesh inside the step (make_run_chunk(mesh=)), the loss sees the global batch
     state, keys, data = place_for_training(state, s.keys, data, mesh)
     opts = RUN_ONCE if cfg.fast_compile else None
-    run = make_run_chunk(s.loss_fn, opt, mesh=mesh, **CLIP_STEP, compiler_options=opts)
-    log = JsonlLogger(out / "metrics.jsonl")
-    if is_main():
-        log.path.write_text("")  # one run per file
+    run_chunk = make_run_chunk(s.loss_fn, opt, mesh=mesh, **CLIP_STEP, compiler_options=opts)
+    log, out = run.logger, run.out
+    run.clear_metrics()  # one run per file
     ev = evaluate(state.params)  # step 0: the untrained towers, near chance
     log.log(step=0, **{f"val/{k}": v for k, v in ev.items()})
     hist = {"step": [], "loss": [], "eval_step": [0], "zs": [ev["zeroshot_acc"]],
@@ -374,7 +249,7 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path, mesh)
     for start in range(0, cfg.steps, cfg.eval_every):  # train to the next evaluation point
         stop = min(start + cfg.eval_every, cfg.steps)
         state, _ = train_steps(
-            run, state, data, start=start, stop=stop, batch_size=cfg.batch_size,
+            run_chunk, state, data, start=start, stop=stop, batch_size=cfg.batch_size,
             max_chunk=cfg.steps_per_dispatch, data_key=keys["data"], step_key=keys["step"],
             on_chunk=functools.partial(on_chunk, start),
         )  # fmt: skip
@@ -400,7 +275,6 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path, mesh)
             part: {"hit": c.hit, "path": str(c.path)} for part, c in s.inputs.cache.items()
         },
     }  # fmt: skip
-    atomic_write_json(out / "final.json", final)
     flags = ["--freeze-image"] * cfg.freeze_image + [f"--image-lr {cfg.image_lr}"] * bool(
         cfg.image_lr)  # fmt: skip
     encoder = f"pretrained CLIP tower ({cfg.image_weights})" if cfg.image_encoder == "clip" else (
@@ -408,6 +282,7 @@ def _train(cfg: Config, train: ImageDataset, val: ImageDataset, out: Path, mesh)
     title = run_title("CLIP contrastive", source=train.source, flags=flags, loss=cfg.loss,
                       image=encoder)  # fmt: skip
     plot_clip_run(out / "curves.png", hist, loss=cfg.loss, title=title, chance=chance)
+    run.finish(final, name="final.json")  # written last: the run is complete when it is there
     main_print(f"done in {seconds:.1f} s; zero-shot val acc {ev['zeroshot_acc']:.3f} "
                f"(ensemble {ev['zeroshot_ens_acc']:.3f}, chance {chance:.3f}); "
                f"outputs in {out}/")  # fmt: skip

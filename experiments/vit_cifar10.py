@@ -65,14 +65,14 @@ from jaxgrad.tasks.classifier import (
     recipe_values,
     run_chunk_for,
 )
-from jaxgrad.training.checkpoint import save_params
 from jaxgrad.training.distributed import initialize, main_print, replicate
 from jaxgrad.training.guard import check_nonfinite
 from jaxgrad.training.lifecycle import EpochRun
 from jaxgrad.training.loop import init_params, steps_per_epoch, train_epoch
 from jaxgrad.training.parallel import make_mesh, place_state, replicated
+from jaxgrad.training.params_file import save_params
 from jaxgrad.training.rng import named_keys
-from jaxgrad.training.runs import resolved_config
+from jaxgrad.training.runs import RunFlags, resolved_config
 from jaxgrad.training.step import init_train_state
 
 
@@ -82,7 +82,7 @@ def _by_recipe(name: str, help: str, **bounds):
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(RunFlags):
     recipe: str = option("seed", "training recipe: jaxgrad.tasks.classifier.RECIPES[name] (its "
                          "values below)", choices=tuple(RECIPES))  # fmt: skip
     data: str = option(
@@ -118,15 +118,6 @@ class Config:
     steps_per_dispatch: int = option(64, "max train steps scanned per device dispatch")
     seed: int = option(0, "seed for init, dropout, data order and the synthetic data")
     out_dir: str = option("runs/vit_cifar10", "where metrics, plots, checkpoints and params go")
-    overwrite: bool | None = option(
-        False,
-        "replace the ViT run --out-dir holds (only a folder with a vit_cifar10 run marker; "
-        "--tiny: replaces only a previous tiny run unless --resume; --no-overwrite: never)",
-    )
-    tiny_run: bool = option(
-        False,
-        "record the run as a throwaway tiny run (set by --tiny): the next tiny run may replace it",
-    )
     keep: int = option(3, "checkpoints kept")
     resume: bool = option(False, "continue from the latest complete checkpoint in --out-dir/ckpt")
     resume_or_start: bool = option(
@@ -137,20 +128,10 @@ class Config:
     )
     eval_only: bool = option(False, "only evaluate --checkpoint on --data-dir, no training")
     checkpoint: str | None = option(None, "--eval-only: a vit_params.npz or a ckpt/ directory")
-    progress: bool = option(True, "progress bar (plain lines when not a terminal)")
-    devices: int | None = option(
-        None, "data-parallel over this many devices (default: all visible; 1: off)"
-    )
     nonfinite_guard: bool = option(
         True, "skip updates with a NaN/inf loss, gradient, update or new parameter (counted)"
     )
     max_nonfinite: int = option(20, "stop when this many steps in a row were skipped")
-    doctor: bool = option(False, "print the gradient-flow doctor's report before training")
-    coordinator: str | None = option(
-        None, "multi-process: host:port of process 0 (None: launcher env / cluster / one process)"
-    )
-    num_processes: int | None = option(None, "multi-process: process count (None: env / 1)")
-    process_id: int | None = option(None, "multi-process: this process's rank (None: env / 0)")
 
     def __post_init__(self):
         check_config(self)

@@ -23,9 +23,10 @@ from flax import nnx
 
 from jaxgrad.models.vit import ViT, ViTConfig
 from jaxgrad.report.cli import option, parse, positive
-from jaxgrad.training.checkpoint import Checkpointer, save_params
+from jaxgrad.training.checkpoint import Checkpointer
 from jaxgrad.training.distributed import initialize, is_main, main_print, process_local
 from jaxgrad.training.parallel import data_parallel, make_mesh, place_state, shard_batch
+from jaxgrad.training.params_file import save_params
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.step import init_train_state, make_train_step
 

@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxgrad.training.checkpoint import Checkpointer, load_params, save_params
+from jaxgrad.training.checkpoint import Checkpointer
+from jaxgrad.training.params_file import load_params, save_params
 from jaxgrad.training.step import init_train_state, make_train_step
 
 STANDARD_PROMOTION = "optax's int32 step counters (Adam); the toy model adds a [2] bias to [8, 2]"

@@ -18,8 +18,7 @@ from experiments import vit_cifar10 as exp
 from jaxgrad.data.synthetic import CLASS_NAMES, make_synthetic
 from jaxgrad.errors import CheckpointError, DataError
 from jaxgrad.tasks.classifier import evaluate, load_trained
-from jaxgrad.training.checkpoint import load_params, save_params
-from jaxgrad.training.params_meta import META_KEY
+from jaxgrad.training.params_file import META_KEY, load_params, save_params
 from jaxgrad.training.runs import ResumeConfigError
 
 STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"

@@ -56,6 +56,7 @@ def child() -> dict:
     from flax import nnx
 
     from experiments import clip_contrastive as exp
+    from experiments._support import clip_setup
     from jaxgrad.data.pipeline import epoch_indices
     from jaxgrad.port.hf_clip import CLIPVisionConfig, CLIPVisionTower
     from jaxgrad.tasks.clip import CLIP_STEP
@@ -71,7 +72,7 @@ def child() -> dict:
                          num_hidden_layers=1, num_attention_heads=2, projection_dim=16),
         rngs=nnx.Rngs(0),
     )  # fmt: skip
-    exp.load_pretrained = lambda path: tower  # the pretrained tower, without a checkpoint file
+    clip_setup.load_pretrained = lambda path: tower  # the pretrained tower, no checkpoint file
     base = _small(exp.Config.tiny())
     cases = {
         "vit_clip": dict(loss="clip"),

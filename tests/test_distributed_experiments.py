@@ -152,7 +152,7 @@ def test_only_process_0_writes_prints_and_locks(tmp_path, monkeypatch, capsys, m
     from jaxgrad.report import io as jio
     from jaxgrad.report import plan, progress, tables
     from jaxgrad.training import runs
-    from jaxgrad.training.checkpoint import save_params
+    from jaxgrad.training.params_file import save_params
 
     for module in (jio, plan, progress, runs, tables):
         monkeypatch.setattr(module, "is_main", lambda: main)

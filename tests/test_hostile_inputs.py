@@ -525,7 +525,7 @@ def test_one_class_folder_says_two_classes_needed(tmp_path):
 
 @pytest.mark.parametrize("content", [b"\x93NUMPY random bytes" * 10, "truncated"])
 def test_load_params_on_garbage_names_the_path_not_allow_pickle(tmp_path, content):
-    from jaxgrad.training.checkpoint import load_params, save_params
+    from jaxgrad.training.params_file import load_params, save_params
 
     like = {"w": jnp.ones(3), "b": jnp.zeros(2)}
     path = tmp_path / "params.npz"

@@ -22,7 +22,7 @@ from experiments import vit_cifar10 as vit
 from jaxgrad.data.synthetic import CLASS_NAMES
 from jaxgrad.errors import DataError, UserError
 from jaxgrad.report.cli import one_line, run_main
-from jaxgrad.training.checkpoint import save_params
+from jaxgrad.training.params_file import save_params
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"

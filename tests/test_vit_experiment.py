@@ -16,8 +16,8 @@ from experiments import vit_cifar10 as exp
 from jaxgrad.models.vit import ViT
 from jaxgrad.report.cli import parse
 from jaxgrad.report.io import JsonlLogger
-from jaxgrad.training.checkpoint import load_params
 from jaxgrad.training.loop import abstract_params
+from jaxgrad.training.params_file import load_params
 from jaxgrad.training.runs import RunDirError
 
 STANDARD_PROMOTION = "optax 0.2.8 mixes int32 step counters with floats (Adam, MultiSteps)"

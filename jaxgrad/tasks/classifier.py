@@ -33,10 +33,10 @@ from jaxgrad.data.sources import check_fits
 from jaxgrad.errors import CheckpointError
 from jaxgrad.losses.classification import cross_entropy, labels_valid
 from jaxgrad.models.vit import ViT, ViTConfig
-from jaxgrad.training.checkpoint import Checkpointer, load_params
+from jaxgrad.training.checkpoint import Checkpointer
 from jaxgrad.training.guard import skip_nonfinite
 from jaxgrad.training.loop import abstract_params, make_evaluate, make_run_chunk
-from jaxgrad.training.params_meta import read_params_meta
+from jaxgrad.training.params_file import load_params, read_params_meta
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.step import init_train_state
 from jaxgrad.training.xla import WIDE_VECTORS

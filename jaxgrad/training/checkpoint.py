@@ -18,13 +18,11 @@ restored tree has the same key leaves, bit for bit, as the saved one.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import signal
 import sys
 import threading
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +31,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxgrad.errors import CheckpointError, MissingCheckpointError
-from jaxgrad.report.io import atomic_write_bytes, to_jsonable
-from jaxgrad.training.params_meta import embed_meta, split_meta
+from jaxgrad.report.io import to_jsonable
 from jaxgrad.training.rng import is_key
 
 __all__ = [
     "CheckpointMismatchError",
     "Checkpointer",
     "CorruptCheckpointError",
-    "load_params",
-    "save_params",
 ]
 
 
@@ -366,57 +361,3 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _flat(tree: Any) -> dict[str, Any]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
-
-
-def save_params(path: str | os.PathLike, params: Any, meta: dict | None = None) -> Path:
-    """Write a params pytree (e.g. ``nnx.state(model, nnx.Param)``) to one ``.npz``, atomically.
-
-    Each array is stored under its pytree path (``"['layers'][0]['attn']['to_qkv']['kernel']"``).
-    ``meta`` (JSON-able: the model config, class names) goes inside the file, tied to the arrays
-    by a sha256 (:mod:`jaxgrad.training.params_meta`; read back with ``read_params_meta``).
-    """
-    arrays = {k: np.asarray(v) for k, v in _flat(params).items()}
-    if meta is not None:
-        arrays = embed_meta(arrays, meta)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def load_params(path: str | os.PathLike, like: Any) -> Any:
-    """Read :func:`save_params`' file into the structure of ``like`` (checks names and shapes,
-    and the embedded hash when the file has one)."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingCheckpointError(f"no parameter file {path}")
-    want = _flat(like)
-    try:
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:
-            got = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, AttributeError, TypeError) as e:
-        # AttributeError/TypeError: np.load gave an array (.npy), not an .npz archive
-        raise CheckpointError(
-            f"{path} is not a parameter file written by save_params (a .npz archive of arrays): "
-            f"{type(e).__name__}. It is truncated, corrupt or another format; point at the "
-            "params.npz of a finished run"
-        ) from None
-    got = split_meta(path, got)[0]  # an edited file (meta or arrays) is refused here
-    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-    if missing or extra:
-        raise CheckpointError(
-            f"{path} does not match the model: missing {missing[:5]}, unexpected {extra[:5]}; "
-            "build the model with the config it was trained with"
-        )
-    for k, like_leaf in want.items():
-        if got[k].shape != np.shape(like_leaf) or got[k].dtype != like_leaf.dtype:
-            raise CheckpointError(
-                f"{path}: {k} is {got[k].dtype}{list(got[k].shape)}, the model expects "
-                f"{like_leaf.dtype}{list(np.shape(like_leaf))}"
-            )
-    treedef = jax.tree_util.tree_structure(like)
-    return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(got[k]) for k in want])

@@ -1,7 +1,9 @@
-"""An epoch-checkpointed run, start to end: lock, resume onto the same config, metrics that list
-every epoch once, no non-finite checkpoint, and the summary.
+"""A run, start to end, the same for every experiment: :class:`Run` (lock, run marker, re-run
+policy, metrics.jsonl, the summary file; ``experiments.clip_contrastive``) and
+:class:`EpochRun` on top of it (resume onto the same config, metrics that list every epoch
+once, no non-finite checkpoint; ``experiments.vit_cifar10``).
 
-The calls an experiment makes (``experiments.vit_cifar10``; any epoch loop can use it)::
+The calls an epoch loop makes::
 
     run = EpochRun(cfg.out_dir, experiment="vit_cifar10", tiny=cfg.tiny_run,
                    resume=cfg.resume, overwrite=cfg.overwrite, rerun_tiny=..., keep=cfg.keep,
@@ -48,7 +50,7 @@ from jaxgrad.training.runs import (
     rewind_metrics,
 )
 
-__all__ = ["EpochRun", "split_overrides"]
+__all__ = ["EpochRun", "Run", "split_overrides"]
 
 
 def split_overrides(names: Iterable[str]) -> list[str]:
@@ -56,13 +58,54 @@ def split_overrides(names: Iterable[str]) -> list[str]:
     return [n.strip() for name in names for n in name.split(",") if n.strip()]
 
 
-class EpochRun:
-    """One run directory: ``metrics.jsonl``, ``ckpt/<epoch>`` and ``summary.json`` under a lock.
+class Run:
+    """One run directory under a lock: its marker and re-run policy, ``metrics.jsonl`` and a
+    summary file at the end. CLIP (trained by steps) uses it as is;
+    :class:`EpochRun` adds checkpoints and resume.
 
     Args:
-      out_dir: the run directory (created; locked until :meth:`finish` or process exit).
+      out_dir: the run directory (created; locked until :meth:`finish`, :meth:`abort` or exit).
       experiment, tiny: what the run's marker records (``"vit_cifar10"``, a ``--tiny`` run).
       resume, overwrite, rerun_tiny: the re-run policy (:func:`jaxgrad.training.runs.open_run_dir`).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        *,
+        experiment: str,
+        tiny: bool = False,
+        resume: bool = False,
+        overwrite: bool = False,
+        rerun_tiny: bool = False,
+    ):
+        self.out = Path(out_dir)
+        self.lock = open_run_dir(self.out, experiment=experiment, tiny=tiny, resume=resume,
+                                 overwrite=overwrite, rerun_tiny=rerun_tiny)  # fmt: skip
+        self.logger = JsonlLogger(self.out / "metrics.jsonl")
+
+    def clear_metrics(self) -> None:
+        """Empty ``metrics.jsonl``: a fresh run's records start the file (one run per file)."""
+        rewind_metrics(self.logger, last_epoch=None)
+
+    def log(self, **record: Any) -> None:
+        self.logger.log(**record)
+
+    def finish(self, summary: dict, name: str = "summary.json") -> dict:
+        """Write ``summary`` as ``name`` (atomically, process 0), release the lock; returns it."""
+        atomic_write_json(self.out / name, summary)
+        self.lock.release()
+        return summary
+
+    def abort(self) -> None:
+        """Stop without a summary (an error): release the lock."""
+        self.lock.release()
+
+
+class EpochRun(Run):
+    """:class:`Run` plus ``ckpt/<epoch>``: resume onto the same config, finite-only checkpoints.
+
+    Args (beside :class:`Run`'s):
       resume_or_start: ``resume`` with no complete checkpoint starts fresh with a notice.
       resume_override: config fields allowed to differ from the checkpoint's.
       keep: checkpoints kept.
@@ -81,12 +124,10 @@ class EpochRun:
         resume_override: Iterable[str] = (),
         keep: int = 3,
     ):
-        self.out = Path(out_dir)
-        self.lock = open_run_dir(self.out, experiment=experiment, tiny=tiny, resume=resume,
-                                 overwrite=overwrite, rerun_tiny=rerun_tiny)  # fmt: skip
+        super().__init__(out_dir, experiment=experiment, tiny=tiny, resume=resume,
+                         overwrite=overwrite, rerun_tiny=rerun_tiny)  # fmt: skip
         self.resume, self.resume_or_start = resume, resume_or_start
         self.overrides = split_overrides(resume_override)
-        self.logger = JsonlLogger(self.out / "metrics.jsonl")
         self.ckpt = Checkpointer(self.out / "ckpt", keep=keep, async_save=True)
         self.config: dict = {}
         self.changes: list[dict] = []
@@ -101,7 +142,7 @@ class EpochRun:
         if not self.resume or not check_resumable(
             latest, ckpt_dir=self.ckpt.directory, start_fresh=self.resume_or_start
         ):
-            rewind_metrics(self.logger, last_epoch=None)
+            self.clear_metrics()
             return like, [], 0
         try:
             tree, meta, step = self.ckpt.restore_latest(like)
@@ -134,9 +175,6 @@ class EpochRun:
             )
         return compare_configs(meta["config"], self.config, overrides=self.overrides)
 
-    def log(self, **record: Any) -> None:
-        self.logger.log(**record)
-
     def save(self, epoch: int, tree: Any, history: list[dict], **meta: Any) -> None:
         """Checkpoint ``tree`` as ``ckpt/<epoch>`` with the config and history; a tree holding
         NaN/inf is refused first (:func:`jaxgrad.training.guard.check_finite_state`), nothing written."""
@@ -149,14 +187,11 @@ class EpochRun:
         """Wait for the last checkpoint, write ``summary.json`` (with the accepted config
         changes and the config), release the lock; returns the summary written."""
         self.ckpt.close()
-        summary = {**summary, "config": self.config, "resume_changes": self.changes}
-        atomic_write_json(self.out / "summary.json", summary)
-        self.lock.release()
-        return summary
+        return super().finish({**summary, "config": self.config, "resume_changes": self.changes})
 
     def abort(self) -> None:
         """Stop without a summary (an error): wait for a pending save, release the lock."""
         try:
             self.ckpt.close()
         finally:
-            self.lock.release()
+            super().abort()

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from jaxgrad.errors import ConfigError, MissingCheckpointError, OutDirError
+from jaxgrad.report.cli import option
 from jaxgrad.report.io import JsonlLogger, to_jsonable
 from jaxgrad.training.distributed import barrier, is_main
 from jaxgrad.training.run_marker import MARKER_NAME, RunMarker, check_replaceable, write_marker
@@ -74,6 +75,34 @@ __all__ = [
 ]
 
 LOCK_NAME = ".jaxgrad.lock"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFlags:
+    """The flags every training experiment shares, written once: where the run goes and what
+    may be replaced there, what it prints, and the devices and processes it spans. An
+    experiment's ``Config`` subclasses it and gives ``out_dir`` its own default."""
+
+    out_dir: str = option("runs/run", "where metrics, plots, checkpoints and params go")
+    overwrite: bool | None = option(
+        False,
+        "replace the run --out-dir holds (only a folder with this experiment's run marker; "
+        "--tiny: replaces only a previous tiny run; --no-overwrite: never)",
+    )
+    tiny_run: bool = option(
+        False,
+        "record the run as a throwaway tiny run (set by --tiny): the next tiny run may replace it",
+    )
+    progress: bool = option(True, "progress bar (plain lines when not a terminal)")
+    doctor: bool = option(False, "print the gradient-flow doctor's report before training")
+    devices: int | None = option(
+        None, "data-parallel over this many devices (default: all visible; 1: off)"
+    )
+    coordinator: str | None = option(
+        None, "multi-process: host:port of process 0 (None: launcher env / cluster / one process)"
+    )
+    num_processes: int | None = option(None, "multi-process: process count (None: env / 1)")
+    process_id: int | None = option(None, "multi-process: this process's rank (None: env / 0)")
 
 
 class RunDirError(OutDirError, RuntimeError):
