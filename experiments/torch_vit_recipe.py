@@ -49,8 +49,6 @@ class Config:
 
     def __post_init__(self):
         positive(self, "n_val", "train_limit", "epochs", "threads", "eval_batch_size")
-        if self.data == "folder" and self.data_dir is None:
-            raise ConfigError("--data folder needs --data-dir (a folder of <class>/<image> files)")
 
     @classmethod
     def tiny(cls) -> Config:
@@ -83,6 +81,9 @@ def _augment(torch, x, gen):
 
 
 def main(cfg: Config) -> dict:
+    # checked here, not in __post_init__: the default config (data folder) is parsed first
+    if cfg.data == "folder" and cfg.data_dir is None:
+        raise ConfigError("--data folder needs --data-dir (a folder of <class>/<image> files)")
     try:
         import torch
     except ImportError as e:  # torch is optional for jaxgrad

@@ -22,8 +22,8 @@ STRONG = dict(epochs=100, batch_size=512, lr=1e-3, optimizer="adamw", weight_dec
               warmup_epochs=5.0, schedule="cosine", label_smoothing=0.1, augment=True,
               dtype="bfloat16", nonfinite_guard=True, mix=0.0, arch=())  # fmt: skip
 CPU_ARCH = (("patch_size", 8), ("dim", 128), ("depth", 4), ("heads", 4), ("dim_head", 32),
-            ("mlp_dim", 256), ("dropout", 0.0), ("emb_dropout", 0.0))  # fmt: skip
-CPU = dict(epochs=20, batch_size=128, lr=2e-3, optimizer="adamw", weight_decay=0.05,
+            ("mlp_dim", 256), ("dropout", 0.0), ("emb_dropout", 0.0), ("pool", "mean"))  # fmt: skip
+CPU = dict(epochs=21, batch_size=128, lr=2e-3, optimizer="adamw", weight_decay=0.05,
            warmup_epochs=0.5, schedule="cosine", label_smoothing=0.1, augment=True,
            dtype="float32", nonfinite_guard=True, mix=0.0, arch=CPU_ARCH)  # fmt: skip
 SEED_VIT = dict(image_size=32, patch_size=4, num_classes=10, dim=512, depth=6, heads=8,

@@ -105,7 +105,7 @@ class Run:
 class EpochRun(Run):
     """:class:`Run` plus ``ckpt/<epoch>``: resume onto the same config, finite-only checkpoints.
 
-    Args (beside :class:`Run`'s):
+    Args (beside :class:`Run`'s, passed on as ``policy``):
       resume_or_start: ``resume`` with no complete checkpoint starts fresh with a notice.
       resume_override: config fields allowed to differ from the checkpoint's.
       keep: checkpoints kept.
@@ -115,17 +115,13 @@ class EpochRun(Run):
         self,
         out_dir: str | os.PathLike,
         *,
-        experiment: str,
-        tiny: bool = False,
         resume: bool = False,
-        overwrite: bool = False,
-        rerun_tiny: bool = False,
         resume_or_start: bool = False,
         resume_override: Iterable[str] = (),
         keep: int = 3,
+        **policy: Any,
     ):
-        super().__init__(out_dir, experiment=experiment, tiny=tiny, resume=resume,
-                         overwrite=overwrite, rerun_tiny=rerun_tiny)  # fmt: skip
+        super().__init__(out_dir, resume=resume, **policy)
         self.resume, self.resume_or_start = resume, resume_or_start
         self.overrides = split_overrides(resume_override)
         self.ckpt = Checkpointer(self.out / "ckpt", keep=keep, async_save=True)
