@@ -170,3 +170,19 @@ def test_a_model_without_recorded_names_is_scored_by_sorted_order_with_a_warning
     assert (f"warning: the model {old} records no class names, so the classes of imagefolder:{folder} are "
             "matched by sorted order (airplane, automobile,") in err  # fmt: skip
     assert f'add "class_names": [...] (label order) to {tmp_path / "vit_config.json"}' in err
+
+
+def test_a_checkpoint_whose_recorded_model_config_lacks_a_field_is_refused_naming_it(
+    trained, tmp_path
+):
+    """An edited (or older) run config without ``vit_pool``: a wrong model must not be guessed."""
+    _, run, _, _ = trained
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(run / "ckpt", ckpt)
+    for step in ckpt.iterdir():
+        meta_file = step / "meta" / "metadata"
+        meta = json.loads(meta_file.read_text())
+        del meta["config"]["vit_pool"]
+        meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"lacks vit_pool"):
+        load_trained(ckpt)

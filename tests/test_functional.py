@@ -170,3 +170,20 @@ def test_keep_host_memory_stops_xla_page_faulting_its_temporaries_every_call(tmp
     default, kept = faults("default"), faults("keep")
     assert default > 10_000  # 64 MB = 16,384 pages, mapped again on every call
     assert kept < 500
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
+def test_a_dropout_rate_outside_0_1_is_refused(rate, key):
+    with pytest.raises(ValueError, match=r"dropout rate must be in \[0, 1\)"):
+        F.dropout(jnp.ones((2, 3)), rate, key)
+
+
+def test_the_malloc_setting_is_named_or_refused(monkeypatch):
+    from jaxgrad.errors import ConfigError
+    from jaxgrad.training.xla import MALLOC_ENV, keep_host_memory
+
+    monkeypatch.setenv(MALLOC_ENV, "system")
+    assert keep_host_memory() is False  # glibc left as it is
+    monkeypatch.setenv(MALLOC_ENV, "tcmalloc")
+    with pytest.raises(ConfigError, match="JAXGRAD_MALLOC='tcmalloc': use 'keep'"):
+        keep_host_memory()

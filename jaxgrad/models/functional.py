@@ -97,6 +97,8 @@ def dropout(x: jax.Array, rate: float, key, *, at=None, shape=None) -> jax.Array
     """``nn.Dropout(rate)`` in training mode: ``x * mask / (1 - rate)`` computed as torch does
     (``x * (mask * (1 / keep))``). ``shape``/``at``: ``x`` is the slice ``at=(axis, i)`` of a
     tensor of ``shape``, and gets that slice of its mask (one head of ``[B, h, N, N]``)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
     if rate == 0.0:
         return x
     with jax.named_scope("dropout"):  # profiles (jaxgrad.inspect.bench.OP_KINDS) find it by name

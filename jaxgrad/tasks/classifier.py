@@ -218,6 +218,11 @@ def load_trained(path: str | os.PathLike) -> Trained:
         if c is None:
             raise CheckpointError(f"{path}: written by an older jaxgrad (no recorded config); "
                                   "evaluate its vit_params.npz instead")  # fmt: skip
+        missing = [f"vit_{k}" for k in ViTConfig().as_record() if f"vit_{k}" not in c]
+        if missing:
+            raise CheckpointError(f"{path}: its recorded config lacks {', '.join(missing)} (an "
+                                  "older or edited checkpoint); evaluate its vit_params.npz "
+                                  "with a vit_config.json beside it instead")  # fmt: skip
         vit = ViTConfig(**{k: c[f"vit_{k}"] for k in ViTConfig().as_record()})
         hyper = Hyper(**{f.name: c[f.name] for f in dataclasses.fields(Hyper)})
         graphdef, abstract, _ = abstract_params(ViT, vit)

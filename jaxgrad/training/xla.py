@@ -8,6 +8,8 @@ import ctypes.util
 import os
 from pathlib import Path
 
+from jaxgrad.errors import ConfigError
+
 __all__ = ["CACHE_ENV", "MALLOC_ENV", "RUN_ONCE", "WIDE_VECTORS", "compile_cache_dir", "enable_compile_cache",
            "keep_host_memory"]  # fmt: skip
 
@@ -67,7 +69,8 @@ def enable_compile_cache(path: str | os.PathLike | None = None) -> Path | None:
     return folder
 
 
-#: environment variable: ``system`` (or ``off``, ``0``...) leaves the C allocator as it is
+#: environment variable: ``keep`` (or unset) tunes glibc; ``system`` (or ``off``, ``0``...) leaves
+#: the C allocator as it is; anything else is refused
 MALLOC_ENV = "JAXGRAD_MALLOC"
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters
 
@@ -84,8 +87,12 @@ def keep_host_memory() -> bool:
     its peak heap size, as with tcmalloc or jemalloc. Call it before JAX's first computation
     (the experiments do, in :func:`jaxgrad.report.cli.parse`).
     """
-    if os.environ.get(MALLOC_ENV, "").strip().lower() in _OFF - {""} | {"system"}:
+    setting = os.environ.get(MALLOC_ENV, "").strip().lower()
+    if setting in _OFF - {""} | {"system"}:
         return False
+    if setting not in ("", "keep"):
+        raise ConfigError(f"{MALLOC_ENV}={setting!r}: use 'keep' (the default: keep freed host "
+                          "memory for XLA's next call) or 'system' (glibc's own settings)")  # fmt: skip
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
