@@ -64,7 +64,7 @@ from jaxgrad.inspect.bench import (
 )
 from jaxgrad.models.clip import ClipConfig, ClipModel
 from jaxgrad.models.vit import ViTConfig, vit_forward_flops
-from jaxgrad.report.cli import check_config, option, run_main, to_dict
+from jaxgrad.report.cli import CheckedConfig, option, run_main, to_dict
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.report.tables import print_table
 from jaxgrad.tasks import clip as clip_task
@@ -85,7 +85,7 @@ SCENARIOS = ("step", "scan", "epoch", "eval", "clip", "torch")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     size: str = option("seed", "ViT size: the seed's (12.7M params), the CPU anchor's reduced "
                        "(346,570) or tiny", choices=("seed", "reduced", "tiny"))  # fmt: skip
     batch: tuple[int, ...] = option((64, 512), "batch sizes of the step/scan/torch scenarios", gt=0)
@@ -140,7 +140,7 @@ class Config:
     out: str = option("runs/bench/bench.json", "JSON output path")
 
     def __post_init__(self):
-        check_config(self)  # finite floats, bounds of option(...)
+        super().__post_init__()
         if self.epoch_images < self.epoch_batch:
             raise ValueError(f"--epoch-images {self.epoch_images} < --epoch-batch "
                              f"{self.epoch_batch}")  # fmt: skip

@@ -7,10 +7,11 @@ with ``save_pretrained`` to a temp folder and loaded on both sides: by transform
 ``torch.inference_mode``) and by :func:`jaxgrad.port.hf_clip.load_pretrained` (one jitted
 forward). Both get the same ``[B, 3, 224, 224]`` pixel_values; the embeddings are checked equal
 first (max abs difference printed), then timed **interleaved** (one JAX sample, one torch
-sample, repeated) with :func:`jaxgrad.inspect.bench.measure`: warm-up apart, ``block_until_ready`` on
-the JAX side, medians. Threads: ``--threads N`` pins both (XLA's Eigen pool via ``XLA_FLAGS``,
-set before jax is imported, and ``torch.set_num_threads``). The load average before and after
-is printed beside the figures: on a shared CPU they are noisy.
+sample, in turn) with :func:`jaxgrad.inspect.bench.interleave`: warm-up apart, ``block_until_ready`` on
+the JAX side, medians. Threads: ``--threads N`` runs the process on N cores
+(``os.sched_setaffinity`` before jax starts, which sizes XLA's pool to them) and gives torch N
+(``torch.set_num_threads``). The load average before and after is printed beside the figures:
+on a shared CPU they are noisy.
 
 The PyTorch code being timed::
 
@@ -24,13 +25,13 @@ import dataclasses
 import os
 import statistics
 import tempfile
-import time
 
-from jaxgrad.report.cli import check_config, option, run_main
+from experiments._support.bench_threads import pin_threads
+from jaxgrad.report.cli import CheckedConfig, option, run_main
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     """Feature extraction, JAX vs transformers' PyTorch tower, interleaved."""
 
     size: str = option("b32", "tower shape (b32: ViT-B/32 at 224)", choices=("b32", "b16", "tiny"))
@@ -40,9 +41,6 @@ class Config:
     threads: int = option(1, "threads for both frameworks (0 = each its own default)", ge=0)
     out: str | None = option(None, "write the results as JSON here")
 
-    def __post_init__(self):
-        check_config(self)
-
     @classmethod
     def tiny(cls) -> Config:
         return cls(size="tiny", batch=2, runs=2, warmup=1)
@@ -50,12 +48,8 @@ class Config:
 
 def main(cfg: Config) -> dict:
     args = cfg
-    if args.threads:
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "")
-            + f" --xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'}"
-            + f" intra_op_parallelism_threads={args.threads}"
-        ).strip()
+    if args.threads:  # before jax starts its backend, which sizes XLA's pool to these cores
+        pin_threads(args.threads)
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -63,7 +57,7 @@ def main(cfg: Config) -> dict:
     import transformers as T
     from flax import nnx
 
-    from jaxgrad.inspect.bench import measure
+    from jaxgrad.inspect.bench import interleave
     from jaxgrad.port.hf_clip import CLIPVisionConfig, load_pretrained
 
     if args.threads:
@@ -93,18 +87,8 @@ def main(cfg: Config) -> dict:
             return tm(pixel_values=xt).image_embeds
 
     diff = float(np.abs(np.asarray(run_jax()) - run_torch().numpy()).max())
-    jt, tt, jc, tc = [], [], [], []
-    measure(run_jax, runs=1, warmup=args.warmup)
-    measure(run_torch, runs=1, warmup=args.warmup, sync=lambda _: None)
-    for _ in range(args.runs):  # interleaved: one sample each, in turn
-        # wall seconds (jaxgrad.inspect.bench.measure) and this process's CPU seconds around them: on
-        # a loaded machine the CPU time is what the call itself cost
-        c0 = time.process_time()
-        jt += measure(run_jax, runs=1, warmup=0)
-        c1 = time.process_time()
-        tt += measure(run_torch, runs=1, warmup=0, sync=lambda _: None)
-        jc.append(c1 - c0)
-        tc.append(time.process_time() - c1)
+    t = interleave({"jax": run_jax, "torch": run_torch}, runs=args.runs, warmup=args.warmup)
+    jt, jc, tt, tc = t["jax"]["wall"], t["jax"]["cpu"], t["torch"]["wall"], t["torch"]["cpu"]
     j_med, t_med = statistics.median(jt), statistics.median(tt)
     res = {
         "size": args.size,

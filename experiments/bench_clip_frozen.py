@@ -14,8 +14,8 @@ Both sides train the same text encoder with the same loss and optimizer
 
 The tower is random-initialised in JAX (speed does not depend on the weights; no torch needed).
 The one-time extraction that fills the cache is timed too and printed as the number of steps
-after which the cache has paid for itself. Threads: ``--threads N`` pins XLA's pool (set before
-jax is imported). Wall medians, a median of paired ratios and CPU seconds per step are printed
+after which the cache has paid for itself. Threads: ``--threads N`` runs the process on N cores
+(``os.sched_setaffinity`` before jax starts, which sizes XLA's pool to them). Wall medians, a median of paired ratios and CPU seconds per step are printed
 with the load average before and after: on a shared CPU the figures are noisy.
 """
 
@@ -26,11 +26,12 @@ import os
 import statistics
 import time
 
-from jaxgrad.report.cli import check_config, option, run_main
+from experiments._support.bench_threads import pin_threads
+from jaxgrad.report.cli import CheckedConfig, option, run_main
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     """Frozen tower from the feature cache vs the tower in every step, interleaved."""
 
     size: str = option("b32", "tower shape (b32: ViT-B/32 at 224)", choices=("b32", "b16", "tiny"))
@@ -40,9 +41,6 @@ class Config:
     threads: int = option(1, "XLA CPU threads (0 = XLA's default)", ge=0)
     out: str | None = option(None, "write the results as JSON here")
 
-    def __post_init__(self):
-        check_config(self)
-
     @classmethod
     def tiny(cls) -> Config:
         return cls(size="tiny", batch=4, runs=2, steps_per_run=1)
@@ -50,19 +48,15 @@ class Config:
 
 def main(cfg: Config) -> dict:
     args = cfg
-    if args.threads:
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "")
-            + f" --xla_cpu_multi_thread_eigen={'true' if args.threads > 1 else 'false'}"
-            + f" intra_op_parallelism_threads={args.threads}"
-        ).strip()
+    if args.threads:  # before jax starts its backend, which sizes XLA's pool to these cores
+        pin_threads(args.threads)
     import jax
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
     from jaxgrad.data.captions import caption_table
-    from jaxgrad.inspect.bench import measure
+    from jaxgrad.inspect.bench import interleave
     from jaxgrad.models.clip import ClipConfig, ClipModel
     from jaxgrad.models.text import TextConfig
     from jaxgrad.port.hf_clip import CLIPVisionConfig
@@ -104,14 +98,8 @@ def main(cfg: Config) -> dict:
                "cache": {"images": jnp.asarray(feats), "labels": labels}}  # fmt: skip
     calls = {side: (lambda side=side: steps[side](states[side], batches[side], key))
              for side in steps}  # fmt: skip
-    for side in calls:  # compile + warm up
-        measure(calls[side], runs=1, warmup=1)
-    wall, cpu = {"tower": [], "cache": []}, {"tower": [], "cache": []}
-    for _ in range(args.runs):  # interleaved: one sample each, in turn
-        for side in ("tower", "cache"):
-            c0 = time.process_time()
-            wall[side] += measure(calls[side], runs=1, warmup=0, calls_per_run=args.steps_per_run)
-            cpu[side].append((time.process_time() - c0) / args.steps_per_run)
+    t = interleave(calls, runs=args.runs, warmup=1, calls_per_run=args.steps_per_run)
+    wall, cpu = {side: t[side]["wall"] for side in t}, {side: t[side]["cpu"] for side in t}
     med = {side: statistics.median(wall[side]) for side in wall}
     cpu_med = {side: statistics.median(cpu[side]) for side in cpu}
     paired = statistics.median(t / c for t, c in zip(wall["tower"], wall["cache"]))

@@ -17,7 +17,7 @@ then ``block_until_ready``, after compilation and warm-up; the PyTorch equivalen
 from __future__ import annotations
 
 import dataclasses
-import time
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -26,16 +26,17 @@ import optax
 from flax import nnx
 
 from jaxgrad.data.pipeline import normalize
+from jaxgrad.inspect.bench import interleave
 from jaxgrad.losses.classification import cross_entropy
 from jaxgrad.models.vit import ViT, ViTConfig
-from jaxgrad.report.cli import check_config, option, positive, run_main
+from jaxgrad.report.cli import CheckedConfig, option, positive, run_main
 from jaxgrad.training.guard import skip_nonfinite
 from jaxgrad.training.loop import init_params
 from jaxgrad.training.step import init_train_state, make_train_step
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     dim: int = option(128, "ViT width (small enough for a shared CPU)")
     depth: int = option(2, "transformer blocks")
     batch_size: int = option(64, "the seed's batch size")
@@ -45,7 +46,7 @@ class Config:
     warmup: int = option(3, "untimed steps after compilation")
 
     def __post_init__(self):
-        check_config(self)
+        super().__post_init__()
         positive(self, "dim", "depth", "batch_size", "samples", "steps")
 
     @classmethod
@@ -77,23 +78,17 @@ def main(cfg: Config) -> dict:
         "labels": jnp.asarray(rng.integers(0, 10, (cfg.batch_size,), np.int32)),
     }
     key = jax.random.key(1)
-    runs = {}
+    steps, states = {}, {}
     for name in ("old", "new"):
-        step, state = make_step(cfg, name == "new")
-        for _ in range(cfg.warmup):
-            state, _ = step(state, batch, key)
-        runs[name] = [step, jax.block_until_ready(state), []]
-    for i in range(cfg.samples):
-        for name in ("old", "new") if i % 2 == 0 else ("new", "old"):
-            step, state, times = runs[name]
-            w0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(cfg.steps):
-                state, _ = step(state, batch, key)
-            jax.block_until_ready(state)
-            times.append(((time.perf_counter() - w0) / cfg.steps,
-                          (time.process_time() - c0) / cfg.steps))  # fmt: skip
-            runs[name][1] = state
-    med = {n: np.median(np.array(r[2]), axis=0) for n, r in runs.items()}
+        steps[name], states[name] = make_step(cfg, name == "new")
+
+    def call(name):
+        states[name], _ = steps[name](states[name], batch, key)
+        return states[name]
+
+    t = interleave({n: functools.partial(call, n) for n in steps}, runs=cfg.samples,
+                   warmup=cfg.warmup, calls_per_run=cfg.steps)  # fmt: skip
+    med = {n: (np.median(t[n]["wall"]), np.median(t[n]["cpu"])) for n in t}
     out = {
         "old_ms": {"wall": med["old"][0] * 1e3, "cpu": med["old"][1] * 1e3},
         "new_ms": {"wall": med["new"][0] * 1e3, "cpu": med["new"][1] * 1e3},

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +26,10 @@ import optax
 from flax import nnx
 
 from experiments._support import helmholtz as helm
+from jaxgrad.inspect.bench import interleave
 from jaxgrad.losses.terms import term_grads
 from jaxgrad.losses.weighting import lr_annealing, weighted_sum
-from jaxgrad.report.cli import option, positive, run_main
+from jaxgrad.report.cli import CheckedConfig, option, positive, run_main
 from jaxgrad.report.tables import print_table
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.step import init_train_state, make_multi_step
@@ -38,7 +38,7 @@ CONTENDERS = ("jax-forward", "jax-jvp", "torch-eager", "torch-compile")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     variants: tuple[str, ...] = option(
         ("plain", "annealed"), "PINN variants", choices=("plain", "annealed")
     )
@@ -58,6 +58,7 @@ class Config:
     period: int = option(10, "annealing update every N steps")
 
     def __post_init__(self):
+        super().__post_init__()
         positive(self, "block", "runs", "jax_chunk", "width", "depth", "batch", "period")
         if self.warmup < 0:
             raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
@@ -141,22 +142,14 @@ def bench(cfg: Config) -> list[dict]:
                 runners[(v, c)] = make_jax_block(cfg, annealed=annealed, laplacian=lap)
             else:
                 runners[(v, c)] = make_torch_block(cfg, annealed=annealed, variant=c[6:])
-    wall = {k: [] for k in runners}
-    cpu = {k: [] for k in runners}
-    for r in range(cfg.warmup + cfg.runs):
-        for k, run in runners.items():
-            w0, c0 = time.perf_counter(), time.process_time()
-            run()
-            if r >= cfg.warmup:
-                wall[k].append(time.perf_counter() - w0)
-                cpu[k].append(time.process_time() - c0)
+    t = interleave(runners, runs=cfg.runs, warmup=cfg.warmup)
     rows = []
-    for (v, c), ws in wall.items():
-        rate = cfg.block / np.asarray(ws)
+    for (v, c), ts in t.items():
+        rate = cfg.block / np.asarray(ts["wall"])
         rows.append({
             "variant": v, "contender": c, "steps_per_s": float(np.median(rate)),
             "p10": float(np.percentile(rate, 10)), "p90": float(np.percentile(rate, 90)),
-            "cpu_s_per_1k": float(np.median(cpu[(v, c)]) / cfg.block * 1000),
+            "cpu_s_per_1k": float(np.median(ts["cpu"]) / cfg.block * 1000),
         })  # fmt: skip
     return rows
 

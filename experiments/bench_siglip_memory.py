@@ -19,11 +19,11 @@ import dataclasses
 import os
 
 from jaxgrad.errors import ConfigError
-from jaxgrad.report.cli import check_config, option, run_main
+from jaxgrad.report.cli import CheckedConfig, option, run_main
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     """Peak memory of the SigLIP loss forms (compiled, not run)."""
 
     batch: int = option(4096, "global batch B", ge=2)
@@ -32,7 +32,7 @@ class Config:
     devices: int = option(4, "mesh size for the ring rows (1 leaves them out)", ge=1)
 
     def __post_init__(self):
-        check_config(self)
+        super().__post_init__()
         if self.batch % self.chunk or self.batch % self.devices:
             raise ConfigError(
                 f"--batch {self.batch} must split into --chunk {self.chunk} rows and over "

@@ -31,13 +31,13 @@ from pathlib import Path
 
 from experiments._support.terms_timing import CLOCKS, LAPLACIANS, run
 from jaxgrad.inspect.bench import device_info
-from jaxgrad.report.cli import check_config, option, positive, run_main, to_dict
+from jaxgrad.report.cli import CheckedConfig, option, positive, run_main, to_dict
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.report.tables import print_table
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     k: tuple[int, ...] = option((2, 3, 5), "numbers of loss terms")
     size: str = option(
         "seed", "network/points: the Helmholtz PINN or tiny", choices=("seed", "tiny")
@@ -55,7 +55,7 @@ class Config:
     out: str = option("runs/bench_terms/bench_terms.json", "JSON output path ('' = none)")
 
     def __post_init__(self):
-        check_config(self)  # finite floats, bounds of option(...)
+        super().__post_init__()
         positive(self, "runs")
         if not self.k or min(self.k) < 1:
             raise ValueError(f"--k needs term counts >= 1, got {self.k}")

@@ -50,7 +50,7 @@ from jaxgrad.errors import ConfigError
 from jaxgrad.inspect.doctor import diagnose
 from jaxgrad.models.clip import MAX_LOGIT_SCALE, TEXT_TOWER
 from jaxgrad.port.hf_random import HAVE_TRANSFORMERS, save_random_clip
-from jaxgrad.report.cli import check_config, option, positive, run_main, to_dict
+from jaxgrad.report.cli import option, positive, run_main, to_dict
 from jaxgrad.report.plan import Plan
 from jaxgrad.report.plots import run_title
 from jaxgrad.report.progress import Progress
@@ -125,7 +125,7 @@ class Config(RunFlags):
     fast_compile: bool = option(False, "XLA backend opt level 0: ~2x faster compiles, slower steps")
 
     def __post_init__(self):
-        check_config(self)
+        super().__post_init__()
         positive(self, "n_val", "steps", "batch_size", "lr", "embed_dim", "eval_every")
         positive(self, "image_dim", "image_depth", "text_dim", "text_depth", "heads", "log_every")
         positive(self, "clip_norm", "patch_size", "max_len", "steps_per_dispatch", "devices")

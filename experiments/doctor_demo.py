@@ -40,7 +40,7 @@ from experiments._support.common import Row
 from jaxgrad.autodiff.freeze import frozen_mask, optimizer_with_frozen, path_str
 from jaxgrad.inspect.doctor import FlowReport, diagnose
 from jaxgrad.inspect.gradnorms import GradNormMonitor, make_grad_norm_metrics
-from jaxgrad.report.cli import check_config, option, run_main
+from jaxgrad.report.cli import CheckedConfig, option, run_main
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.training.loop import init_params
 from jaxgrad.training.rng import named_keys
@@ -49,7 +49,7 @@ from jaxgrad.training.xla import RUN_ONCE
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     seed: int = option(0, "seed of the models and the synthetic paired data")
     batch_size: int = option(16, "pairs per batch (the contrastive loss is B x B)", gt=0)
     width: int = option(32, "hidden width of every tower", gt=0)
@@ -58,9 +58,6 @@ class Config:
     lr: float = option(1e-3, "Adam learning rate of the gradient-norm watch", gt=0)
     steps_per_dispatch: int = option(50, "watch steps scanned per device dispatch", gt=0)
     out_dir: str = option("runs/doctor_demo", "where report.json and grad_norms.png go")
-
-    def __post_init__(self):
-        check_config(self)  # finite floats, bounds of option(...)
 
     @classmethod
     def tiny(cls) -> Config:

@@ -52,7 +52,7 @@ from jaxgrad.data.synthetic import CLASS_NAMES, make_synthetic
 from jaxgrad.inspect.bench import Timing, bench_jit, device_info
 from jaxgrad.models.clip import ClipConfig, ClipModel
 from jaxgrad.models.vit import ViT, ViTConfig, vit_forward_flops
-from jaxgrad.report.cli import option, positive, run_main, to_dict
+from jaxgrad.report.cli import CheckedConfig, option, positive, run_main, to_dict
 from jaxgrad.report.io import atomic_write_bytes, atomic_write_json
 from jaxgrad.tasks import classifier as classifier_task
 from jaxgrad.tasks import clip as clip_task
@@ -68,7 +68,7 @@ TARGETS = (0.79, 0.85)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     smoke: bool = option(False, "every part at tiny sizes on CPU (< 3 minutes; what the test runs)")
     data_tar: str | None = option(None, "the training images as tar.gz (train/<class>/*.jpg)")
     data_dir: str | None = option(None, "an image folder instead (root/<class>/*.jpg)")
@@ -85,6 +85,7 @@ class Config:
     out: str = option("runs/gpu_suite", "where gpu_suite.json / gpu_suite.md / the runs go")
 
     def __post_init__(self):
+        super().__post_init__()
         positive(self, "chunk", "runs", "seed_epochs", "strong_epochs", "strong_cap_s", "budget_s")
         if self.data_tar and self.data_dir:
             raise ValueError("give --data-tar or --data-dir, not both")

@@ -32,17 +32,14 @@ import jax.numpy as jnp
 import optax
 
 from experiments._support.common import Row, allclose, close_row, fmt
-from jaxgrad.report.cli import check_config, option, run_main
+from jaxgrad.report.cli import CheckedConfig, option, run_main
 from jaxgrad.training.step import init_train_state, make_train_step
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     lr: float = option(0.001, "SGD learning rate of the first example (the seed's 0.001)", gt=0)
     lr2: float = option(0.1, "SGD learning rate of the z = 3x² + y³ example (the seed's 0.1)", gt=0)
-
-    def __post_init__(self):
-        check_config(self)  # finite floats, bounds of option(...)
 
     @classmethod
     def tiny(cls) -> Config:

@@ -23,17 +23,14 @@ import jax
 import jax.numpy as jnp
 
 from experiments._support.common import Row, allclose, fmt
-from jaxgrad.report.cli import check_config, option, run_main
+from jaxgrad.report.cli import CheckedConfig, option, run_main
 from jaxgrad.training.rng import named_keys
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     seed: int = option(0, "seed for x (the seed uses torch.rand; ours is jax.random.uniform)")
     size: int = option(10, "number of entries of x, shape [1, size] (the seed's 10)", gt=0)
-
-    def __post_init__(self):
-        check_config(self)  # finite floats, bounds of option(...)
 
     @classmethod
     def tiny(cls) -> Config:

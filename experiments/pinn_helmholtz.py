@@ -35,15 +35,13 @@ from flax import nnx
 from experiments._support.common import Row, fmt
 from experiments._support.helmholtz import exact_u, make_model, make_terms_fn, sample
 from jaxgrad.losses.terms import term_grads
-from jaxgrad.report.cli import check_config, option, positive, run_main, to_dict
+from jaxgrad.report.cli import CheckedConfig, option, positive, run_main, to_dict
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.report.tables import print_table
 from jaxgrad.tasks.pinn import (
     PIPELINE_CHECK,
     is_pipeline_check,
-    plot_fields,
-    plot_grad_histograms,
-    plot_history,
+    plot_runs,
     relative_l2,
     train,
 )
@@ -62,7 +60,7 @@ DEFAULT_VARIANTS = ("plain", "annealed", "improved_annealed", "improved")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     steps: int = option(40_001, "training iterations (the authors' 40,001)")
     seeds: tuple[int, ...] = option((0, 1, 2), "seeds; the report gives the median and spread")
     variants: tuple[str, ...] = option(
@@ -93,7 +91,7 @@ class Config:
     )
 
     def __post_init__(self):
-        check_config(self)  # finite floats, bounds of option(...)
+        super().__post_init__()
         positive(self, "steps", "width", "depth", "batch", "lr", "decay_steps", "period", "grid")
         if not self.seeds:
             raise ValueError("--seeds needs at least one seed")
@@ -206,20 +204,8 @@ def main(cfg: Config) -> dict:
         )
     if out is not None:
         title = f"Helmholtz PINN, seed {cfg.seeds[0]}, {cfg.steps:,} steps"
-        if check:
-            title += f" ({PIPELINE_CHECK})"
-        plot_history(
-            out / "history.png", {v: r["history"] for v, r in results.items()}, title=title
-        )
-        gx, gy, exact, _ = next(iter(results.values()))["field"]
-        pred = {v: r["field"][3] for v, r in results.items()}
-        plot_fields(out / "fields.png", gx, gy, exact, pred, title=title)
-        plot_grad_histograms(
-            out / "grad_histograms.png",
-            {v: r["grads"] for v, r in results.items()},
-            title=f"∂L_r/∂W vs ∂L_bc/∂W at the end of training · {title}",
-        )
-        print(f"metrics and plots in {out}/")
+        plot_runs(out, results, steps=cfg.steps, title=title,
+                  grads="∂L_r/∂W vs ∂L_bc/∂W at the end of training")  # fmt: skip
     return summary
 
 

@@ -37,15 +37,13 @@ from experiments._support.common import Row, fmt
 from jaxgrad.losses.pde import check_points, laplacian, normal_derivative
 from jaxgrad.losses.terms import cosine_matrix, grad_stats, term_grads
 from jaxgrad.models.mlp import MLP
-from jaxgrad.report.cli import check_config, option, positive, run_main, to_dict
+from jaxgrad.report.cli import CheckedConfig, option, positive, run_main, to_dict
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.tasks.pinn import (
     METHODS,
     PIPELINE_CHECK,
     is_pipeline_check,
-    plot_fields,
-    plot_grad_histograms,
-    plot_history,
+    plot_runs,
     relative_l2,
     train,
 )
@@ -55,7 +53,7 @@ STD = 1 / np.sqrt(12)  # std of U(0, 1)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     steps: int = option(5000, "training steps per method")
     methods: tuple[str, ...] = option(METHODS, "weighting methods to compare", choices=METHODS)
     seed: int = option(0, "seed for init and points (shared by every method)")
@@ -73,7 +71,7 @@ class Config:
     out_dir: str = option("runs/pinn_poisson", "metrics and plots go here ('' = none)")
 
     def __post_init__(self):
-        check_config(self)  # finite floats, bounds of option(...)
+        super().__post_init__()
         positive(self, "steps", "width", "depth", "n_inside", "n_dirichlet", "n_neumann")
         positive(self, "lr", "period", "grid", "log_every")
 
@@ -225,26 +223,8 @@ def main(cfg: Config) -> dict:
     if cfg.out_dir:
         out = Path(cfg.out_dir)
         atomic_write_json(out / "metrics.json", {"config": to_dict(cfg), "summary": summary})
-        what = f"Poisson PINN, seed {cfg.seed}, {cfg.steps:,} steps"
-        if is_pipeline_check(cfg.steps):
-            what += f" ({PIPELINE_CHECK})"
-        histories = {m: r["history"] for m, r in results.items()}
-        plot_history(out / "history.png", histories, title=what)
-        gx, gy, exact, _ = last["field"]
-        plot_fields(
-            out / "fields.png",
-            gx,
-            gy,
-            exact,
-            {m: r["field"][3] for m, r in results.items()},
-            title=what,
-        )
-        plot_grad_histograms(
-            out / "grad_histograms.png",
-            {m: r["grads"] for m, r in results.items()},
-            title=f"per-term gradients at the end of training · {what}",
-        )
-        print(f"metrics and plots in {out}/")
+        plot_runs(out, results, steps=cfg.steps, grads="per-term gradients at the end of training",
+                  title=f"Poisson PINN, seed {cfg.seed}, {cfg.steps:,} steps")  # fmt: skip
     return summary
 
 

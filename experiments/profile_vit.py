@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from experiments._support import vit_bench
 from experiments._support.bench_torch import time_torch
 from jaxgrad.inspect.bench import bench_jit, profile_jit
-from jaxgrad.report.cli import option, run_main
+from jaxgrad.report.cli import CheckedConfig, option, run_main
 from jaxgrad.report.tables import print_table
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.step import init_train_state, make_train_step
@@ -35,7 +35,7 @@ TORCH_KINDS = (
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     size: str = option("reduced", "ViT size (experiments.bench --size)",
                        choices=("seed", "reduced", "tiny"))  # fmt: skip
     batch: int = option(64, "batch size", gt=0)

@@ -31,11 +31,11 @@ from flax import nnx
 
 import jaxgrad as jg
 from experiments._support.common import Row, allclose, close_row, fmt
-from jaxgrad.report.cli import check_config, option, run_main
+from jaxgrad.report.cli import CheckedConfig, option, run_main
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     x: float = option(2.0, "point where f(x)=3x²+2x+1 is differentiated (the seed's 2.0)")
     repeats: int = option(3, "backward() calls without zero_grad (the seed's 3)", gt=0)
     steps: int = option(20, "training steps of the frozen-backbone model", gt=0)
@@ -44,9 +44,6 @@ class Config:
         0.1, "adamw weight decay (must not touch the frozen backbone)", ge=0
     )
     seed: int = option(0, "PRNG seed for the model init and the synthetic data")
-
-    def __post_init__(self):
-        check_config(self)  # finite floats, bounds of option(...)
 
     @classmethod
     def tiny(cls) -> Config:

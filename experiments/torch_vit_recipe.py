@@ -26,12 +26,12 @@ import numpy as np
 from experiments._support.torch_vit import from_vit_config
 from jaxgrad.data.sources import load_classification_data
 from jaxgrad.errors import ConfigError
-from jaxgrad.report.cli import option, positive, run_main
+from jaxgrad.report.cli import CheckedConfig, option, positive, run_main
 from jaxgrad.tasks.classifier import RECIPES
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     recipe: str = option("cpu", "the vit_cifar10 recipe to train", choices=tuple(RECIPES))
     data: str = option(
         "folder",
@@ -48,6 +48,7 @@ class Config:
     eval_batch_size: int = option(500, "evaluation batch size")
 
     def __post_init__(self):
+        super().__post_init__()
         positive(self, "n_val", "train_limit", "epochs", "threads", "eval_batch_size")
 
     @classmethod

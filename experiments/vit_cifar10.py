@@ -50,7 +50,7 @@ from jaxgrad.data.sources import check_fits, load_classification_data
 from jaxgrad.errors import ConfigError
 from jaxgrad.inspect.doctor import diagnose
 from jaxgrad.models.vit import ViT, ViTConfig, count_params
-from jaxgrad.report.cli import check_config, option, positive, run_main, to_dict
+from jaxgrad.report.cli import option, positive, run_main, to_dict
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.report.plan import Plan
 from jaxgrad.report.plots import plot_run_curves, run_title
@@ -134,7 +134,7 @@ class Config(RunFlags):
     max_nonfinite: int = option(20, "stop when this many steps in a row were skipped")
 
     def __post_init__(self):
-        check_config(self)
+        super().__post_init__()
         positive(self, "n_val", "synthetic_size", "train_limit", "eval_batch_size", "keep")
         positive(self, "steps_per_dispatch", "epochs", "batch_size", "dim", "depth")
         positive(self, "heads", "mlp_dim", "devices", "max_nonfinite")

@@ -29,20 +29,20 @@ import jax.numpy as jnp
 
 from experiments._support.common import Row, allclose, close_row, fmt
 from jaxgrad.autodiff.autograd import backward, grad, hvp, nth_grad, pullback
-from jaxgrad.report.cli import check_config, option, run_main
+from jaxgrad.report.cli import CheckedConfig, option, run_main
 
 X = ((2.0, 1.0),)  # the seed's x, shape [1, 2]
 Y = ((1.0, 2.0), (3.0, 4.0))  # the seed's y, shape [2, 2]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(CheckedConfig):
     cotangent: tuple[float, ...] = option(
         (1.0, 0.0), "grad_tensors for z = x @ y, shape [1, 2] (the seed's [[1, 0]])"
     )
 
     def __post_init__(self):
-        check_config(self)  # finite floats, bounds of option(...)
+        super().__post_init__()
         if len(self.cotangent) != 2:
             raise ValueError(
                 f"--cotangent needs 2 numbers (z = x @ y has shape [1, 2]), got {self.cotangent}"

@@ -21,6 +21,7 @@ from jaxgrad.inspect.bench import (
     bench_loop,
     clock_fn,
     compile_timed,
+    interleave,
     measure,
     op_time_shares,
     profile_jit,
@@ -85,6 +86,28 @@ def test_every_timer_samples_on_the_clock_asked_for(fake_clocks, clock):
     assert t.times_s == (per, per) and t.clock == clock
     with pytest.raises(ValueError, match="clock must be one of"):
         clock_fn("gpu")
+
+
+def test_interleave_alternates_the_order_and_times_both_clocks_per_call(fake_clocks):
+    seen = []
+    calls = {n: (lambda n=n: seen.append(n)) for n in ("a", "b")}
+    t = interleave(calls, runs=3, warmup=2, calls_per_run=2, sync=lambda _: None)
+    assert seen == ["a"] * 2 + ["b"] * 2 + [
+        "a",
+        "a",
+        "b",
+        "b",
+        "b",
+        "b",
+        "a",
+        "a",
+        "a",
+        "a",
+        "b",
+        "b",
+    ]
+    for name in calls:  # one wall sample is 2 s over 2 calls; the CPU clock is read around it
+        assert t[name] == {"wall": [1.0] * 3, "cpu": [1.5] * 3}
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -151,6 +152,31 @@ def test_every_experiment_float_flag_rejects_nonfinite_and_out_of_range(module, 
     assert e.value.code == 2 and flag in capsys.readouterr().err
     with pytest.raises(ValueError, match=flag.split(" must")[0]):  # built directly, too
         cfg_cls(**{argv[0].lstrip("-").split("=")[0].replace("-", "_"): float("nan")})
+
+
+_CONFIG_MODULES = sorted(
+    p.stem
+    for p in (Path(__file__).resolve().parents[1] / "experiments").glob("*.py")
+    if "\nclass Config(" in p.read_text()
+)
+
+
+@pytest.mark.parametrize("module", _CONFIG_MODULES)
+def test_every_experiment_config_is_checked_however_it_is_built(module):
+    """Every experiment's Config is a CheckedConfig: a non-finite float is refused, by flag name,
+    when the config is built in code as well as when it is parsed."""
+    import dataclasses
+    import importlib
+
+    from jaxgrad.errors import ConfigError
+    from jaxgrad.report.cli import CheckedConfig
+
+    cfg_cls = importlib.import_module(f"experiments.{module}").Config
+    assert issubclass(cfg_cls, CheckedConfig)
+    floats = [f.name for f in dataclasses.fields(cfg_cls) if f.type.startswith("float")]
+    for name in floats:
+        with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be a finite"):
+            dataclasses.replace(cfg_cls.tiny(), **{name: float("nan")})
 
 
 def test_option_bounds_checked_for_any_config():

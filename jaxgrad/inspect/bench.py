@@ -42,7 +42,7 @@ import numpy as np
 
 __all__ = [
     "CLOCKS", "H100_BF16_PEAK_TFLOPS", "OP_KINDS", "Timing", "bench_jit", "bench_loop", "clock_fn",
-    "compile_timed", "default_peak_tflops", "device_info", "measure", "op_time_shares",
+    "compile_timed", "default_peak_tflops", "device_info", "interleave", "measure", "op_time_shares",
     "profile_jit", "profile_ops", "xla_flops",
 ]  # fmt: skip
 
@@ -94,6 +94,31 @@ def measure(
         sync(out)
         times.append((now() - t0) / calls_per_run)
     return tuple(times)
+
+
+def interleave(
+    calls: dict[str, Callable[[], Any]],
+    *,
+    runs: int,
+    warmup: int,
+    calls_per_run: int = 1,
+    sync: Callable[[Any], Any] = jax.block_until_ready,
+) -> dict[str, dict[str, list[float]]]:
+    """Contenders timed in turn, so a drift in a shared machine's load hits each alike:
+    ``warmup`` untimed calls of each, then ``runs`` rounds of one :func:`measure` sample each,
+    in reverse order every other round (A B, B A, ...). Returns ``{name: {"wall": [...], "cpu":
+    [...]}}``: seconds per call, and this process's CPU seconds per call around each sample."""
+    for call in calls.values():
+        for _ in range(warmup):
+            sync(call())
+    out = {name: {"wall": [], "cpu": []} for name in calls}
+    for r in range(runs):
+        for name in list(calls)[:: -1 if r % 2 else 1]:
+            c0 = time.process_time()
+            out[name]["wall"] += measure(calls[name], runs=1, warmup=0, sync=sync,
+                                         calls_per_run=calls_per_run)  # fmt: skip
+            out[name]["cpu"].append((time.process_time() - c0) / calls_per_run)
+    return out
 
 
 def compile_timed(jitted: Any, *args: Any) -> tuple[Any, float]:

@@ -3,7 +3,7 @@
 Declare each field with :func:`option` so its default and its reason sit together::
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
+    class Config(CheckedConfig):
         lr: float = option(1e-3, "Adam learning rate (the seed's value)")
         recipe: str = option("seed", "training recipe", choices=("seed", "strong"))
 
@@ -18,9 +18,9 @@ the persistent compilation cache (:func:`jaxgrad.training.xla.enable_compile_cac
 (:func:`jaxgrad.training.xla.keep_host_memory`; ``JAXGRAD_MALLOC=system`` leaves it). A config's
 ``__post_init__`` may raise ValueError; the message is shown as a usage error (exit code 2).
 
-Validation (:func:`check_config`, run by :func:`parse` on every config and callable from
-``__post_init__`` so directly built configs are checked too): every float value (also inside
-an Optional or a tuple) must be finite, and a field declared with bounds must lie in them::
+Validation (:func:`check_config`, run by :func:`parse` on every config and, for a subclass of
+:class:`CheckedConfig`, whenever one is built): every float value (also inside an Optional or a
+tuple) must be finite, and a field declared with bounds must lie in them::
 
     label_smoothing: float = option(0.0, "...", ge=0, lt=1)   # a probability: [0, 1)
     weight_decay: float = option(0.05, "...", ge=0)          # a rate or decay: >= 0
@@ -50,7 +50,8 @@ from typing import Any, TypeVar
 from jaxgrad.errors import ConfigError, UserError
 from jaxgrad.training.xla import enable_compile_cache, keep_host_memory
 
-__all__ = ["check_config", "one_line", "option", "parse", "positive", "run_main", "to_dict"]
+__all__ = ["CheckedConfig", "check_config", "one_line", "option", "parse", "positive", "run_main",
+           "to_dict"]  # fmt: skip
 
 C = TypeVar("C")
 
@@ -115,6 +116,14 @@ def check_config(cfg: Any) -> None:
         bounds = f.metadata.get("bounds", {})
         for x in v if isinstance(v, tuple) else (v,):
             _check_value(f.name, x, bounds)
+
+
+class CheckedConfig:
+    """Base of every experiment's ``Config``: building one (flags or code) runs
+    :func:`check_config`. A subclass with checks of its own calls ``super().__post_init__()``."""
+
+    def __post_init__(self):
+        check_config(self)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -43,6 +43,7 @@ __all__ = [
     "plot_fields",
     "plot_grad_histograms",
     "plot_history",
+    "plot_runs",
     "relative_l2",
     "train",
 ]
@@ -307,3 +308,18 @@ def plot_history(path: Path, histories: dict[str, dict], *, seed: int = 0, title
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def plot_runs(out: Path, results: dict[str, dict], *, steps: int, title: str, grads: str) -> None:
+    """``history.png``, ``fields.png`` and ``grad_histograms.png`` under ``out``, one row or
+    colour per run; ``results[run]`` holds ``history``, ``field`` (``x, y, exact, pred``) and
+    ``grads`` (per-term params pytrees). A run of ``steps`` too few to rank says so in titles."""
+    if is_pipeline_check(steps):
+        title += f" ({PIPELINE_CHECK})"
+    plot_history(out / "history.png", {r: v["history"] for r, v in results.items()}, title=title)
+    x, y, exact, _ = next(iter(results.values()))["field"]  # one problem: the same exact field
+    pred = {r: v["field"][3] for r, v in results.items()}
+    plot_fields(out / "fields.png", x, y, exact, pred, title=title)
+    by_run = {r: v["grads"] for r, v in results.items()}
+    plot_grad_histograms(out / "grad_histograms.png", by_run, title=f"{grads} · {title}")
+    print(f"metrics and plots in {out}/")

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from jaxgrad.errors import ConfigError, MissingCheckpointError, OutDirError
-from jaxgrad.report.cli import option
+from jaxgrad.report.cli import CheckedConfig, option
 from jaxgrad.report.io import JsonlLogger, to_jsonable
 from jaxgrad.training.distributed import barrier, is_main
 from jaxgrad.training.run_marker import MARKER_NAME, RunMarker, check_replaceable, write_marker
@@ -78,7 +78,7 @@ LOCK_NAME = ".jaxgrad.lock"
 
 
 @dataclasses.dataclass(frozen=True)
-class RunFlags:
+class RunFlags(CheckedConfig):
     """The flags every training experiment shares, written once: where the run goes and what
     may be replaced there, what it prints, and the devices and processes it spans. An
     experiment's ``Config`` subclasses it and gives ``out_dir`` its own default."""
