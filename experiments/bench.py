@@ -45,14 +45,14 @@ from experiments._support.bench_torch import (
 )
 from experiments._support.vit_bench import (
     adam,
+    clip_step,
+    forward_flops,
     synthetic,
     vit_config,
     vit_evaluate,
     vit_loss,
     vit_params,
 )
-from jaxgrad.data.captions import caption_table
-from jaxgrad.data.synthetic import CLASS_NAMES
 from jaxgrad.inspect.bench import (
     CLOCKS,
     Timing,
@@ -62,15 +62,11 @@ from jaxgrad.inspect.bench import (
     device_info,
     profile_jit,
 )
-from jaxgrad.models.clip import ClipConfig, ClipModel
-from jaxgrad.models.vit import ViTConfig, vit_forward_flops
 from jaxgrad.report.cli import CheckedConfig, option, run_main, to_dict
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.report.tables import print_table
-from jaxgrad.tasks import clip as clip_task
 from jaxgrad.training.loop import (
     chunk_plan,
-    init_params,
     make_run_chunk,
     steps_per_epoch,
     train_epoch,
@@ -81,7 +77,6 @@ from jaxgrad.training.xla import WIDE_VECTORS
 
 PRECISIONS = ("highest", "default", "bf16")
 SCENARIOS = ("step", "scan", "epoch", "eval", "clip", "torch")
-#: the CPU anchor's reduced vit-pytorch ViT (anchors.md: 346,570 params; patch 4, dropout 0.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,12 +154,6 @@ def matmul_precision(precision: str):
     if precision == "highest":
         return jax.default_matmul_precision("highest")
     return contextlib.nullcontext()
-
-
-def forward_flops(vit: ViTConfig) -> float:
-    names = ("image_size", "patch_size", "dim", "depth", "heads", "dim_head", "mlp_dim",
-             "num_classes", "channels")  # fmt: skip
-    return vit_forward_flops(**{n: getattr(vit, n) for n in names})
 
 
 def _add(rows: list[dict], scenario: str, framework: str, precision: str, batch: int,
@@ -267,17 +256,7 @@ def run_eval(cfg: Config, params, keys: dict, peak: float | None) -> list[dict]:
 def run_clip(cfg: Config, keys: dict, peak: float | None) -> list[dict]:
     """The CLIP experiment's train step (``jaxgrad.tasks``: templated captions,
     symmetric loss, clip + AdamW, the ``logit_scale`` clamp), one step per dispatch."""
-    clip = ClipConfig.tiny() if cfg.size == "tiny" else ClipConfig()
-    tok, ids, mask = caption_table(CLASS_NAMES, max_len=clip.text.max_len)
-    clip = dataclasses.replace(clip, text=dataclasses.replace(clip.text, vocab_size=len(tok)))
-    graphdef, params, rest = init_params(ClipModel, clip, keys["init"])
-    captions = (jnp.asarray(ids), jnp.asarray(mask))
-    # the experiment's defaults
-    loss_fn = clip_task.clip_loss_fn(graphdef, rest, captions, loss="clip", freeze_image=False,
-                                 use_augment=True)  # fmt: skip
-    opt, _ = clip_task.clip_optimizer(params, steps=1000, lr=1e-3, warmup_steps=50,
-                                  weight_decay=0.1, clip_norm=1.0, freeze_image=False)  # fmt: skip
-    step = make_train_step(loss_fn, opt, **clip_task.CLIP_STEP)
+    step, params, opt, clip = clip_step(cfg.size == "tiny", keys["init"])
     rows = []
     for b in cfg.batch:
         data = synthetic(keys["data"], (b,), clip.image)

@@ -29,7 +29,7 @@ from jaxgrad.data.pipeline import normalize
 from jaxgrad.inspect.bench import interleave
 from jaxgrad.losses.classification import cross_entropy
 from jaxgrad.models.vit import ViT, ViTConfig
-from jaxgrad.report.cli import CheckedConfig, option, positive, run_main
+from jaxgrad.report.cli import CheckedConfig, option, run_main
 from jaxgrad.training.guard import skip_nonfinite
 from jaxgrad.training.loop import init_params
 from jaxgrad.training.step import init_train_state, make_train_step
@@ -37,17 +37,13 @@ from jaxgrad.training.step import init_train_state, make_train_step
 
 @dataclasses.dataclass(frozen=True)
 class Config(CheckedConfig):
-    dim: int = option(128, "ViT width (small enough for a shared CPU)")
-    depth: int = option(2, "transformer blocks")
-    batch_size: int = option(64, "the seed's batch size")
+    dim: int = option(128, "ViT width (small enough for a shared CPU)", gt=0)
+    depth: int = option(2, "transformer blocks", gt=0)
+    batch_size: int = option(64, "the seed's batch size", gt=0)
     label_smoothing: float = option(0.1, "smoothing of both losses", ge=0, lt=1)
-    samples: int = option(30, "timed samples per variant (medians reported)")
-    steps: int = option(5, "train steps per sample")
+    samples: int = option(30, "timed samples per variant (medians reported)", gt=0)
+    steps: int = option(5, "train steps per sample", gt=0)
     warmup: int = option(3, "untimed steps after compilation")
-
-    def __post_init__(self):
-        super().__post_init__()
-        positive(self, "dim", "depth", "batch_size", "samples", "steps")
 
     @classmethod
     def tiny(cls) -> Config:

@@ -29,7 +29,7 @@ from experiments._support import helmholtz as helm
 from jaxgrad.inspect.bench import interleave
 from jaxgrad.losses.terms import term_grads
 from jaxgrad.losses.weighting import lr_annealing, weighted_sum
-from jaxgrad.report.cli import CheckedConfig, option, positive, run_main
+from jaxgrad.report.cli import CheckedConfig, option, run_main
 from jaxgrad.report.tables import print_table
 from jaxgrad.training.rng import named_keys
 from jaxgrad.training.step import init_train_state, make_multi_step
@@ -47,21 +47,18 @@ class Config(CheckedConfig):
         "jax-forward: jaxgrad.losses.pde.forward_laplacian; jax-jvp: jvp of jvp; torch-*: the anchor",
         choices=CONTENDERS,
     )
-    block: int = option(500, "steps per timed sample")
-    runs: int = option(7, "interleaved rounds (samples per contender)")
-    warmup: int = option(1, "untimed rounds first (compilation, caches)")
-    jax_chunk: int = option(100, "plain JAX steps per dispatch (one lax.scan); 1 = per step")
+    block: int = option(500, "steps per timed sample", gt=0)
+    runs: int = option(7, "interleaved rounds (samples per contender)", gt=0)
+    warmup: int = option(1, "untimed rounds first (compilation, caches)", ge=0)
+    jax_chunk: int = option(100, "plain JAX steps per dispatch (one lax.scan); 1 = per step", gt=0)
     torch_threads: int = option(1, "torch.set_num_threads (0 = leave torch's default)")
-    width: int = option(50, "hidden width")
-    depth: int = option(3, "hidden layers")
-    batch: int = option(128, "points per edge and residual points per step")
-    period: int = option(10, "annealing update every N steps")
+    width: int = option(50, "hidden width", gt=0)
+    depth: int = option(3, "hidden layers", gt=0)
+    batch: int = option(128, "points per edge and residual points per step", gt=0)
+    period: int = option(10, "annealing update every N steps", gt=0)
 
     def __post_init__(self):
         super().__post_init__()
-        positive(self, "block", "runs", "jax_chunk", "width", "depth", "batch", "period")
-        if self.warmup < 0:
-            raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
         if self.block % self.jax_chunk or self.block % self.period:
             raise ValueError(
                 f"--block ({self.block}) must be a multiple of --jax-chunk ({self.jax_chunk}) "

@@ -7,7 +7,8 @@ The network is the Helmholtz PINN ([2, 50, 50, 50, 1], tanh). Term 0 is the PDE 
 (Laplacian by :func:`jaxgrad.losses.pde.forward_laplacian`, ``--laplacian jvp`` for jvp of jvp) on
 128 points; terms 1..K-1 are boundary mean squares on 128 points each. Jitted, same inputs,
 compile apart, warm-up, ``block_until_ready``; every variant of both frameworks is timed in
-turns (round-robin, one call each per round), median of ``--runs`` rounds. Each framework's
+turns (:func:`jaxgrad.inspect.bench.interleave`: one call each per round, the order reversed
+every other round), median of ``--runs`` rounds. Each framework's
 per-term gradients are compared with *its own* summed gradient:
 
 - ``jax sum``: ``jax.grad`` of ``Σ_i L_i`` (one gradient; the JAX rows' baseline);
@@ -29,9 +30,9 @@ import dataclasses
 import os
 from pathlib import Path
 
-from experiments._support.terms_timing import CLOCKS, LAPLACIANS, run
-from jaxgrad.inspect.bench import device_info
-from jaxgrad.report.cli import CheckedConfig, option, positive, run_main, to_dict
+from experiments._support.terms_timing import LAPLACIANS, run
+from jaxgrad.inspect.bench import CLOCKS, device_info
+from jaxgrad.report.cli import CheckedConfig, option, run_main, to_dict
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.report.tables import print_table
 
@@ -42,7 +43,7 @@ class Config(CheckedConfig):
     size: str = option(
         "seed", "network/points: the Helmholtz PINN or tiny", choices=("seed", "tiny")
     )
-    runs: int = option(50, "timed samples (median reported)")
+    runs: int = option(50, "timed samples (median reported)", gt=0)
     warmup: int = option(5, "untimed calls after compilation")
     torch: bool = option(True, "also time PyTorch's retain_graph loop when torch is installed")
     torch_threads: int = option(1, "torch.set_num_threads (0 = leave torch's default)")
@@ -56,7 +57,6 @@ class Config(CheckedConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        positive(self, "runs")
         if not self.k or min(self.k) < 1:
             raise ValueError(f"--k needs term counts >= 1, got {self.k}")
 

@@ -71,8 +71,10 @@ from jaxgrad.training.xla import RUN_ONCE
 class Config(RunFlags):
     data: str = option("synthetic", "image source", choices=("synthetic", "folder"))
     data_dir: str = option("data/train", "root/<class>/<image> folder for --data folder")
-    n_images: int = option(6000, "images used (synthetic: generated; folder: random subset, 0=all)")
-    n_val: int = option(1000, "held-out images for zero-shot accuracy and retrieval")
+    n_images: int = option(
+        6000, "images (synthetic: generated; folder: random subset, 0=all)", ge=0
+    )
+    n_val: int = option(1000, "held-out images for zero-shot accuracy and retrieval", gt=0)
     loss: str = option(
         "clip",
         "clip: symmetric CE; siglip: sigmoid, bias init -10; siglip-ring: the same loss with "
@@ -101,36 +103,32 @@ class Config(RunFlags):
         None, "peak lr of the image tower, its own param group (none: --lr for all)", gt=0
     )
     clip_norm: float | None = option(1.0, "clip the global gradient norm to this (none: off)", gt=0)
-    steps: int = option(600, "optimizer steps")
+    steps: int = option(600, "optimizer steps", gt=0)
     batch_size: int = option(
         128, "global pairs per step (the B×B similarity matrix), split over every device"
     )
     lr: float = option(1e-3, "AdamW peak learning rate (cosine decay after warmup)", gt=0)
-    warmup_steps: int = option(50, "linear warmup steps")
+    warmup_steps: int = option(50, "linear warmup steps", ge=0)
     weight_decay: float = option(0.1, "AdamW decay on ≥2-D weights only (open_clip's rule)", ge=0)
-    embed_dim: int = option(128, "shared embedding width (clip: the tower's projection_dim)")
-    image_dim: int = option(128, "ViT width")
-    image_depth: int = option(4, "ViT blocks")
-    patch_size: int = option(4, "ViT patch size (32/4 = 64 patches)")
-    text_dim: int = option(128, "text encoder width")
-    text_depth: int = option(2, "text encoder blocks")
-    heads: int = option(4, "attention heads in both towers")
-    max_len: int = option(16, "caption length in tokens (the templates need at most 12)")
+    embed_dim: int = option(128, "shared embedding width (clip: the tower's projection_dim)", gt=0)
+    image_dim: int = option(128, "ViT width", gt=0)
+    image_depth: int = option(4, "ViT blocks", gt=0)
+    patch_size: int = option(4, "ViT patch size (32/4 = 64 patches)", gt=0)
+    text_dim: int = option(128, "text encoder width", gt=0)
+    text_depth: int = option(2, "text encoder blocks", gt=0)
+    heads: int = option(4, "attention heads in both towers", gt=0)
+    max_len: int = option(16, "caption length in tokens (the templates need at most 12)", gt=0)
     augment: bool = option(True, "random crop + flip on training images (vit only)")
-    eval_every: int = option(100, "steps between zero-shot evaluations")
-    log_every: int = option(10, "steps between JSONL training records")
-    steps_per_dispatch: int = option(50, "max train steps scanned per device dispatch")
+    eval_every: int = option(100, "steps between zero-shot evaluations", gt=0)
+    log_every: int = option(10, "steps between JSONL training records", gt=0)
+    steps_per_dispatch: int = option(50, "max train steps scanned per device dispatch", gt=0)
     seed: int = option(0, "one seed for init, data order, captions, augmentation")
     out_dir: str = option("runs/clip_contrastive", "JSONL metrics, PNG curves, final JSON")
     fast_compile: bool = option(False, "XLA backend opt level 0: ~2x faster compiles, slower steps")
 
     def __post_init__(self):
         super().__post_init__()
-        positive(self, "n_val", "steps", "batch_size", "lr", "embed_dim", "eval_every")
-        positive(self, "image_dim", "image_depth", "text_dim", "text_depth", "heads", "log_every")
-        positive(self, "clip_norm", "patch_size", "max_len", "steps_per_dispatch", "devices")
-        if self.n_images < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
-            raise ValueError("--n-images, --warmup-steps, --weight-decay must be >= 0")
+        positive(self, "batch_size")
         if self.text_dim % self.heads or self.image_dim % self.heads:
             raise ValueError(
                 f"--text-dim and --image-dim must be divisible by --heads={self.heads}"

@@ -1,4 +1,4 @@
-"""Every GPU headline figure of issue 16 from ONE command (meant for one H200 in < 8 minutes).
+"""Every GPU headline figure from ONE command (meant for one H200 in < 8 minutes).
 
 Run on the GPU machine, the training images carried as their tar.gz (an ignored folder)::
 
@@ -42,23 +42,17 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from experiments._support import terms_timing
+from experiments._support import terms_timing, vit_bench
 from experiments._support.bench_torch import TORCH_PRECISION, time_torch
 from experiments._support.gpu_suite_report import markdown
-from jaxgrad.data.captions import caption_table
 from jaxgrad.data.synthetic import CLASS_NAMES, make_synthetic
 from jaxgrad.inspect.bench import Timing, bench_jit, device_info
-from jaxgrad.models.clip import ClipConfig, ClipModel
-from jaxgrad.models.vit import ViT, ViTConfig, vit_forward_flops
 from jaxgrad.report.cli import CheckedConfig, option, positive, run_main, to_dict
 from jaxgrad.report.io import atomic_write_bytes, atomic_write_json
-from jaxgrad.tasks import classifier as classifier_task
-from jaxgrad.tasks import clip as clip_task
-from jaxgrad.training.loop import INIT_OPTIONS, abstract_params, init_params, make_run_chunk
+from jaxgrad.training.loop import INIT_OPTIONS, make_run_chunk
 from jaxgrad.training.rng import named_keys
-from jaxgrad.training.step import init_train_state, make_train_step
+from jaxgrad.training.step import init_train_state
 
 #: dense bf16 datasheet peak of an H100/H200 SXM (TFLOP/s); no datasheet figure for a CPU
 DATASHEET_BF16_TFLOPS = 989.0
@@ -102,17 +96,6 @@ def smoke_overrides(cfg: Config) -> Config:
                                torch=tuple(v for v in cfg.torch if v != "compile"))  # fmt: skip
 
 
-def model_config(smoke: bool, precision: str, attn_dropout: bool = True) -> ViTConfig:
-    base = ViTConfig.tiny() if smoke else ViTConfig.seed()
-    dtype = "bfloat16" if precision == "bf16" else "float32"
-    return dataclasses.replace(base, dtype=dtype, attn_dropout=attn_dropout)
-
-
-def flops_per_image(vit: ViTConfig) -> float:
-    names = ("image_size", "patch_size", "dim", "depth", "heads", "dim_head", "mlp_dim")
-    return vit_forward_flops(**{n: getattr(vit, n) for n in names}, num_classes=vit.num_classes)
-
-
 def _row(part: str, label: str, t: Timing, peaks: dict, **extra) -> dict:
     """A timing row with MFU against each peak (labelled), and where it was measured."""
     d = {"part": part, "label": label, **t.to_dict(), **extra}
@@ -142,20 +125,16 @@ def run_peak(smoke: bool) -> dict:
 def run_vit(cfg: Config, peaks: dict) -> list[dict]:
     """The experiment's own step (gather + loss + Adam), 1 or ``chunk`` steps per dispatch."""
     keys, rows = named_keys(0, "init", "data", "step"), []
+    size = "tiny" if cfg.smoke else "seed"
     variants = [(p, True) for p in PRECISIONS] + [("bf16", False)]
     for precision, attn_dropout in variants:
-        vit = model_config(cfg.smoke, precision, attn_dropout)
-        graphdef = abstract_params(ViT, vit)[0]
-        params = init_params(ViT, dataclasses.replace(vit, dtype="float32"), keys["init"])[1]
-        loss_fn = classifier_task.classifier_loss(graphdef, label_smoothing=0.0, use_augment=False)
-        opt = optax.adam(1e-3)
+        vit = vit_bench.vit_config(size, precision, attn_dropout=attn_dropout)
+        params, opt = vit_bench.vit_params(vit, keys["init"]), vit_bench.adam()
+        loss_fn = vit_bench.vit_loss(vit)
         # smoke: XLA's quick compile (minutes saved on a CPU; its timings mean nothing anyway)
         run = make_run_chunk(loss_fn, opt, compiler_options=INIT_OPTIONS if cfg.smoke else None)
         for b in cfg.batch:
-            n = b * cfg.chunk
-            ki, kl = jax.random.split(keys["data"])
-            images = jax.random.randint(ki, (n, 32, 32, 3), 0, 256, jnp.int32).astype(jnp.uint8)
-            labels = jax.random.randint(kl, (n,), 0, vit.num_classes)
+            data = vit_bench.synthetic(keys["data"], (b * cfg.chunk,), vit)
             for k in (1, cfg.chunk):
                 idx = jnp.arange(k * b, dtype=jnp.int32).reshape(k, b)
                 state = init_train_state(jax.tree.map(jnp.copy, params), opt)
@@ -164,9 +143,10 @@ def run_vit(cfg: Config, peaks: dict) -> list[dict]:
                     "step" if k == 1 else f"scan{k}"
                 )
                 with jax.default_matmul_precision(prec):
-                    t = bench_jit(run, state, images, labels, idx, keys["step"], name=label,
-                                  items=k * b, steps_per_call=k, carry=True, runs=cfg.runs,
-                                  warmup=cfg.warmup, flops=3 * flops_per_image(vit) * k * b)  # fmt: skip
+                    t = bench_jit(run, state, data["images"], data["labels"], idx, keys["step"],
+                                  name=label, items=k * b, steps_per_call=k, carry=True,
+                                  runs=cfg.runs, warmup=cfg.warmup,
+                                  flops=3 * vit_bench.forward_flops(vit) * k * b)  # fmt: skip
                 rows.append(_row("vit", label, t, peaks, precision=precision, batch=b,
                                  scanned=k, attn_dropout=attn_dropout,
                                  attention=vit.attention_implementation() or "xla",
@@ -180,11 +160,11 @@ def run_torch(cfg: Config, peaks: dict, skipped: list[dict]) -> list[dict]:
             {"part": "torch", "reason": "torch is not installed (pip install -e '.[torch]')"}
         )
         return []
-    vit = model_config(cfg.smoke, "highest")
+    vit = vit_bench.vit_config("tiny" if cfg.smoke else "seed", "highest")
     if "compile" not in cfg.torch:
         skipped.append({"part": "torch compile", "reason": "not run (--smoke: minutes on CPU)"})
     out = time_torch(vit, variants=cfg.torch, batches=cfg.batch, runs=cfg.runs,
-                     warmup=cfg.warmup, threads=2, flops_per_image=flops_per_image(vit),
+                     warmup=cfg.warmup, threads=2, flops_per_image=vit_bench.forward_flops(vit),
                      skipped=skipped)  # fmt: skip
     return [_row("torch", f"torch {TORCH_PRECISION[v]} b{b}", t, peaks, variant=v, batch=b)
             for v, b, t in out]  # fmt: skip
@@ -200,20 +180,10 @@ def run_terms(cfg: Config) -> list[dict]:
 def run_clip(cfg: Config, peaks: dict) -> list[dict]:
     """The CLIP experiment's train step (``jaxgrad.tasks``), one step per dispatch."""
     keys = named_keys(0, "init", "data", "step")
-    clip = ClipConfig.tiny() if cfg.smoke else ClipConfig()
-    tok, ids, mask = caption_table(CLASS_NAMES, max_len=clip.text.max_len)
-    clip = dataclasses.replace(clip, text=dataclasses.replace(clip.text, vocab_size=len(tok)))
-    graphdef, params, rest = init_params(ClipModel, clip, keys["init"])
-    loss_fn = clip_task.clip_loss_fn(graphdef, rest, (jnp.asarray(ids), jnp.asarray(mask)),
-                                 loss="clip", freeze_image=False, use_augment=True)  # fmt: skip
-    opt, _ = clip_task.clip_optimizer(params, steps=1000, lr=1e-3, warmup_steps=50,
-                                  weight_decay=0.1, clip_norm=1.0, freeze_image=False)  # fmt: skip
-    step = make_train_step(loss_fn, opt, **clip_task.CLIP_STEP, jit=False)
-    step = jax.jit(step, donate_argnums=(0,), compiler_options=INIT_OPTIONS if cfg.smoke else None)
+    step, params, opt, clip = vit_bench.clip_step(cfg.smoke, keys["init"],
+                                                  INIT_OPTIONS if cfg.smoke else None)  # fmt: skip
     b = max(cfg.batch)
-    ki, kl = jax.random.split(keys["data"])
-    batch = {"images": jax.random.randint(ki, (b, 32, 32, 3), 0, 256).astype(jnp.uint8),
-             "labels": jax.random.randint(kl, (b,), 0, 10)}  # fmt: skip
+    batch = vit_bench.synthetic(keys["data"], (b,), clip.image)
     state = init_train_state(params, opt)
     t = bench_jit(step, state, batch, keys["step"], name=f"clip b{b}", items=b, carry=True,
                   runs=cfg.runs, warmup=cfg.warmup)  # fmt: skip

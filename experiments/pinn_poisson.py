@@ -37,7 +37,7 @@ from experiments._support.common import Row, fmt
 from jaxgrad.losses.pde import check_points, laplacian, normal_derivative
 from jaxgrad.losses.terms import cosine_matrix, grad_stats, term_grads
 from jaxgrad.models.mlp import MLP
-from jaxgrad.report.cli import CheckedConfig, option, positive, run_main, to_dict
+from jaxgrad.report.cli import CheckedConfig, option, run_main, to_dict
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.tasks.pinn import (
     METHODS,
@@ -54,26 +54,21 @@ STD = 1 / np.sqrt(12)  # std of U(0, 1)
 
 @dataclasses.dataclass(frozen=True)
 class Config(CheckedConfig):
-    steps: int = option(5000, "training steps per method")
+    steps: int = option(5000, "training steps per method", gt=0)
     methods: tuple[str, ...] = option(METHODS, "weighting methods to compare", choices=METHODS)
     seed: int = option(0, "seed for init and points (shared by every method)")
-    width: int = option(50, "hidden width")
-    depth: int = option(3, "hidden layers")
-    n_inside: int = option(128, "interior collocation points per step (xy_inside)")
-    n_dirichlet: int = option(64, "points per Dirichlet edge per step (xy_dirichlet)")
-    n_neumann: int = option(64, "points per Neumann edge per step (xy_neumann)")
+    width: int = option(50, "hidden width", gt=0)
+    depth: int = option(3, "hidden layers", gt=0)
+    n_inside: int = option(128, "interior collocation points per step (xy_inside)", gt=0)
+    n_dirichlet: int = option(64, "points per Dirichlet edge per step (xy_dirichlet)", gt=0)
+    n_neumann: int = option(64, "points per Neumann edge per step (xy_neumann)", gt=0)
     lr: float = option(1e-3, "Adam learning rate (decayed by 0.9 every 1000 steps)", gt=0)
-    period: int = option(10, "weight update every N steps")
+    period: int = option(10, "weight update every N steps", gt=0)
     smoothing: float = option(0.9, "moving-average factor of the weights", ge=0, lt=1)
-    grid: int = option(64, "evaluation grid points per axis")
-    log_every: int = option(50, "history resolution in steps")
+    grid: int = option(64, "evaluation grid points per axis", gt=0)
+    log_every: int = option(50, "history resolution in steps", gt=0)
     progress: bool = option(True, "a progress bar per run (plain lines when not a terminal)")
     out_dir: str = option("runs/pinn_poisson", "metrics and plots go here ('' = none)")
-
-    def __post_init__(self):
-        super().__post_init__()
-        positive(self, "steps", "width", "depth", "n_inside", "n_dirichlet", "n_neumann")
-        positive(self, "lr", "period", "grid", "log_every")
 
     @classmethod
     def tiny(cls) -> Config:

@@ -26,7 +26,7 @@ import numpy as np
 from experiments._support.torch_vit import from_vit_config
 from jaxgrad.data.sources import load_classification_data
 from jaxgrad.errors import ConfigError
-from jaxgrad.report.cli import CheckedConfig, option, positive, run_main
+from jaxgrad.report.cli import CheckedConfig, option, run_main
 from jaxgrad.tasks.classifier import RECIPES
 
 
@@ -40,16 +40,12 @@ class Config(CheckedConfig):
     )
     data_dir: str | None = option(None, "image folder root/<class>/<image> (--data folder)")
     cache_dir: str | None = option(None, "decoded image-folder cache (default ~/.cache/jaxgrad)")
-    n_val: int = option(5000, "images held out for validation (as vit_cifar10 --n-val)")
-    train_limit: int | None = option(None, "train on N random training images only")
-    epochs: int | None = option(None, "override the recipe's epochs")
-    threads: int = option(2, "torch.set_num_threads")
+    n_val: int = option(5000, "images held out for validation (as vit_cifar10 --n-val)", gt=0)
+    train_limit: int | None = option(None, "train on N random training images only", gt=0)
+    epochs: int | None = option(None, "override the recipe's epochs", gt=0)
+    threads: int = option(2, "torch.set_num_threads", gt=0)
     seed: int = option(0, "split seed (as vit_cifar10 --seed) and torch.manual_seed")
-    eval_batch_size: int = option(500, "evaluation batch size")
-
-    def __post_init__(self):
-        super().__post_init__()
-        positive(self, "n_val", "train_limit", "epochs", "threads", "eval_batch_size")
+    eval_batch_size: int = option(500, "evaluation batch size", gt=0)
 
     @classmethod
     def tiny(cls) -> Config:

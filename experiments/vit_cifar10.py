@@ -93,18 +93,18 @@ class Config(RunFlags):
     )
     data_dir: str | None = option(None, "CIFAR-10 directory (or its archive's) / image folder")
     download: bool = option(False, "download CIFAR-10 into --data-dir if it is not there")
-    n_val: int = option(5000, "images held out for validation (folder and synthetic data)")
-    synthetic_size: int = option(12000, "number of synthetic images (train + validation)")
+    n_val: int = option(5000, "images held out for validation (folder and synthetic data)", gt=0)
+    synthetic_size: int = option(12000, "number of synthetic images (train + validation)", gt=0)
     train_limit: int | None = option(None, "train on N random training images only (quick runs)")
     cache_dir: str | None = option(None, "decoded image-folder cache (default ~/.cache/jaxgrad)")
     model: str = option("seed", f"ViT: seed = the recipe's model (patch size "
                         f"{recipe_values('patch_size')}; dropout {recipe_values('dropout')}; "
                         "width etc. below) or tiny", choices=("seed", "tiny"))  # fmt: skip
-    dim: int | None = _by_recipe("dim", "model width")
-    depth: int | None = _by_recipe("depth", "number of blocks")
-    heads: int | None = _by_recipe("heads", "attention heads")
-    mlp_dim: int | None = _by_recipe("mlp_dim", "MLP width")
-    epochs: int | None = _by_recipe("epochs", "epochs")
+    dim: int | None = _by_recipe("dim", "model width", gt=0)
+    depth: int | None = _by_recipe("depth", "number of blocks", gt=0)
+    heads: int | None = _by_recipe("heads", "attention heads", gt=0)
+    mlp_dim: int | None = _by_recipe("mlp_dim", "MLP width", gt=0)
+    epochs: int | None = _by_recipe("epochs", "epochs", gt=0)
     batch_size: int | None = _by_recipe("batch_size", "global batch size, split over every device")
     lr: float | None = _by_recipe("lr", "peak learning rate", gt=0)
     weight_decay: float | None = _by_recipe("weight_decay", "AdamW decay of weight matrices", ge=0)
@@ -114,11 +114,11 @@ class Config(RunFlags):
     dtype: str | None = _by_recipe("dtype", "compute dtype float32|bfloat16")
     mix: float | None = _by_recipe("mix", "probability of mixup/cutmix per batch", ge=0, le=1)
     attn_dropout: bool | None = _by_recipe("attn_dropout", "attention dropout (off: fused kernel)")
-    eval_batch_size: int = option(500, "evaluation batch size (memory only, not numerics)")
-    steps_per_dispatch: int = option(64, "max train steps scanned per device dispatch")
+    eval_batch_size: int = option(500, "evaluation batch size (memory only, not numerics)", gt=0)
+    steps_per_dispatch: int = option(64, "max train steps scanned per device dispatch", gt=0)
     seed: int = option(0, "seed for init, dropout, data order and the synthetic data")
     out_dir: str = option("runs/vit_cifar10", "where metrics, plots, checkpoints and params go")
-    keep: int = option(3, "checkpoints kept")
+    keep: int = option(3, "checkpoints kept", gt=0)
     resume: bool = option(False, "continue from the latest complete checkpoint in --out-dir/ckpt")
     resume_or_start: bool = option(
         False, "with --resume: start fresh (with a notice) when there is no complete checkpoint"
@@ -131,13 +131,11 @@ class Config(RunFlags):
     nonfinite_guard: bool = option(
         True, "skip updates with a NaN/inf loss, gradient, update or new parameter (counted)"
     )
-    max_nonfinite: int = option(20, "stop when this many steps in a row were skipped")
+    max_nonfinite: int = option(20, "stop when this many steps in a row were skipped", gt=0)
 
     def __post_init__(self):
         super().__post_init__()
-        positive(self, "n_val", "synthetic_size", "train_limit", "eval_batch_size", "keep")
-        positive(self, "steps_per_dispatch", "epochs", "batch_size", "dim", "depth")
-        positive(self, "heads", "mlp_dim", "devices", "max_nonfinite")
+        positive(self, "train_limit", "batch_size")
         if self.data != "synthetic" and self.data_dir is None and not self.eval_only:
             raise ValueError(f"--data {self.data} needs --data-dir (add --download for cifar10)")
         if self.eval_only and (self.checkpoint is None or self.data_dir is None):

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxgrad.inspect.bench import compile_timed
+from jaxgrad.inspect.bench import compile_timed, interleave
 from jaxgrad.losses.pde import forward_laplacian, laplacian
 from jaxgrad.losses.terms import TERM_GRAD_METHODS, term_grads
 from jaxgrad.models.mlp import MLP
@@ -29,9 +28,6 @@ ALGORITHMS = {
     "torch sum": "autograd.grad(Σ L_i, params): one gradient",
     "torch loop": "K x autograd.grad(L_i, params, retain_graph=True)",
 }
-
-#: ``wall``: elapsed seconds; ``cpu``: this process's CPU seconds, all threads.
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def _shapes(size: str) -> tuple[tuple[int, ...], int]:
@@ -113,28 +109,6 @@ def programs(k: int, size: str, lap: str = "forward") -> tuple[dict, tuple]:
     return {name: compile_timed(f, *args)[0] for name, f in jitted.items()}, args
 
 
-def interleaved(
-    calls: dict, *, runs: int, warmup: int, sync: dict, clock: str = "wall"
-) -> dict[str, np.ndarray]:
-    """Seconds per call of every ``calls[name]()``, taken in turns (round-robin) so that load
-    from other processes hits every variant alike; ``sync[name]`` waits for the result.
-
-    ``clock="cpu"`` counts this process's CPU seconds (all threads) instead of wall time: on a
-    shared, overloaded machine wall time mostly measures the scheduler; CPU time measures the
-    work each variant does."""
-    now = CLOCKS[clock]
-    for _ in range(warmup):
-        for name, call in calls.items():
-            sync[name](call())
-    times = {name: [] for name in calls}
-    for _ in range(runs):
-        for name, call in calls.items():
-            t0 = now()
-            sync[name](call())
-            times[name].append(now() - t0)
-    return {name: np.asarray(t) for name, t in times.items()}
-
-
 def run(
     *,
     k_values: tuple[int, ...] = (2, 3, 5),
@@ -157,11 +131,10 @@ def run(
     for k in k_values:
         compiled, args = programs(k, size, lap)
         calls = {name: functools.partial(c, *args) for name, c in compiled.items()}
-        sync = {name: jax.block_until_ready for name in calls}
-        if has_torch:  # in the same round-robin: load hits both frameworks alike
+        if has_torch:  # in the same rounds: load hits both frameworks alike
             calls |= {"torch sum": torch_loop(*args, summed=True), "torch loop": torch_loop(*args)}
-            sync |= {"torch sum": lambda _: None, "torch loop": lambda _: None}
-        times = interleaved(calls, runs=runs, warmup=warmup, sync=sync, clock=clock)
+        got = interleave(calls, runs=runs, warmup=warmup)  # wall and CPU seconds of each call
+        times = {name: np.asarray(t[clock]) for name, t in got.items()}
         for name, t in times.items():
             base = float(np.median(times[name.split()[0] + " sum"]))
             rows.append(

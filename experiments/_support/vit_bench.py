@@ -1,6 +1,7 @@
 """The ViT the benchmarks time, as the ViT experiment builds it: config per size and precision,
-params, loss, evaluation, optimizer and device-resident synthetic batches (``experiments.bench``,
-``experiments.profile_vit`` and the tests share them)."""
+params, loss, evaluation, optimizer, FLOPs and device-resident synthetic batches; and the CLIP
+experiment's step (``experiments.bench``, ``gpu_suite``, ``profile_vit`` and the tests share
+them)."""
 
 from __future__ import annotations
 
@@ -13,20 +14,32 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxgrad.models.vit import ViT, ViTConfig
+from jaxgrad.data.captions import caption_table
+from jaxgrad.data.synthetic import CLASS_NAMES
+from jaxgrad.models.clip import ClipConfig, ClipModel
+from jaxgrad.models.vit import ViT, ViTConfig, vit_forward_flops
+from jaxgrad.tasks import clip as clip_task
 from jaxgrad.tasks.classifier import classifier_loss, classifier_metric
 from jaxgrad.training.loop import abstract_params, init_params, make_evaluate
+from jaxgrad.training.step import make_train_step
 
 #: the CPU anchor's reduced ViT (dim 96, depth 3)
 REDUCED = {"dim": 96, "depth": 3, "heads": 3, "dim_head": 64, "mlp_dim": 192}
 
 
-def vit_config(size: str, precision: str, layout: str = "auto") -> ViTConfig:
+def vit_config(size: str, precision: str, layout: str = "auto", **over: Any) -> ViTConfig:
     """``size`` seed | reduced | tiny; bf16 compute for ``precision="bf16"``; ``layout`` as
-    :class:`ViTConfig` (auto: per-head blocks on CPU, packed elsewhere)."""
+    :class:`ViTConfig` (auto: per-head blocks on CPU, packed elsewhere); ``over``: other fields."""
     base = ViTConfig(**REDUCED) if size == "reduced" else getattr(ViTConfig, size)()
     dtype = "bfloat16" if precision == "bf16" else "float32"
-    return dataclasses.replace(base, dtype=dtype, layout=layout)
+    return dataclasses.replace(base, dtype=dtype, layout=layout, **over)
+
+
+def forward_flops(vit: ViTConfig) -> float:
+    """Analytic FLOPs of one image's forward pass (a train step: 3x)."""
+    names = ("image_size", "patch_size", "dim", "depth", "heads", "dim_head", "mlp_dim",
+             "num_classes", "channels")  # fmt: skip
+    return vit_forward_flops(**{n: getattr(vit, n) for n in names})
 
 
 def adam(flat: bool = False) -> optax.GradientTransformation:
@@ -61,3 +74,18 @@ def synthetic(key: jax.Array, shape: tuple[int, ...], vit: ViTConfig) -> dict:
     hw = (vit.image_size, vit.image_size, vit.channels)
     images = jax.random.randint(k_img, (*shape, *hw), 0, 256, jnp.int32).astype(jnp.uint8)
     return {"images": images, "labels": jax.random.randint(k_lbl, shape, 0, vit.num_classes)}
+
+
+def clip_step(tiny: bool, key: jax.Array, compiler_options: dict | None = None):
+    """``(step, params, opt, clip)``: the CLIP experiment's train step at its defaults (templated
+    captions, symmetric loss, clipping + AdamW, the ``logit_scale`` clamp), state donated."""
+    clip = ClipConfig.tiny() if tiny else ClipConfig()
+    tok, ids, mask = caption_table(CLASS_NAMES, max_len=clip.text.max_len)
+    clip = dataclasses.replace(clip, text=dataclasses.replace(clip.text, vocab_size=len(tok)))
+    graphdef, params, rest = init_params(ClipModel, clip, key)
+    loss_fn = clip_task.clip_loss_fn(graphdef, rest, (jnp.asarray(ids), jnp.asarray(mask)),
+                                     loss="clip", freeze_image=False, use_augment=True)  # fmt: skip
+    opt, _ = clip_task.clip_optimizer(params, steps=1000, lr=1e-3, warmup_steps=50,
+                                      weight_decay=0.1, clip_norm=1.0, freeze_image=False)  # fmt: skip
+    step = make_train_step(loss_fn, opt, **clip_task.CLIP_STEP, compiler_options=compiler_options)
+    return step, params, opt, clip

@@ -96,7 +96,7 @@ class RunFlags(CheckedConfig):
     progress: bool = option(True, "progress bar (plain lines when not a terminal)")
     doctor: bool = option(False, "print the gradient-flow doctor's report before training")
     devices: int | None = option(
-        None, "data-parallel over this many devices (default: all visible; 1: off)"
+        None, "data-parallel over this many devices (default: all visible; 1: off)", gt=0
     )
     coordinator: str | None = option(
         None, "multi-process: host:port of process 0 (None: launcher env / cluster / one process)"
