@@ -47,9 +47,8 @@ class Config(CheckedConfig):
 
 
 def main(cfg: Config) -> dict:
-    args = cfg
-    if args.threads:  # before jax starts its backend, which sizes XLA's pool to these cores
-        pin_threads(args.threads)
+    if cfg.threads:  # before jax starts its backend, which sizes XLA's pool to these cores
+        pin_threads(cfg.threads)
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -60,13 +59,9 @@ def main(cfg: Config) -> dict:
     from jaxgrad.inspect.bench import interleave
     from jaxgrad.port.hf_clip import CLIPVisionConfig, load_pretrained
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    shape = {
-        "b32": CLIPVisionConfig.vit_b32(),
-        "b16": CLIPVisionConfig.vit_b16(),
-        "tiny": CLIPVisionConfig.tiny(),
-    }[args.size]
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    shape = getattr(CLIPVisionConfig, cfg.size if cfg.size == "tiny" else f"vit_{cfg.size}")()
     load_before = os.getloadavg()
     torch.manual_seed(0)
     tm = T.CLIPVisionModelWithProjection(T.CLIPVisionConfig(**vars(shape))).eval()
@@ -74,7 +69,7 @@ def main(cfg: Config) -> dict:
         tm.save_pretrained(d)
         tower = load_pretrained(d)
     s = shape.image_size
-    x = np.random.default_rng(0).normal(size=(args.batch, 3, s, s)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(cfg.batch, 3, s, s)).astype(np.float32)
     xt, xj = torch.from_numpy(x), jnp.asarray(x)
     graphdef, state = nnx.split(tower)
     fwd = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x))
@@ -87,37 +82,26 @@ def main(cfg: Config) -> dict:
             return tm(pixel_values=xt).image_embeds
 
     diff = float(np.abs(np.asarray(run_jax()) - run_torch().numpy()).max())
-    t = interleave({"jax": run_jax, "torch": run_torch}, runs=args.runs, warmup=args.warmup)
+    t = interleave({"jax": run_jax, "torch": run_torch}, runs=cfg.runs, warmup=cfg.warmup)
     jt, jc, tt, tc = t["jax"]["wall"], t["jax"]["cpu"], t["torch"]["wall"], t["torch"]["cpu"]
     j_med, t_med = statistics.median(jt), statistics.median(tt)
     res = {
-        "size": args.size,
-        "batch": args.batch,
-        "threads": args.threads,
-        "runs": args.runs,
-        "max_abs_diff": diff,
-        "jax_img_per_s": args.batch / j_med,
-        "torch_img_per_s": args.batch / t_med,
-        "jax_ms": [1e3 * t for t in jt],
-        "torch_ms": [1e3 * t for t in tt],
-        "jax_over_torch_speed": t_med / j_med,
-        "jax_cpu_s": jc,
-        "torch_cpu_s": tc,
+        "size": cfg.size, "batch": cfg.batch, "threads": cfg.threads, "runs": cfg.runs,
+        "max_abs_diff": diff, "jax_img_per_s": cfg.batch / j_med,
+        "torch_img_per_s": cfg.batch / t_med,
+        "jax_ms": [1e3 * t for t in jt], "torch_ms": [1e3 * t for t in tt],
+        "jax_over_torch_speed": t_med / j_med, "jax_cpu_s": jc, "torch_cpu_s": tc,
         "jax_over_torch_cpu": statistics.median(tc) / statistics.median(jc),
-        # each torch sample over the JAX sample just before it: robust to slow load drifts
+        # each torch sample over the JAX sample of its round: robust to slow load drifts
         "paired_ratio_median": statistics.median(t / j for t, j in zip(tt, jt)),
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
-        "versions": {
-            "jax": jax.__version__,
-            "torch": torch.__version__,
-            "transformers": T.__version__,
-        },  # fmt: skip
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+        "versions": {"jax": jax.__version__, "torch": torch.__version__,
+                     "transformers": T.__version__},
         "device": str(jax.devices()[0]),
-    }
+    }  # fmt: skip
     print(
-        f"CLIP image tower {args.size}, batch {args.batch}, {args.threads or 'default'} "
-        f"thread(s), {args.runs} interleaved samples each; max |jax - torch| {diff:.1e}\n"
+        f"CLIP image tower {cfg.size}, batch {cfg.batch}, {cfg.threads or 'default'} "
+        f"thread(s), {cfg.runs} interleaved samples each; max |jax - torch| {diff:.1e}\n"
         f"  JAX (jit):        {res['jax_img_per_s']:8.1f} img/s  (median {1e3 * j_med:.0f} ms)\n"
         f"  PyTorch (eager):  {res['torch_img_per_s']:8.1f} img/s  (median {1e3 * t_med:.0f} ms)\n"
         f"  JAX / PyTorch speed: {res['jax_over_torch_speed']:.2f}x of medians, "
@@ -127,10 +111,10 @@ def main(cfg: Config) -> dict:
         f"{load_before[0]:.1f} before, {res['loadavg_after'][0]:.1f} after",
         flush=True,
     )
-    if args.out:
+    if cfg.out:
         from jaxgrad.report.io import atomic_write_json
 
-        atomic_write_json(args.out, res)
+        atomic_write_json(cfg.out, res)
     return res
 
 

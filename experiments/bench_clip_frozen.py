@@ -47,9 +47,8 @@ class Config(CheckedConfig):
 
 
 def main(cfg: Config) -> dict:
-    args = cfg
-    if args.threads:  # before jax starts its backend, which sizes XLA's pool to these cores
-        pin_threads(args.threads)
+    if cfg.threads:  # before jax starts its backend, which sizes XLA's pool to these cores
+        pin_threads(cfg.threads)
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -65,8 +64,7 @@ def main(cfg: Config) -> dict:
     from jaxgrad.training.loop import init_params
     from jaxgrad.training.step import init_train_state, make_train_step
 
-    shape = {"b32": CLIPVisionConfig.vit_b32(), "b16": CLIPVisionConfig.vit_b16(),
-             "tiny": CLIPVisionConfig.tiny()}[args.size]  # fmt: skip
+    shape = getattr(CLIPVisionConfig, cfg.size if cfg.size == "tiny" else f"vit_{cfg.size}")()
     load_before = os.getloadavg()
     names = [f"class{i}" for i in range(10)]
     tok, ids, cmask = caption_table(names, max_len=16)
@@ -74,7 +72,7 @@ def main(cfg: Config) -> dict:
     text = TextConfig(vocab_size=len(tok), max_len=16, dim=128, depth=2, heads=4, mlp_dim=256)
     key = jax.random.key(0)
     rng = np.random.default_rng(0)
-    s, b = shape.image_size, args.batch
+    s, b = shape.image_size, cfg.batch
     pixels = jnp.asarray(rng.normal(size=(b, 3, s, s)).astype(np.float32))
     labels = jnp.asarray(rng.integers(0, 10, b).astype(np.int32))
 
@@ -98,13 +96,13 @@ def main(cfg: Config) -> dict:
                "cache": {"images": jnp.asarray(feats), "labels": labels}}  # fmt: skip
     calls = {side: (lambda side=side: steps[side](states[side], batches[side], key))
              for side in steps}  # fmt: skip
-    t = interleave(calls, runs=args.runs, warmup=1, calls_per_run=args.steps_per_run)
+    t = interleave(calls, runs=cfg.runs, warmup=1, calls_per_run=cfg.steps_per_run)
     wall, cpu = {side: t[side]["wall"] for side in t}, {side: t[side]["cpu"] for side in t}
     med = {side: statistics.median(wall[side]) for side in wall}
     cpu_med = {side: statistics.median(cpu[side]) for side in cpu}
     paired = statistics.median(t / c for t, c in zip(wall["tower"], wall["cache"]))
     res = {
-        "size": args.size, "batch": b, "threads": args.threads, "runs": args.runs,
+        "size": cfg.size, "batch": b, "threads": cfg.threads, "runs": cfg.runs,
         "steps_per_s_cache": 1 / med["cache"], "steps_per_s_tower": 1 / med["tower"],
         "cache_over_tower_speed": med["tower"] / med["cache"], "paired_ratio_median": paired,
         "cache_over_tower_cpu": cpu_med["tower"] / cpu_med["cache"],
@@ -114,8 +112,8 @@ def main(cfg: Config) -> dict:
         "jax": jax.__version__, "device": str(jax.devices()[0]),
     }  # fmt: skip
     print(
-        f"frozen CLIP tower {args.size} (batch {b}, {args.threads or 'default'} thread(s), "
-        f"{args.runs} interleaved samples x {args.steps_per_run} steps, {res['device']})\n"
+        f"frozen CLIP tower {cfg.size} (batch {b}, {cfg.threads or 'default'} thread(s), "
+        f"{cfg.runs} interleaved samples x {cfg.steps_per_run} steps, {res['device']})\n"
         f"  text encoder from the feature cache: {res['steps_per_s_cache']:8.2f} steps/s "
         f"(median {1e3 * med['cache']:.1f} ms)\n"
         f"  frozen tower run in every step:      {res['steps_per_s_tower']:8.2f} steps/s "
@@ -125,10 +123,10 @@ def main(cfg: Config) -> dict:
         f"load average {load_before[0]:.1f} before, {res['loadavg_after'][0]:.1f} after",
         flush=True,
     )
-    if args.out:
+    if cfg.out:
         from jaxgrad.report.io import atomic_write_json
 
-        atomic_write_json(args.out, res)
+        atomic_write_json(cfg.out, res)
     return res
 
 

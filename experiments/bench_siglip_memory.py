@@ -59,12 +59,11 @@ def _memory(fn, *args) -> dict[str, float]:
 
 
 def main(cfg: Config) -> list[tuple]:
-    args = cfg
     # read when the backend starts (first device use), so setting it here is in time
-    if args.devices > 1:
+    if cfg.devices > 1:
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "")
-            + f" --xla_force_host_platform_device_count={args.devices}"
+            + f" --xla_force_host_platform_device_count={cfg.devices}"
         )
     import jax
     import jax.numpy as jnp
@@ -73,7 +72,7 @@ def main(cfg: Config) -> list[tuple]:
     from jaxgrad.losses.siglip_chunked import siglip_loss_chunked, siglip_loss_ring
     from jaxgrad.training.parallel import batch_sharding, make_mesh, replicated
 
-    b, d = args.batch, args.dim
+    b, d = cfg.batch, cfg.dim
     feats = jax.ShapeDtypeStruct((b, d), jnp.float32)
     scalar = jax.ShapeDtypeStruct((), jnp.float32)
 
@@ -86,14 +85,14 @@ def main(cfg: Config) -> list[tuple]:
 
     rows = [
         ("full siglip_loss", 1, _memory(form(siglip_loss), feats, feats, scalar, scalar)),
-        (f"siglip_loss_chunked, chunk {args.chunk}", 1,
-         _memory(form(siglip_loss_chunked, chunk=args.chunk), feats, feats, scalar, scalar)),
+        (f"siglip_loss_chunked, chunk {cfg.chunk}", 1,
+         _memory(form(siglip_loss_chunked, chunk=cfg.chunk), feats, feats, scalar, scalar)),
     ]  # fmt: skip
-    if args.devices > 1:
-        mesh = make_mesh(args.devices)
+    if cfg.devices > 1:
+        mesh = make_mesh(cfg.devices)
         sh = jax.ShapeDtypeStruct((b, d), jnp.float32, sharding=batch_sharding(mesh))
         rep = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated(mesh))
-        n = args.devices
+        n = cfg.devices
         rows.append(("full siglip_loss, sharded features", n,
                      _memory(form(siglip_loss), sh, sh, rep, rep)))  # fmt: skip
         rows.append(("siglip_loss_ring", n,
