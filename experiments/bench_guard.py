@@ -1,10 +1,10 @@
-"""Benchmark: the jitted ViT train step with and without issue 13's label check and wider guard.
+"""Benchmark: the jitted ViT train step with and without the label check and the wider guard.
 
 Run: ``python -m experiments.bench_guard`` (CPU is fine; ``--tiny`` for seconds). Prints
 medians and the new/old ratio of wall and CPU time per step; returns them from ``main``.
 
 - ``old``: one-hot ``optax.softmax_cross_entropy`` (with label smoothing) and
-  ``optax.apply_if_finite`` (the guard before issue 13: gradients only);
+  ``optax.apply_if_finite`` (the older guard: gradients only);
 - ``new``: :func:`jaxgrad.losses.classification.cross_entropy` (NaN loss for an out-of-range label) and
   :func:`jaxgrad.training.guard.skip_nonfinite` (loss, gradient, update and new params), with the loss
   passed as ``value=`` by :func:`jaxgrad.training.step.make_train_step`.

@@ -281,7 +281,7 @@ def _read_sidecar(side: Path) -> dict:
 
 
 def _check_sidecar(side: Path, sidecar: dict, embedded: dict, path: Path) -> None:
-    """A sidecar that says another model than the file's own config is refused (issue 21: an
+    """A sidecar that says another model than the file's own config is refused (an
     edited ``pool`` or ``heads``/``dim_head`` keeps every shape, so nothing else would notice)."""
     diffs = [f"{k} {embedded.get(k, '<absent>')!r} -> {v!r}" for k, v in sorted(sidecar.items())
              if embedded.get(k, "<absent>") != v]  # fmt: skip

@@ -15,7 +15,7 @@ Every experiment makes three calls around its loop::
     rewind_metrics(logger, last_epoch=...)   # every epoch once, in every interruption case
     ckpt.save(epoch, tree, meta={"config": config, "epoch": epoch, ...})
 
-Policies (issue 13/14):
+Policies:
 
 - **Lock.** :func:`open_run_dir` writes ``<out>/.jaxgrad.lock`` (pid + host + start time)
   with an atomic ``link``; a second live run refuses with one line naming the holder. A lock
