@@ -9,25 +9,17 @@ from __future__ import annotations
 
 import importlib
 
-_WHERE = {
-    "CIFAR10_MD5": "cifar10",
-    "CIFAR10_URL": "cifar10",
-    "is_cifar10_dir": "cifar10",
-    "load_cifar10": "cifar10",
-    "CLIP_MEAN": "clip_preprocess",
-    "CLIP_STD": "clip_preprocess",
-    "ImageDataset": "dataset",
-    "train_val_split": "dataset",
-    "load_image_folder": "imagefolder",
-    "augment": "pipeline",
-    "epoch_indices": "pipeline",
-    "eval_indices": "pipeline",
-    "normalize": "pipeline",
-    "random_crop": "pipeline",
-    "random_flip": "pipeline",
-    "take": "pipeline",
-    "SYNTHETIC_SOURCE": "synthetic",
-    "make_synthetic": "synthetic",
+_WHERE = {  # name -> the module that defines it
+    name: module
+    for module, names in {
+        "cifar10": "CIFAR10_MD5 CIFAR10_URL is_cifar10_dir load_cifar10",
+        "clip_preprocess": "CLIP_MEAN CLIP_STD",
+        "dataset": "ImageDataset train_val_split",
+        "imagefolder": "load_image_folder",
+        "pipeline": "augment epoch_indices eval_indices normalize random_crop random_flip take",
+        "synthetic": "SYNTHETIC_SOURCE make_synthetic",
+    }.items()
+    for name in names.split()
 }
 
 __all__ = sorted(_WHERE)

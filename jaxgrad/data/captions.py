@@ -82,27 +82,11 @@ class Tokenizer:
         object.__setattr__(self, "_index", {w: i for i, w in enumerate(self.vocab)})
 
     @classmethod
-    def build(
-        cls, texts: Iterable[str], *, min_count: int = 1, max_size: int | None = None
-    ) -> Tokenizer:
-        """Vocabulary of the words in ``texts`` seen at least ``min_count`` times.
-
-        Most frequent first (ties alphabetical, so the result is deterministic); ``max_size``
-        caps the vocabulary including the two special tokens.
-        """
-        if max_size is not None and max_size < 2:
-            raise ValueError(f"max_size must be >= 2 (room for {PAD} and {UNK}), got {max_size}")
+    def build(cls, texts: Iterable[str]) -> Tokenizer:
+        """Vocabulary of the words in ``texts``, most frequent first (ties alphabetical, so the
+        result is deterministic)."""
         counts = Counter(w for t in texts for w in words(t))
-        kept = sorted(
-            (w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w)
-        )
-        if max_size is not None:
-            kept = kept[: max_size - 2]
-        return cls((PAD, UNK, *kept))
-
-    @property
-    def pad_id(self) -> int:
-        return 0
+        return cls((PAD, UNK, *sorted(counts, key=lambda w: (-counts[w], w))))
 
     @property
     def unk_id(self) -> int:

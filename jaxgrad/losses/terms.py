@@ -40,7 +40,6 @@ __all__ = [
     "is_weight_matrix",
     "term_grads",
     "term_values_and_grads",
-    "tree_dot",
 ]
 
 TERM_GRAD_METHODS = ("split", "vmap", "jacrev")
@@ -179,12 +178,6 @@ def grad_stats(grads: dict[str, Any], *, weights_only: bool = False) -> dict[str
             "l2": optax.tree.norm(leaves),
         }
     return stats
-
-
-def tree_dot(a: Any, b: Any, *, weights_only: bool = False) -> jax.Array:
-    """⟨a, b⟩ summed over all (or only weight-matrix) leaves of two same-structure pytrees."""
-    la, lb = _leaves(a, weights_only), _leaves(b, weights_only)
-    return optax.tree.vdot(la, lb)
 
 
 def cosine_matrix(grads: dict[str, Any], *, weights_only: bool = False) -> jax.Array:

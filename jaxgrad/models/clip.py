@@ -107,21 +107,18 @@ class ClipModel(nnx.Module):
 
     def __init__(self, cfg: ClipConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        if isinstance(cfg.image, ViTConfig):
-            image_cfg = dataclasses.replace(cfg.image, num_classes=cfg.embed_dim)
-        text_cfg = dataclasses.replace(cfg.text, out_dim=cfg.embed_dim)
         if isinstance(cfg.image, CLIPVisionConfig):
             self.image_encoder = CLIPVisionTower(cfg.image, rngs=rngs)
         elif cfg.image is None:
             self.image_encoder = None  # features come from a cache (jaxgrad.tasks.features)
         else:
+            image_cfg = dataclasses.replace(cfg.image, num_classes=cfg.embed_dim)
             self.image_encoder = ViT(image_cfg, rngs=rngs)
+        text_cfg = dataclasses.replace(cfg.text, out_dim=cfg.embed_dim)
         self.text_encoder = TextEncoder(text_cfg, rngs=rngs)
         self.logit_scale = nnx.Param(jnp.asarray(cfg.logit_scale_init, jnp.float32))
-        if cfg.logit_bias_init is not None:
-            self.logit_bias = nnx.Param(jnp.asarray(cfg.logit_bias_init, jnp.float32))
-        else:
-            self.logit_bias = None
+        bias = cfg.logit_bias_init
+        self.logit_bias = None if bias is None else nnx.Param(jnp.asarray(bias, jnp.float32))
 
     def encode_image(self, images, *, deterministic: bool = True, rngs=None) -> jax.Array:
         """``[B, H, W, 3]`` (ViT) or ``[B, 3, S, S]`` pixel_values (CLIP tower) → unit-norm

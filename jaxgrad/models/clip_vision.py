@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxgrad.models.mha import MultiheadAttention
+
 __all__ = ["CLIPVisionConfig", "CLIPVisionTower"]
 
 _ACTS = {
@@ -84,13 +86,6 @@ class CLIPVisionConfig:
         return cls(patch_size=16)
 
     @classmethod
-    def vit_l14(cls) -> CLIPVisionConfig:
-        return cls(
-            patch_size=14, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-            num_attention_heads=16, projection_dim=768,
-        )  # fmt: skip
-
-    @classmethod
     def tiny(cls) -> CLIPVisionConfig:
         """A few thousand parameters on 32x32 images: tests and the tour."""
         return cls(
@@ -103,10 +98,11 @@ class CLIPVisionConfig:
         return (self.image_size // self.patch_size) ** 2 + 1
 
 
+_INIT = nnx.initializers.normal(0.02)  # transformers' initializer_range
+
+
 def _linear(n_in, n_out, *, rngs, bias=True):
-    return nnx.Linear(
-        n_in, n_out, use_bias=bias, kernel_init=nnx.initializers.normal(0.02), rngs=rngs
-    )
+    return nnx.Linear(n_in, n_out, use_bias=bias, kernel_init=_INIT, rngs=rngs)
 
 
 def _norm(cfg: CLIPVisionConfig, *, rngs):
@@ -121,11 +117,9 @@ class Embeddings(nnx.Module):
         self.class_embedding = nnx.Param(jax.random.normal(rngs.params(), (d,)))
         self.patch_embedding = nnx.Conv(
             cfg.num_channels, d, (p, p), strides=(p, p), padding="VALID", use_bias=False,
-            kernel_init=nnx.initializers.normal(0.02), rngs=rngs,
+            kernel_init=_INIT, rngs=rngs,
         )  # fmt: skip
-        self.position_embedding = nnx.Embed(
-            cfg.num_positions, d, embedding_init=nnx.initializers.normal(0.02), rngs=rngs
-        )
+        self.position_embedding = nnx.Embed(cfg.num_positions, d, embedding_init=_INIT, rngs=rngs)
 
     def __call__(self, pixel_values):
         b = pixel_values.shape[0]
@@ -134,25 +128,6 @@ class Embeddings(nnx.Module):
         cls = jnp.broadcast_to(self.class_embedding[...], (b, 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1)
         return x + self.position_embedding(jnp.arange(x.shape[1])[None])
-
-
-class Attention(nnx.Module):
-    def __init__(self, cfg: CLIPVisionConfig, *, rngs: nnx.Rngs):
-        d = cfg.hidden_size
-        self.heads = cfg.num_attention_heads
-        self.q_proj = _linear(d, d, rngs=rngs)
-        self.k_proj = _linear(d, d, rngs=rngs)
-        self.v_proj = _linear(d, d, rngs=rngs)
-        self.out_proj = _linear(d, d, rngs=rngs)
-
-    def __call__(self, x):
-        b, n, d = x.shape
-        hd = d // self.heads
-        q, k, v = (
-            f(x).reshape(b, n, self.heads, hd) for f in (self.q_proj, self.k_proj, self.v_proj)
-        )
-        out = jax.nn.dot_product_attention(q, k, v, scale=hd**-0.5)
-        return self.out_proj(out.reshape(b, n, d))
 
 
 class MLP(nnx.Module):
@@ -168,7 +143,9 @@ class MLP(nnx.Module):
 class EncoderLayer(nnx.Module):
     def __init__(self, cfg: CLIPVisionConfig, *, rngs: nnx.Rngs):
         self.layer_norm1 = _norm(cfg, rngs=rngs)
-        self.self_attn = Attention(cfg, rngs=rngs)
+        self.self_attn = MultiheadAttention(
+            cfg.hidden_size, cfg.num_attention_heads, kernel_init=_INIT, rngs=rngs
+        )
         self.layer_norm2 = _norm(cfg, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 

@@ -20,17 +20,15 @@ class MultiheadAttention(nnx.Module):
     """``MultiheadAttention(E, H, rngs=...)(query [B, N, E], key [B, M, E] = query, value =
     key) -> [B, N, E]``: torch's ``MultiheadAttention(E, H, batch_first=True)(q, k, v)[0]``."""
 
-    def __init__(self, embed_dim: int, num_heads: int, *, rngs: nnx.Rngs):
+    def __init__(self, embed_dim: int, num_heads: int, *, rngs: nnx.Rngs, **linear):
         if num_heads < 1 or embed_dim % num_heads:
             raise ValueError(
                 f"embed_dim {embed_dim} must be a multiple of num_heads {num_heads} "
                 "(each head gets embed_dim // num_heads features, as in torch)"
             )
         self.num_heads = num_heads
-        self.q_proj = nnx.Linear(embed_dim, embed_dim, rngs=rngs)
-        self.k_proj = nnx.Linear(embed_dim, embed_dim, rngs=rngs)
-        self.v_proj = nnx.Linear(embed_dim, embed_dim, rngs=rngs)
-        self.out_proj = nnx.Linear(embed_dim, embed_dim, rngs=rngs)
+        lin = lambda: nnx.Linear(embed_dim, embed_dim, rngs=rngs, **linear)  # noqa: E731
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = lin(), lin(), lin(), lin()
 
     def __call__(self, query, key=None, value=None):
         key = query if key is None else key

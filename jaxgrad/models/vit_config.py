@@ -45,10 +45,8 @@ class ViTConfig:
     layout: str = "auto"
 
     def __post_init__(self):
-        for name in ("image_size", "patch_size", "num_classes", "dim", "depth", "heads"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"ViTConfig.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("mlp_dim", "dim_head", "channels"):
+        for name in ("image_size", "patch_size", "num_classes", "dim", "depth", "heads",
+                     "mlp_dim", "dim_head", "channels"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"ViTConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.image_size % self.patch_size:
@@ -58,18 +56,12 @@ class ViTConfig:
         for name in ("dropout", "emb_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ViTConfig.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.pool not in ("cls", "mean"):
-            raise ValueError(f"ViTConfig.pool must be 'cls' or 'mean', got {self.pool!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"ViTConfig.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
-        if self.attention not in ("auto", "xla", "cudnn"):
-            raise ValueError(
-                f"ViTConfig.attention must be 'auto', 'xla' or 'cudnn', got {self.attention!r}"
-            )
-        if self.layout not in ("auto", "heads", "packed"):
-            raise ValueError(
-                f"ViTConfig.layout must be 'auto', 'heads' or 'packed', got {self.layout!r}"
-            )
+        for name, ok in (("pool", ("cls", "mean")), ("dtype", ("float32", "bfloat16")),
+                         ("attention", ("auto", "xla", "cudnn")),
+                         ("layout", ("auto", "heads", "packed"))):  # fmt: skip
+            if getattr(self, name) not in ok:
+                allowed = ", ".join(map(repr, ok[:-1])) + f" or {ok[-1]!r}"
+                raise ValueError(f"ViTConfig.{name} must be {allowed}, got {getattr(self, name)!r}")
         if self.attention == "cudnn" and self.dtype != "bfloat16":
             raise ValueError(
                 "ViTConfig.attention='cudnn' needs dtype='bfloat16' (cuDNN fused "

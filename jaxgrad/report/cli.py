@@ -88,8 +88,7 @@ def positive(cfg: Any, *names: str) -> None:
     for n in names:
         v = getattr(cfg, n)
         if v is not None and v <= 0:
-            flag = "--" + n.replace("_", "-")
-            raise ConfigError(f"{flag} must be > 0, got {v}")
+            raise ConfigError(f"{_flag(n)} must be > 0, got {v}")
 
 
 def _flag(name: str) -> str:
@@ -165,29 +164,21 @@ def _help_text(f: dataclasses.Field, tp: Any, optional: bool) -> str:
 def _parser_for(cls: type, description: str | None) -> argparse.ArgumentParser:
     # raw description: module docstrings keep their lines (PyTorch snippets stay readable)
     parser = argparse.ArgumentParser(
-        description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--tiny",
-        action="store_true",
-        help="start from the tiny() config: checks the pipeline on CPU in seconds to a few "
-        "minutes; its numbers are not results",
-    )
-    parser.add_argument(
-        "--no-compile-cache",
-        action="store_true",
-        help="do not keep compiled programs in the persistent cache (jaxgrad.training.xla; the env var "
-        "JAXGRAD_COMPILE_CACHE=off does the same, =PATH moves it)",
-    )
-    parser.add_argument(
-        "--traceback",
-        action="store_true",
-        help="on a refusal (error: ...), also print the Python traceback (env JAXGRAD_TRACEBACK=1)",
-    )
+    for flag, text in (
+        ("--tiny", "start from the tiny() config: checks the pipeline on CPU in seconds to a few "
+                   "minutes; its numbers are not results"),
+        ("--no-compile-cache", "do not keep compiled programs in the persistent cache "
+                               "(jaxgrad.training.xla; the env var JAXGRAD_COMPILE_CACHE=off does "
+                               "the same, =PATH moves it)"),
+        ("--traceback", "on a refusal (error: ...), also print the Python traceback (env "
+                        "JAXGRAD_TRACEBACK=1)"),
+    ):  # fmt: skip
+        parser.add_argument(flag, action="store_true", help=text)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        flag = _flag(f.name)
         tp, optional = _unwrap_optional(hints[f.name])
         kw: dict[str, Any] = {"help": _help_text(f, tp, optional), "default": argparse.SUPPRESS}
         if "choices" in f.metadata:

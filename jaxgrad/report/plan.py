@@ -100,9 +100,7 @@ class Plan:
             f"{'s' * (self.epochs > 1)} x {self.steps_per_epoch:,} steps = "
             f"{self.total_steps:,} steps · {self.device}"
         )
-        if is_main():  # one plan line for a multi-process run
-            print(line, file=self.stream, flush=True)
-        return line
+        return self._print(line)  # one plan line for a multi-process run
 
     def first_chunk(self, *, steps: int, seconds: float, compiled: bool = True) -> str:
         """Print (and return) the estimate from the first finished chunk of ``steps`` steps.
@@ -115,21 +113,13 @@ class Plan:
         per_step = seconds / steps
         epoch_s, total_s = per_step * self.steps_per_epoch, per_step * self.total_steps
         self.estimate_s = total_s
-        where = "this CPU" if self.device.startswith("cpu") else self.device
         upper = ", compilation included: an upper bound" if compiled else ""
         text = (
             f"estimate from the first {steps} steps ({format_duration(seconds)}{upper}): "
-            f"~{format_duration(epoch_s)} per epoch, ~{format_duration(total_s)} in all on {where}"
+            f"~{format_duration(epoch_s)} per epoch, ~{format_duration(total_s)} in all on "
+            f"{self._where()}"
         )
-        if total_s > self.long_run_s:
-            text = "LONG RUN: " + text
-            if self.smaller is not None:
-                flags, frac = self.smaller
-                text += f"; `{flags}` gives a ~{format_duration(total_s * frac)} run"
-            text += " (Ctrl-C to stop)"
-        if is_main():
-            print(text, file=self.stream, flush=True)
-        return text
+        return self._print(self._long(text, total_s))
 
     def _print(self, text: str) -> str:
         if is_main():

@@ -233,24 +233,12 @@ def track(
     *,
     desc: str,
     unit: str = "item",
-    enabled: bool = True,
-    stream: IO | None = None,
-    tty: bool | None = None,
     every_s: float = 10.0,
-    clock: Callable[[], float] = time.monotonic,
+    **kw: Any,
 ) -> Iterator[T]:
-    """Yield ``items`` and report each one as finished (e.g. images decoded by a thread pool)."""
-    with Progress(
-        total,
-        desc=desc,
-        unit=unit,
-        show=(),
-        enabled=enabled,
-        stream=stream,
-        tty=tty,
-        every_s=every_s,
-        clock=clock,
-    ) as p:
+    """Yield ``items`` and report each one as finished (e.g. images decoded by a thread pool);
+    ``kw``: :class:`Progress`'s ``enabled``, ``stream``, ``tty``, ``clock``."""
+    with Progress(total, desc=desc, unit=unit, show=(), every_s=every_s, **kw) as p:
         for i, item in enumerate(items, 1):
             p(i)  # this item is done (decoded, loaded): count it before handing it on
             yield item

@@ -69,19 +69,9 @@ class Run:
       resume, overwrite, rerun_tiny: the re-run policy (:func:`jaxgrad.training.runs.open_run_dir`).
     """
 
-    def __init__(
-        self,
-        out_dir: str | os.PathLike,
-        *,
-        experiment: str,
-        tiny: bool = False,
-        resume: bool = False,
-        overwrite: bool = False,
-        rerun_tiny: bool = False,
-    ):
+    def __init__(self, out_dir: str | os.PathLike, **policy: Any):
         self.out = Path(out_dir)
-        self.lock = open_run_dir(self.out, experiment=experiment, tiny=tiny, resume=resume,
-                                 overwrite=overwrite, rerun_tiny=rerun_tiny)  # fmt: skip
+        self.lock = open_run_dir(self.out, **policy)
         self.logger = JsonlLogger(self.out / "metrics.jsonl")
 
     def clear_metrics(self) -> None:

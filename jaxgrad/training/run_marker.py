@@ -144,11 +144,7 @@ def check_replaceable(
             f"--out-dir {path} holds {marker.describe()}, not a {experiment} run ({what}); "
             f"nothing in it is replaced; {fix}"
         )
-    if resume:
-        return marker
-    if overwrite:
-        return marker
-    if rerun_tiny and marker.tiny:
+    if resume or overwrite or (rerun_tiny and marker.tiny):
         return marker
     if rerun_tiny:
         raise OutDirError(
