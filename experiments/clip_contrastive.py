@@ -50,7 +50,7 @@ from jaxgrad.errors import ConfigError
 from jaxgrad.inspect.doctor import diagnose
 from jaxgrad.models.clip import MAX_LOGIT_SCALE, TEXT_TOWER
 from jaxgrad.port.hf_random import HAVE_TRANSFORMERS, save_random_clip
-from jaxgrad.report.cli import option, positive, run_main, to_dict
+from jaxgrad.report.cli import option, run_main, to_dict
 from jaxgrad.report.plan import Plan
 from jaxgrad.report.plots import run_title
 from jaxgrad.report.progress import Progress
@@ -128,7 +128,6 @@ class Config(RunFlags):
 
     def __post_init__(self):
         super().__post_init__()
-        positive(self, "batch_size")
         if self.text_dim % self.heads or self.image_dim % self.heads:
             raise ValueError(
                 f"--text-dim and --image-dim must be divisible by --heads={self.heads}"

@@ -48,7 +48,7 @@ from experiments._support.bench_torch import TORCH_PRECISION, time_torch
 from experiments._support.gpu_suite_report import markdown
 from jaxgrad.data.synthetic import CLASS_NAMES, make_synthetic
 from jaxgrad.inspect.bench import Timing, bench_jit, device_info
-from jaxgrad.report.cli import CheckedConfig, option, positive, run_main, to_dict
+from jaxgrad.report.cli import CheckedConfig, option, run_main, to_dict
 from jaxgrad.report.io import atomic_write_bytes, atomic_write_json
 from jaxgrad.training.loop import INIT_OPTIONS, make_run_chunk
 from jaxgrad.training.rng import named_keys
@@ -68,19 +68,22 @@ class Config(CheckedConfig):
     data_dir: str | None = option(None, "an image folder instead (root/<class>/*.jpg)")
     parts: tuple[str, ...] = option(PARTS, "what to run", choices=PARTS)
     batch: tuple[int, ...] = option((64, 512), "batch sizes of the step/scan/torch rows")
-    chunk: int = option(20, "scanned steps per dispatch in the scan rows")
-    runs: int = option(10, "timed samples per row (median, p10, p90)")
+    chunk: int = option(20, "scanned steps per dispatch in the scan rows", gt=0)
+    runs: int = option(10, "timed samples per row (median, p10, p90)", gt=0)
     warmup: int = option(2, "untimed calls after compilation")
     torch: tuple[str, ...] = option(("eager", "amp", "compile"), "PyTorch variants to time")
-    seed_epochs: int = option(10, "epochs of the seed-recipe run (the seed's 10)")
-    strong_epochs: int = option(60, "epochs the strong recipe is scheduled for (cosine length)")
-    strong_cap_s: float = option(150.0, "stop the strong run after this many seconds")
-    budget_s: float = option(470.0, "the whole suite's wall budget: the strong run gets the rest")
+    seed_epochs: int = option(10, "epochs of the seed-recipe run (the seed's 10)", gt=0)
+    strong_epochs: int = option(
+        60, "epochs the strong recipe is scheduled for (cosine length)", gt=0
+    )
+    strong_cap_s: float = option(150.0, "stop the strong run after this many seconds", gt=0)
+    budget_s: float = option(
+        470.0, "the whole suite's wall budget: the strong run gets the rest", gt=0
+    )
     out: str = option("runs/gpu_suite", "where gpu_suite.json / gpu_suite.md / the runs go")
 
     def __post_init__(self):
         super().__post_init__()
-        positive(self, "chunk", "runs", "seed_epochs", "strong_epochs", "strong_cap_s", "budget_s")
         if self.data_tar and self.data_dir:
             raise ValueError("give --data-tar or --data-dir, not both")
 

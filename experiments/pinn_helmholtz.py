@@ -35,7 +35,7 @@ from flax import nnx
 from experiments._support.common import Row, fmt
 from experiments._support.helmholtz import exact_u, make_model, make_terms_fn, sample
 from jaxgrad.losses.terms import term_grads
-from jaxgrad.report.cli import CheckedConfig, option, positive, run_main, to_dict
+from jaxgrad.report.cli import CheckedConfig, option, run_main, to_dict
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.report.tables import print_table
 from jaxgrad.tasks.pinn import (
@@ -73,7 +73,9 @@ class Config(CheckedConfig):
     lam: float = option(1.0, "Helmholtz λ in u_xx + u_yy + λu = f")
     width: int = option(50, "hidden width (the authors' 50)", gt=0)
     depth: int = option(3, "hidden layers (the authors' 3)", gt=0)
-    batch: int = option(128, "points per edge and residual points per step (the authors' 128)")
+    batch: int = option(
+        128, "points per edge and residual points per step (the authors' 128)", gt=0
+    )
     lr: float = option(1e-3, "Adam learning rate", gt=0)
     decay: float = option(0.9, "learning rate x decay every decay_steps (smooth)", gt=0, le=1)
     decay_steps: int = option(1000, "see --decay", gt=0)
@@ -92,7 +94,6 @@ class Config(CheckedConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        positive(self, "batch")
         if not self.seeds:
             raise ValueError("--seeds needs at least one seed")
 

@@ -50,7 +50,7 @@ from jaxgrad.data.sources import check_fits, load_classification_data
 from jaxgrad.errors import ConfigError
 from jaxgrad.inspect.doctor import diagnose
 from jaxgrad.models.vit import ViT, ViTConfig, count_params
-from jaxgrad.report.cli import option, positive, run_main, to_dict
+from jaxgrad.report.cli import option, run_main, to_dict
 from jaxgrad.report.io import atomic_write_json
 from jaxgrad.report.plan import Plan
 from jaxgrad.report.plots import plot_run_curves, run_title
@@ -95,7 +95,9 @@ class Config(RunFlags):
     download: bool = option(False, "download CIFAR-10 into --data-dir if it is not there")
     n_val: int = option(5000, "images held out for validation (folder and synthetic data)", gt=0)
     synthetic_size: int = option(12000, "number of synthetic images (train + validation)", gt=0)
-    train_limit: int | None = option(None, "train on N random training images only (quick runs)")
+    train_limit: int | None = option(
+        None, "train on N random training images only (quick runs)", gt=0
+    )
     cache_dir: str | None = option(None, "decoded image-folder cache (default ~/.cache/jaxgrad)")
     model: str = option("seed", f"ViT: seed = the recipe's model (patch size "
                         f"{recipe_values('patch_size')}; dropout {recipe_values('dropout')}; "
@@ -105,7 +107,9 @@ class Config(RunFlags):
     heads: int | None = _by_recipe("heads", "attention heads", gt=0)
     mlp_dim: int | None = _by_recipe("mlp_dim", "MLP width", gt=0)
     epochs: int | None = _by_recipe("epochs", "epochs", gt=0)
-    batch_size: int | None = _by_recipe("batch_size", "global batch size, split over every device")
+    batch_size: int | None = _by_recipe(
+        "batch_size", "global batch size, split over every device", gt=0
+    )
     lr: float | None = _by_recipe("lr", "peak learning rate", gt=0)
     weight_decay: float | None = _by_recipe("weight_decay", "AdamW decay of weight matrices", ge=0)
     warmup_epochs: float | None = _by_recipe("warmup_epochs", "linear warm-up epochs", ge=0)
@@ -135,7 +139,6 @@ class Config(RunFlags):
 
     def __post_init__(self):
         super().__post_init__()
-        positive(self, "train_limit", "batch_size")
         if self.data != "synthetic" and self.data_dir is None and not self.eval_only:
             raise ValueError(f"--data {self.data} needs --data-dir (add --download for cifar10)")
         if self.eval_only and (self.checkpoint is None or self.data_dir is None):

@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from jaxgrad.models.vit import ViT, ViTConfig
-from jaxgrad.report.cli import option, parse, positive
+from jaxgrad.report.cli import CheckedConfig, option, parse
 from jaxgrad.training.checkpoint import Checkpointer
 from jaxgrad.training.distributed import initialize, is_main, main_print, process_local
 from jaxgrad.training.parallel import data_parallel, make_mesh, place_state, shard_batch
@@ -32,9 +32,9 @@ from jaxgrad.training.step import init_train_state, make_train_step
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    steps: int = option(4, "train until this many steps in total (counting resumed ones)")
-    global_batch: int = option(8, "images per step over all processes (divisible by devices)")
+class Config(CheckedConfig):
+    steps: int = option(4, "train until this many steps in total (counting resumed ones)", gt=0)
+    global_batch: int = option(8, "images per step over all processes (divisible by devices)", gt=0)
     seed: int = option(0, "init / dropout / data seed")
     ckpt_dir: str = option("", "orbax checkpoint folder ('' = no checkpoints)")
     resume: bool = option(False, "continue from the latest checkpoint in --ckpt-dir")
@@ -43,9 +43,6 @@ class Config:
     coordinator: str | None = option(None, "host:port of process 0 (None: env / cluster)")
     num_processes: int | None = option(None, "process count (None: env / cluster / 1)")
     process_id: int | None = option(None, "this process's rank (None: env / cluster / 0)")
-
-    def __post_init__(self):
-        positive(self, "steps", "global_batch")
 
     @classmethod
     def tiny(cls) -> Config:

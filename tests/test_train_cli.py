@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxgrad.report.cli import option, parse, positive, to_dict
+from jaxgrad.report.cli import CheckedConfig, option, parse, to_dict
 from jaxgrad.training.step import init_train_state, make_eval_step, make_multi_step, make_train_step
 
 F32 = jnp.float32
@@ -93,16 +93,13 @@ def test_eval_step_is_the_loss_without_gradient():
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    steps: int = option(10, "training steps")
-    lr: float = option(1e-3, "learning rate")
+class Config(CheckedConfig):
+    steps: int = option(10, "training steps", gt=0)
+    lr: float = option(1e-3, "learning rate", gt=0)
     recipe: str = option("seed", "recipe", choices=("seed", "strong"))
     bf16: bool = option(False, "use bfloat16")
     dims: tuple[int, ...] = option((4, 8), "hidden sizes")
     clip: float | None = option(None, "gradient clip norm")
-
-    def __post_init__(self):
-        positive(self, "steps", "lr")
 
     @classmethod
     def tiny(cls) -> Config:

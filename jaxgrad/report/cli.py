@@ -50,7 +50,7 @@ from typing import Any, TypeVar
 from jaxgrad.errors import ConfigError, UserError
 from jaxgrad.training.xla import enable_compile_cache, keep_host_memory
 
-__all__ = ["CheckedConfig", "check_config", "one_line", "option", "parse", "positive", "run_main",
+__all__ = ["CheckedConfig", "check_config", "one_line", "option", "parse", "run_main",
            "to_dict"]  # fmt: skip
 
 C = TypeVar("C")
@@ -81,14 +81,6 @@ def option(
     if isinstance(default, list | dict | set):
         raise TypeError("use a tuple for sequence defaults: configs are frozen")
     return dataclasses.field(default=default, metadata=meta)
-
-
-def positive(cfg: Any, *names: str) -> None:
-    """Raise ConfigError naming the first field in ``names`` that is not > 0."""
-    for n in names:
-        v = getattr(cfg, n)
-        if v is not None and v <= 0:
-            raise ConfigError(f"{_flag(n)} must be > 0, got {v}")
 
 
 def _flag(name: str) -> str:
