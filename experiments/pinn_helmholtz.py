@@ -94,8 +94,8 @@ class Config(CheckedConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.seeds:
-            raise ValueError("--seeds needs at least one seed")
+        if not self.seeds or not self.variants:
+            raise ValueError("--seeds and --variants need at least one value each")
 
     @classmethod
     def tiny(cls) -> Config:

@@ -70,6 +70,11 @@ class Config(CheckedConfig):
     progress: bool = option(True, "a progress bar per run (plain lines when not a terminal)")
     out_dir: str = option("runs/pinn_poisson", "metrics and plots go here ('' = none)")
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.methods:
+            raise ValueError("--methods needs at least one method")
+
     @classmethod
     def tiny(cls) -> Config:
         return cls(steps=301, width=20, depth=2, n_inside=64, n_dirichlet=16, n_neumann=16, grid=24)

@@ -108,6 +108,11 @@ def test_interleave_alternates_the_order_and_times_both_clocks_per_call(fake_clo
     ]
     for name in calls:  # one wall sample is 2 s over 2 calls; the CPU clock is read around it
         assert t[name] == {"wall": [1.0] * 3, "cpu": [1.5] * 3}
+    for bad in ({"runs": 0}, {"warmup": -1}, {"calls_per_run": 0}):  # nothing timed: refused
+        with pytest.raises(ValueError, match="runs >= 1, warmup >= 0"):
+            interleave(calls, **{"runs": 1, "warmup": 0, **bad})
+    with pytest.raises(ValueError, match="0 calls"):
+        interleave({}, runs=1, warmup=0)
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed")

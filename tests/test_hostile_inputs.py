@@ -179,6 +179,23 @@ def test_every_experiment_config_is_checked_however_it_is_built(module):
             dataclasses.replace(cfg_cls.tiny(), **{name: float("nan")})
 
 
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("pinn_poisson", ["--methods"], "--methods needs at least one method"),
+        ("pinn_helmholtz", ["--variants"], "--variants need at least one value"),
+    ],
+)
+def test_an_empty_list_of_runs_is_refused_not_an_index_error(module, argv, message, capsys):
+    import importlib
+
+    from jaxgrad.report.cli import parse
+
+    with pytest.raises(SystemExit) as e:
+        parse(importlib.import_module(f"experiments.{module}").Config, argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_option_bounds_checked_for_any_config():
     import dataclasses
 

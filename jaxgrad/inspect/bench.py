@@ -108,6 +108,9 @@ def interleave(
     ``warmup`` untimed calls of each, then ``runs`` rounds of one :func:`measure` sample each,
     in reverse order every other round (A B, B A, ...). Returns ``{name: {"wall": [...], "cpu":
     [...]}}``: seconds per call, and this process's CPU seconds per call around each sample."""
+    if not calls or runs < 1 or warmup < 0 or calls_per_run < 1:
+        raise ValueError(f"need calls, runs >= 1, warmup >= 0, calls_per_run >= 1; got "
+                         f"{len(calls)} calls, {runs}, {warmup}, {calls_per_run}")  # fmt: skip
     for call in calls.values():
         for _ in range(warmup):
             sync(call())
